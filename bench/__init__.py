@@ -1,0 +1,1 @@
+"""Benchmarks behind `streamrank bench`; each measures a ratio against a bound in one run."""

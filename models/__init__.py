@@ -1,0 +1,1 @@
+"""The ML parts of streamrank: the world, the ranker, interests, bandits and drift monitors."""

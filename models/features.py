@@ -1,0 +1,239 @@
+"""Online feature algebra: exponentially decayed counters in one packed binary value per entity.
+
+Every counter of an entity is kept decayed to a single reference time ``ref_ts``, so one float64
+timestamp serves all of them and float32 is enough for the values. Two states merge exactly
+(decay both to the later reference, add), which makes updates commutative: a micro-batch is
+combined per key first and merged into the stored value once, in any order. Decay is applied on
+read as well, so a stored value never needs a background refresh.
+
+Value layout (little-endian): ``ref_ts, first_ts, last_ts, last_click_ts`` as float64, then
+``CHANNELS x HALF_LIVES_S`` float32 counters, channel-major.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas import EVENT_TYPES, Event, ItemUpsert
+
+HALF_LIVES_S: tuple[float, ...] = (3_600.0, 86_400.0, 604_800.0)
+HALF_LIFE_NAMES: tuple[str, ...] = ("1h", "1d", "7d")
+# One count channel per event type, plus summed quantities carried by some events.
+CHANNELS: tuple[str, ...] = (*EVENT_TYPES, "dwell_s", "revenue")
+CHANNEL_INDEX = {name: index for index, name in enumerate(CHANNELS)}
+
+HEADER = struct.Struct("<4d")
+N_COUNTERS = len(CHANNELS) * len(HALF_LIVES_S)
+VALUE_SIZE = HEADER.size + 4 * N_COUNTERS
+_NO_TS = 0.0  # header timestamps that never happened
+
+# Beta prior for smoothed rates: a new entity looks like the population until it has evidence.
+PRIOR_IMPRESSIONS = 20.0
+PRIOR_RATES = {"click": 0.05, "like": 0.01, "share": 0.003, "hide": 0.01}
+
+_LN2_OVER_HL = np.log(2.0) / np.asarray(HALF_LIVES_S)
+
+
+@dataclass
+class EntityState:
+    """Decoded form of one packed value."""
+
+    ref_ts: float
+    first_ts: float
+    last_ts: float
+    last_click_ts: float
+    counters: np.ndarray  # float64 [len(CHANNELS), len(HALF_LIVES_S)]
+
+    @classmethod
+    def empty(cls) -> EntityState:
+        zeros = np.zeros((len(CHANNELS), len(HALF_LIVES_S)))
+        return cls(_NO_TS, _NO_TS, _NO_TS, _NO_TS, zeros)
+
+    def pack(self) -> bytes:
+        header = HEADER.pack(self.ref_ts, self.first_ts, self.last_ts, self.last_click_ts)
+        return header + self.counters.astype("<f4").tobytes()
+
+    @classmethod
+    def unpack(cls, value: bytes) -> EntityState:
+        if len(value) != VALUE_SIZE:
+            raise ValueError(f"feature value has {len(value)} bytes, expected {VALUE_SIZE}")
+        ref_ts, first_ts, last_ts, last_click_ts = HEADER.unpack_from(value)
+        counters = np.frombuffer(value, dtype="<f4", offset=HEADER.size).astype(np.float64)
+        return cls(ref_ts, first_ts, last_ts, last_click_ts,
+                   counters.reshape(len(CHANNELS), len(HALF_LIVES_S)))
+
+    def decayed_to(self, ts: float) -> np.ndarray:
+        """Counters as of ``ts`` (never grows them if ``ts`` precedes ``ref_ts``)."""
+        age = max(ts - self.ref_ts, 0.0)
+        return np.asarray(self.counters * np.exp(-age * _LN2_OVER_HL))
+
+
+def merge(stored: EntityState, delta: EntityState) -> EntityState:
+    """Exact sum of two decayed states. Mirrored by the Redis Lua script in ``stream.store``."""
+    if stored.ref_ts == _NO_TS:
+        return delta
+    ref = max(stored.ref_ts, delta.ref_ts)
+    counters = stored.decayed_to(ref) + delta.decayed_to(ref)
+    firsts = [t for t in (stored.first_ts, delta.first_ts) if t != _NO_TS]
+    return EntityState(
+        ref_ts=ref,
+        first_ts=min(firsts) if firsts else _NO_TS,
+        last_ts=max(stored.last_ts, delta.last_ts),
+        last_click_ts=max(stored.last_click_ts, delta.last_click_ts),
+        counters=counters,
+    )
+
+
+def combine(keys: Sequence[str], channels: np.ndarray, amounts: np.ndarray,
+            timestamps: np.ndarray) -> dict[str, EntityState]:
+    """Fold many increments into one delta per key, each decayed to that key's latest ts.
+
+    ``keys[i]`` receives ``amounts[i]`` on channel ``channels[i]`` at ``timestamps[i]``.
+    Vectorised because this runs once per micro-batch of thousands of events.
+    """
+    positions: dict[str, int] = {}
+    key_index = np.fromiter((positions.setdefault(k, len(positions)) for k in keys),
+                            dtype=np.int64, count=len(keys))
+    n_keys = len(positions)
+    ref = np.full(n_keys, -np.inf)
+    np.maximum.at(ref, key_index, timestamps)
+    first = np.full(n_keys, np.inf)
+    np.minimum.at(first, key_index, timestamps)
+    last_click = np.zeros(n_keys)
+    is_click = channels == CHANNEL_INDEX["click"]
+    np.maximum.at(last_click, key_index[is_click], timestamps[is_click])
+
+    decay = np.exp(-(ref[key_index] - timestamps)[:, None] * _LN2_OVER_HL[None, :])
+    counters = np.zeros((n_keys, len(CHANNELS), len(HALF_LIVES_S)))
+    np.add.at(counters, (key_index, channels), amounts[:, None] * decay)
+    return {
+        key: EntityState(float(ref[i]), float(first[i]), float(ref[i]),
+                         float(last_click[i]), counters[i])
+        for key, i in positions.items()
+    }
+
+
+# -- derived features, read side -------------------------------------------------------------
+
+COUNTER_NAMES = [f"log_{c}_{h}" for c in CHANNELS for h in HALF_LIFE_NAMES]
+RATE_NAMES = [f"{task}_rate_{h}" for task in PRIOR_RATES for h in HALF_LIFE_NAMES]
+RECENCY_NAMES = ["log_since_last", "log_since_last_click", "log_age", "log_dwell_per_click_7d",
+                 "known"]
+FEATURE_NAMES: tuple[str, ...] = (*COUNTER_NAMES, *RATE_NAMES, *RECENCY_NAMES)
+
+
+def entity_features(values: Sequence[bytes | None], now: float) -> np.ndarray:
+    """Feature rows for packed values (``None`` = unknown entity, which gets the prior).
+
+    Returns float32 ``[len(values), len(FEATURE_NAMES)]``.
+    """
+    n = len(values)
+    counters = np.zeros((n, len(CHANNELS), len(HALF_LIVES_S)))
+    since_last = np.full(n, np.inf)
+    since_click = np.full(n, np.inf)
+    age = np.zeros(n)
+    known = np.zeros(n)
+    for row, value in enumerate(values):
+        if value is None:
+            continue
+        state = EntityState.unpack(value)
+        counters[row] = state.decayed_to(now)
+        since_last[row] = now - state.last_ts
+        if state.last_click_ts != _NO_TS:
+            since_click[row] = now - state.last_click_ts
+        age[row] = now - state.first_ts
+        known[row] = 1.0
+    impressions = counters[:, CHANNEL_INDEX["impression"], :]
+    rates = [
+        (counters[:, CHANNEL_INDEX[task], :] + PRIOR_IMPRESSIONS * prior)
+        / (impressions + PRIOR_IMPRESSIONS)
+        for task, prior in PRIOR_RATES.items()
+    ]
+    week = len(HALF_LIVES_S) - 1
+    dwell_per_click = counters[:, CHANNEL_INDEX["dwell_s"], week] / np.maximum(
+        counters[:, CHANNEL_INDEX["click"], week], 1.0)
+    # An entity never seen is "infinitely" long ago; cap at a year so the feature stays finite.
+    year = 365 * 86_400.0
+    columns = [
+        np.log1p(np.maximum(counters, 0.0)).reshape(len(counters), -1),
+        np.concatenate(rates, axis=1),
+        np.log1p(np.clip(np.stack([since_last, since_click, age], axis=1), 0.0, year)),
+        np.log1p(dwell_per_click)[:, None],
+        known[:, None],
+    ]
+    return np.concatenate(columns, axis=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ItemMeta:
+    """Slowly changing item facts from the items topic, packed next to the counters."""
+
+    created_ts: float
+    bid: float
+    is_ad: bool
+    embedding: np.ndarray  # float32 [dim]
+
+    _HEAD = struct.Struct("<dff")
+
+    @classmethod
+    def from_upsert(cls, item: ItemUpsert) -> ItemMeta:
+        return cls(
+            created_ts=item.created_ts if item.created_ts is not None else item.ts,
+            bid=item.bid or 0.0,
+            is_ad=item.kind == "ad",
+            embedding=np.asarray(item.embedding, dtype=np.float32),
+        )
+
+    def pack(self) -> bytes:
+        head = self._HEAD.pack(self.created_ts, self.bid, 1.0 if self.is_ad else 0.0)
+        return head + np.asarray(self.embedding, dtype="<f4").tobytes()
+
+    @classmethod
+    def unpack(cls, value: bytes, dim: int) -> ItemMeta:
+        if len(value) != cls._HEAD.size + 4 * dim:
+            raise ValueError(f"item meta has {len(value)} bytes, expected dim {dim}")
+        created_ts, bid, is_ad = cls._HEAD.unpack_from(value)
+        embedding = np.frombuffer(value, dtype="<f4", offset=cls._HEAD.size)
+        return cls(created_ts, bid, bool(is_ad), embedding)
+
+
+ITEM_META_NAMES: tuple[str, ...] = ("log_item_age", "bid", "is_ad", "has_meta")
+
+
+def item_meta_features(metas: Sequence[bytes | None], now: float, dim: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Meta feature rows ``[n, len(ITEM_META_NAMES)]`` and embeddings ``[n, dim]``.
+
+    Unknown items get zeros (and ``has_meta`` 0) rather than an error: a candidate may be
+    ranked before its upsert arrives."""
+    rows = np.zeros((len(metas), len(ITEM_META_NAMES)), dtype=np.float32)
+    embeddings = np.zeros((len(metas), dim), dtype=np.float32)
+    for row, value in enumerate(metas):
+        if value is None:
+            continue
+        meta = ItemMeta.unpack(value, dim)
+        rows[row] = (np.log1p(max(now - meta.created_ts, 0.0)), meta.bid, meta.is_ad, 1.0)
+        embeddings[row] = meta.embedding
+    return rows, embeddings
+
+
+Deltas = dict[str, EntityState]
+
+
+def event_deltas(events: Sequence[Event]) -> tuple[Deltas, Deltas]:
+    """Per-user and per-item deltas of a micro-batch of events, combined per key."""
+    dwell, revenue = CHANNEL_INDEX["dwell_s"], CHANNEL_INDEX["revenue"]
+    increments = [(event, CHANNEL_INDEX[event.type], 1.0) for event in events]
+    increments += [(e, dwell, e.dwell_s) for e in events if e.dwell_s is not None]
+    increments += [(e, revenue, e.revenue) for e in events if e.revenue is not None]
+    channels = np.fromiter((c for _, c, _ in increments), dtype=np.int64, count=len(increments))
+    amounts = np.fromiter((a for _, _, a in increments), dtype=np.float64, count=len(increments))
+    timestamps = np.fromiter((e.ts for e, _, _ in increments), dtype=np.float64,
+                             count=len(increments))
+    users = combine([e.user_id for e, _, _ in increments], channels, amounts, timestamps)
+    items = combine([e.item_id for e, _, _ in increments], channels, amounts, timestamps)
+    return users, items

@@ -1,0 +1,246 @@
+"""Versioned wire records: everything that crosses Kafka or HTTP is one of these.
+
+Records are strict (no coercion, no unknown fields, no NaN/Inf) so that bad input is
+rejected at the edge instead of leaking into features, statistics or the bandit.
+Checks that depend on deployment limits (embedding length, list sizes, clock skew) read
+them from the validation context, see :mod:`schemas.limits`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from schemas.limits import Limits
+
+SCHEMA_VERSION: Literal[1] = 1
+
+EngagementType = Literal["impression", "click", "like", "share", "hide", "dwell"]
+AdEventType = Literal["ad_impression", "ad_click", "conversion"]
+EventType = Literal[
+    "impression", "click", "like", "share", "hide", "dwell",
+    "ad_impression", "ad_click", "conversion",
+]
+EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
+
+# Printable, bounded ids: control characters never reach keys, logs or the store's encoding.
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+NonNegative = Annotated[float, Field(ge=0)]
+# Finite is not enough: 1e300 is finite in JSON but overflows the float32 feature store.
+Amount = Annotated[float, Field(ge=0, le=1e6)]
+EmbeddingValue = Annotated[float, Field(ge=-1e3, le=1e3)]
+Scalar = str | int | float | bool
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    context = info.context
+    return context if isinstance(context, Limits) else Limits()
+
+
+def _check_ts(value: float, info: ValidationInfo) -> float:
+    limits = _limits(info)
+    if value < limits.min_ts:
+        raise PydanticCustomError(
+            "absurd_timestamp",
+            "{value} is before {min_ts} (timestamps are Unix seconds)",
+            {"value": value, "min_ts": limits.min_ts},
+        )
+    latest = limits.now() + limits.max_future_skew_s
+    if value > latest:
+        hint = " (is it in milliseconds? timestamps are Unix seconds)" if value > 1e11 else ""
+        raise PydanticCustomError(
+            "absurd_timestamp",
+            "{value} is more than {skew}s in the future{hint}",
+            {"value": value, "skew": limits.max_future_skew_s, "hint": hint},
+        )
+    return value
+
+
+def _check_length(value: list[Any], limit: int, what: str) -> list[Any]:
+    if len(value) > limit:
+        raise PydanticCustomError(
+            "list_too_long",
+            "{count} {what} exceed the limit of {limit}",
+            {"count": len(value), "what": what, "limit": limit},
+        )
+    return value
+
+
+class Record(BaseModel):
+    """Base of every wire record: strict, closed, finite, versioned."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, frozen=True
+    )
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class TimedRecord(Record):
+    ts: float
+
+    @field_validator("ts")
+    @classmethod
+    def _ts_is_plausible(cls, value: float, info: ValidationInfo) -> float:
+        return _check_ts(value, info)
+
+
+class ItemUpsert(TimedRecord):
+    """An organic item or an ad entering (or changing in) the catalogue."""
+
+    item_id: Id
+    kind: Literal["item", "ad"] = "item"
+    embedding: list[EmbeddingValue]
+    created_ts: float | None = None
+    bid: Amount | None = None
+    metadata: dict[str, Scalar] = Field(default_factory=dict)
+
+    @field_validator("embedding")
+    @classmethod
+    def _embedding_has_model_dim(cls, value: list[float], info: ValidationInfo) -> list[float]:
+        dim = _limits(info).embedding_dim
+        if len(value) != dim:
+            raise PydanticCustomError(
+                "embedding_length",
+                "embedding has {got} values, expected {dim}",
+                {"got": len(value), "dim": dim},
+            )
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_within_limit(cls, value: dict[str, Scalar], info: ValidationInfo
+                               ) -> dict[str, Scalar]:
+        limit = _limits(info).max_metadata_entries
+        if len(value) > limit:
+            raise PydanticCustomError(
+                "list_too_long", "{count} metadata entries exceed the limit of {limit}",
+                {"count": len(value), "limit": limit})
+        return value
+
+    @field_validator("created_ts")
+    @classmethod
+    def _created_is_plausible(cls, value: float | None, info: ValidationInfo) -> float | None:
+        return None if value is None else _check_ts(value, info)
+
+
+class Event(TimedRecord):
+    """One interaction or ad event. ``event_id`` makes redelivery idempotent."""
+
+    event_id: Id
+    user_id: Id
+    item_id: Id
+    type: EventType
+    request_id: Id | None = None
+    position: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    dwell_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
+    revenue: Amount | None = None
+
+
+class Context(Record):
+    """Request context the ranker conditions on."""
+
+    device: Literal["mobile", "desktop", "tablet"] = "mobile"
+    surface: Literal["feed", "search", "related"] = "feed"
+
+
+class RankingRequest(TimedRecord):
+    request_id: Id
+    user_id: Id
+    context: Context = Field(default_factory=Context)
+    candidates: list[Id] = Field(default_factory=list)
+    ad_candidates: list[Id] = Field(default_factory=list)
+    ad_slots: list[Annotated[int, Field(ge=0, le=10_000)]] = Field(default_factory=list)
+    n: Annotated[int, Field(ge=1, le=10_000)] = 20
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates_within_limit(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return _check_length(value, _limits(info).max_candidates, "candidates")
+
+    @field_validator("ad_candidates")
+    @classmethod
+    def _ads_within_limit(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return _check_length(value, _limits(info).max_ads, "ad candidates")
+
+    @field_validator("ad_slots")
+    @classmethod
+    def _slots_within_limit(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        return _check_length(value, _limits(info).max_ad_slots, "ad slots")
+
+
+class RankedItem(Record):
+    item_id: Id
+    value: float
+    probs: dict[str, float]
+
+
+class AdDecision(Record):
+    slot: int
+    ad_id: Id | None
+    propensity: Annotated[float, Field(ge=0, le=1)]
+    policy: str
+
+
+class RankingResult(TimedRecord):
+    request_id: Id
+    user_id: Id
+    items: list[RankedItem]
+    ads: list[AdDecision] = Field(default_factory=list)
+    model_version: str
+    stats_version: str
+    latency_ms: NonNegative
+
+
+Severity = Literal["info", "warning", "critical"]
+
+
+class DriftAlert(TimedRecord):
+    alert_id: Id
+    signal: str
+    detector: Literal["adwin", "page_hinkley", "kswin"]
+    severity: Severity
+    before: dict[str, float]
+    after: dict[str, float]
+
+
+class KafkaSink(Record):
+    kind: Literal["kafka"] = "kafka"
+    topic: Id
+
+
+class WebhookSink(Record):
+    kind: Literal["webhook"] = "webhook"
+    url: Annotated[str, Field(pattern=r"^https?://", max_length=2048)]
+
+
+class DriftSubscription(TimedRecord):
+    subscription_id: Id
+    signals: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=lambda: ["*"], max_length=64)
+    detectors: list[Literal["adwin", "page_hinkley", "kswin"]] = Field(default_factory=list)
+    min_severity: Severity = "warning"
+    sink: KafkaSink | WebhookSink = Field(discriminator="kind")
+
+
+class ModelUpdate(TimedRecord):
+    """A new model or BatchNorm-statistics version, published for hot swap."""
+
+    model: Id
+    kind: Literal["model", "bn_stats"]
+    version: Id
+    uri: Annotated[str, Field(min_length=1, max_length=2048)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class DeadLetter(TimedRecord):
+    """A rejected message: the original bytes (base64) and why they were refused."""
+
+    reason: str
+    detail: str
+    source_topic: str
+    partition: int
+    offset: int
+    original_b64: str

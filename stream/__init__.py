@@ -1,0 +1,1 @@
+"""The streamrank runtime: Faust worker, feature store, simulator and CLI."""

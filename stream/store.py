@@ -1,0 +1,250 @@
+"""The online feature store: Redis in production, in memory by default, one interface.
+
+Each entity is one packed value (see :mod:`models.features`), so a whole candidate list comes
+back in one MGET. A micro-batch is written atomically together with its event-id dedup markers:
+either every event of the batch counts once, or (when some were seen before) nothing is written
+and the caller retries without the duplicates. Replays after a crash are therefore harmless.
+"""
+
+from __future__ import annotations
+
+import string
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from models.features import HALF_LIVES_S, N_COUNTERS, VALUE_SIZE, EntityState, merge
+from stream.errors import StoreUnavailable
+
+
+@dataclass
+class FeatureUpdate:
+    """What one micro-batch writes: deltas to merge, item facts to replace, ids to remember."""
+
+    event_ids: list[str] = field(default_factory=list)
+    users: dict[str, bytes] = field(default_factory=dict)
+    items: dict[str, bytes] = field(default_factory=dict)
+    item_meta: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FetchedFeatures:
+    user: bytes | None
+    items: list[bytes | None]
+    item_meta: list[bytes | None]
+
+
+class FeatureStore(ABC):
+    """Interface shared by the Redis and in-memory stores."""
+
+    description: str
+
+    @abstractmethod
+    async def apply(self, update: FeatureUpdate) -> list[str]:
+        """Write ``update`` atomically; return already-seen event ids instead if there are any."""
+
+    @abstractmethod
+    async def fetch(self, user_id: str, item_ids: Sequence[str]) -> FetchedFeatures:
+        """User value, item values and item metas in one round trip."""
+
+    @abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """Number of users and items that have features."""
+
+    async def close(self) -> None:
+        return None
+
+
+class MemoryStore(FeatureStore):
+    description = "in-memory"
+
+    def __init__(self, dedup_ttl_s: float) -> None:
+        self._dedup_ttl_s = dedup_ttl_s
+        self._seen: dict[str, float] = {}
+        self._users: dict[str, bytes] = {}
+        self._items: dict[str, bytes] = {}
+        self._meta: dict[str, bytes] = {}
+
+    async def apply(self, update: FeatureUpdate) -> list[str]:
+        now = time.monotonic()
+        self._forget_expired(now)
+        self._meta.update(update.item_meta)
+        duplicates = [event_id for event_id in update.event_ids if event_id in self._seen]
+        if duplicates:
+            return duplicates
+        expiry = now + self._dedup_ttl_s
+        self._seen.update(dict.fromkeys(update.event_ids, expiry))
+        for table, deltas in ((self._users, update.users), (self._items, update.items)):
+            for key, delta in deltas.items():
+                old = table.get(key)
+                table[key] = delta if old is None else merge(
+                    EntityState.unpack(old), EntityState.unpack(delta)).pack()
+        return []
+
+    def _forget_expired(self, now: float) -> None:
+        # dicts keep insertion order and expiries are appended in time order: trim from the front.
+        while self._seen:
+            oldest = next(iter(self._seen))
+            if self._seen[oldest] > now:
+                break
+            del self._seen[oldest]
+
+    async def fetch(self, user_id: str, item_ids: Sequence[str]) -> FetchedFeatures:
+        return FetchedFeatures(
+            self._users.get(user_id),
+            [self._items.get(i) for i in item_ids],
+            [self._meta.get(i) for i in item_ids],
+        )
+
+    async def counts(self) -> dict[str, int]:
+        return {"users": len(self._users), "items": len(self._items.keys() | self._meta.keys())}
+
+
+# The Redis mirror of models.features.merge, run server-side so that workers sharing item keys
+# never race (a client-side read-modify-write would). Lua has no numpy; the loop is tiny.
+# Ids travel NUL-separated and deltas as one concatenated blob: a handful of arguments instead of
+# tens of thousands keeps the client's command encoding off the hot path.
+# KEYS: users index, items index, current and previous dedup bucket.
+# ARGV: bucket TTL, event ids, user key prefix, user ids, user deltas, item key prefix, item ids,
+#       item deltas.
+_MERGE_LUA = string.Template("""
+local function split(joined)
+  local parts = {}
+  for part in string.gmatch(joined, '[^%z]+') do parts[#parts + 1] = part end
+  return parts
+end
+local ids = split(ARGV[2])
+local dups = {}
+for first = 1, #ids, 1000 do
+  local last = math.min(first + 999, #ids)
+  for _, bucket in ipairs({KEYS[3], KEYS[4]}) do
+    local hits = redis.call('SMISMEMBER', bucket, unpack(ids, first, last))
+    for j, hit in ipairs(hits) do
+      if hit == 1 then dups[#dups + 1] = first + j - 2 end
+    end
+  end
+end
+if #dups > 0 then return dups end
+for first = 1, #ids, 1000 do
+  redis.call('SADD', KEYS[3], unpack(ids, first, math.min(first + 999, #ids)))
+end
+if #ids > 0 then redis.call('EXPIRE', KEYS[3], ARGV[1]) end
+
+local half_lives = {$half_lives}
+local n_counters = $n_counters
+local size = $size
+local ln2 = math.log(2)
+local fmt = '<dddd' .. string.rep('f', n_counters)
+local function merge_all(prefix, joined, deltas, index)
+  for e, id in ipairs(split(joined)) do
+    local key = prefix .. id
+    local delta = string.sub(deltas, (e - 1) * size + 1, e * size)
+    local old = redis.call('GET', key)
+    if not old then
+      redis.call('SET', key, delta)
+      redis.call('SADD', index, id)
+    else
+      local a = {struct.unpack(fmt, old)}
+      local b = {struct.unpack(fmt, delta)}
+      local ref = math.max(a[1], b[1])
+      local out = {ref, math.min(a[2], b[2]), math.max(a[3], b[3]), math.max(a[4], b[4])}
+      local decay_a, decay_b = {}, {}
+      for h = 1, #half_lives do
+        decay_a[h] = math.exp((a[1] - ref) * ln2 / half_lives[h])
+        decay_b[h] = math.exp((b[1] - ref) * ln2 / half_lives[h])
+      end
+      for c = 0, n_counters - 1 do
+        local h = c % #half_lives + 1
+        out[5 + c] = a[5 + c] * decay_a[h] + b[5 + c] * decay_b[h]
+      end
+      redis.call('SET', key, struct.pack(fmt, unpack(out, 1, 4 + n_counters)))
+    end
+  end
+end
+merge_all(ARGV[3], ARGV[4], ARGV[5], KEYS[1])
+merge_all(ARGV[6], ARGV[7], ARGV[8], KEYS[2])
+return {}
+""").substitute(
+    half_lives=", ".join(repr(h) for h in HALF_LIVES_S),
+    n_counters=N_COUNTERS,
+    size=VALUE_SIZE,
+)
+
+
+class RedisStore(FeatureStore):
+    def __init__(self, client: aioredis.Redis, namespace: str, dedup_ttl_s: int) -> None:
+        self._client = client
+        self._ns = namespace
+        self._dedup_ttl_s = dedup_ttl_s
+        self._merge = client.register_script(_MERGE_LUA)
+        self._users_index = f"{namespace}:idx:users"
+        self._items_index = f"{namespace}:idx:items"
+        self.description = "redis"
+
+    @classmethod
+    async def connect(cls, url: str, namespace: str, dedup_ttl_s: int) -> RedisStore:
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=3)
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            raise StoreUnavailable(f"Redis at {url} is not reachable: {exc}") from exc
+        return cls(client, namespace, dedup_ttl_s)
+
+    def user_key(self, user_id: str) -> str:
+        return f"{self._ns}:f1:u:{user_id}"
+
+    def item_key(self, item_id: str) -> str:
+        return f"{self._ns}:f1:i:{item_id}"
+
+    def meta_key(self, item_id: str) -> str:
+        return f"{self._ns}:m1:i:{item_id}"
+
+    def seen_keys(self, now: float) -> list[str]:
+        """Event ids live in time buckets of ``dedup_ttl_s``; the current and previous bucket
+        are checked, so an id is remembered for between one and two TTLs. One set per bucket
+        costs one variadic command per batch instead of one command per event."""
+        bucket = int(now // self._dedup_ttl_s)
+        return [f"{self._ns}:seen:{bucket}", f"{self._ns}:seen:{bucket - 1}"]
+
+    async def apply(self, update: FeatureUpdate) -> list[str]:
+        keys = [self._users_index, self._items_index, *self.seen_keys(time.time())]
+        args: list[str | bytes | int] = [2 * self._dedup_ttl_s, "\0".join(update.event_ids),
+                self.user_key(""), "\0".join(update.users), b"".join(update.users.values()),
+                self.item_key(""), "\0".join(update.items), b"".join(update.items.values())]
+        async with self._client.pipeline(transaction=False) as pipe:
+            if update.item_meta:
+                pipe.mset({self.meta_key(i): v for i, v in update.item_meta.items()})
+                pipe.sadd(self._items_index, *update.item_meta)
+            await self._merge(keys=keys, args=args, client=pipe)
+            results = await pipe.execute()
+        return list({update.event_ids[int(i)] for i in results[-1]})
+
+    async def fetch(self, user_id: str, item_ids: Sequence[str]) -> FetchedFeatures:
+        keys = [self.user_key(user_id)]
+        keys += [self.item_key(i) for i in item_ids]
+        keys += [self.meta_key(i) for i in item_ids]
+        values = cast(list[bytes | None], await self._client.mget(keys))
+        n = len(item_ids)
+        return FetchedFeatures(values[0], values[1:1 + n], values[1 + n:])
+
+    async def counts(self) -> dict[str, int]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.scard(self._users_index)
+            pipe.scard(self._items_index)
+            users, items = await pipe.execute()
+        return {"users": int(users), "items": int(items)}
+
+    async def drop(self) -> None:
+        """Delete every key of this namespace (benchmarks and tests clean up after themselves)."""
+        keys = [key async for key in self._client.scan_iter(match=f"{self._ns}:*", count=10_000)]
+        for start in range(0, len(keys), 10_000):
+            await self._client.unlink(*keys[start:start + 10_000])
+
+    async def close(self) -> None:
+        await self._client.aclose()

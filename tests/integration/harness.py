@@ -1,0 +1,82 @@
+"""Running the feature service against the embedded broker and real Redis, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from schemas import DeadLetter, decode
+from stream.features_service import FeatureService
+from stream.metrics import WorkerMetrics
+from stream.runtime import ensure_topics
+from stream.settings import Settings
+from stream.store import FeatureStore, MemoryStore, RedisStore
+
+
+async def open_test_store(settings: Settings, kind: str) -> FeatureStore:
+    if kind == "memory":
+        return MemoryStore(settings.dedup_ttl_s)
+    assert settings.redis_url is not None
+    return await RedisStore.connect(settings.redis_url, settings.topic_prefix,
+                                    settings.dedup_ttl_s)
+
+
+@asynccontextmanager
+async def feature_service(settings: Settings, store: FeatureStore
+                          ) -> AsyncIterator[tuple[FeatureService, WorkerMetrics]]:
+    assert settings.broker_url is not None
+    ensure_topics(settings.broker_url, settings)
+    metrics = WorkerMetrics()
+    service = FeatureService(settings, settings.broker_url, store, metrics)
+    await service.start()
+    try:
+        yield service, metrics
+    finally:
+        await service.stop()
+
+
+async def publish(settings: Settings, suffix: str, messages: list[tuple[str, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_url)
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send(settings.topic(suffix), value, key=key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]],
+                     timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result if isinstance(result, bool) else await result:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+async def read_dead_letters(settings: Settings, expected: int,
+                            timeout_s: float = 20.0) -> list[DeadLetter]:
+    consumer = AIOKafkaConsumer(settings.topic("dlq"), bootstrap_servers=settings.broker_url,
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                group_id=None)
+    await consumer.start()
+    letters: list[DeadLetter] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(letters) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                letters += [decode(r.value or b"", DeadLetter) for r in records]
+        # Anything beyond ``expected`` would be a bug too: drain briefly to catch it.
+        for records in (await consumer.getmany(timeout_ms=500)).values():
+            letters += [decode(r.value or b"", DeadLetter) for r in records]
+    finally:
+        await consumer.stop()
+    return sorted(letters, key=lambda letter: (letter.source_topic, letter.offset))

@@ -1,0 +1,47 @@
+"""The CLI as a user meets it: clear one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from schemas.export import EXPORTED
+
+
+def streamrank(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAMRANK_")}
+    return subprocess.run([sys.executable, "-m", "stream.cli", *args], env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"STREAMRANK_BROKER_URL": "127.0.0.1:1"}, "Kafka broker at 127.0.0.1:1 is not reachable"),
+    ({"STREAMRANK_REDIS_URL": "redis://127.0.0.1:1/0"}, "Redis at redis://127.0.0.1:1/0 is not"),
+    ({"STREAMRANK_PARTITIONS": "zero"}, "invalid STREAMRANK_* setting: partitions"),
+])
+def test_unreachable_or_invalid_configuration_is_a_clear_error(
+        env: dict[str, str], message: str) -> None:
+    result = streamrank("worker", **env)
+    assert result.returncode == 2
+    assert f"error: {message}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_schemas_export_writes_one_file_per_record(tmp_path: Path) -> None:
+    result = streamrank("schemas", "export", str(tmp_path / "schemas"))
+    assert result.returncode == 0, result.stderr
+    files = sorted((tmp_path / "schemas").glob("*.json"))
+    assert [f.name for f in files] == sorted(f"{r.__name__}.v1.json" for r in EXPORTED)
+    assert orjson.loads(files[0].read_bytes())["$schema"].endswith("2020-12/schema")
+
+
+def test_bad_option_value_is_reported_by_the_cli() -> None:
+    result = streamrank("simulate", "--rate", "-3")
+    assert result.returncode == 2
+    assert "Invalid value" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,244 @@
+"""The synthetic world is the ground truth for every quality number, so pin its promises down."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.world import (
+    ENGAGEMENT_TASKS,
+    Engagement,
+    RequestDraw,
+    Shift,
+    World,
+    WorldConfig,
+)
+
+ORGANIC_TYPES = {"impression", "click", "like", "share", "hide", "dwell"}
+AD_TYPES = {"ad_impression", "ad_click", "conversion"}
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World()
+
+
+def draws(world: World, n: int, seed: int = 0, elapsed_s: float = 0.0) -> list[RequestDraw]:
+    rng = np.random.default_rng(seed)
+    return [world.draw_request(rng, elapsed_s) for _ in range(n)]
+
+
+def oracle_ranking(world: World, draw: RequestDraw, elapsed_s: float = 0.0) -> np.ndarray:
+    positions = np.zeros(len(draw.candidates), dtype=np.int64)
+    click = world.probabilities(draw.user, draw.candidates, positions, draw.device, elapsed_s)
+    return draw.candidates[np.argsort(-click["click"], kind="stable")]
+
+
+def test_same_seed_same_world_and_traffic() -> None:
+    a, b = World(WorldConfig(seed=3)), World(WorldConfig(seed=3))
+    np.testing.assert_array_equal(a.item_embeddings, b.item_embeddings)
+    np.testing.assert_array_equal(a.ad_bids, b.ad_bids)
+    np.testing.assert_array_equal(a.item_quality, b.item_quality)
+    da, db = (
+        a.draw_request(np.random.default_rng(9), 5.0),
+        b.draw_request(np.random.default_rng(9), 5.0),
+    )
+    np.testing.assert_array_equal(da.candidates, db.candidates)
+    assert (da.user, da.device, da.surface) == (db.user, db.device, db.surface)
+    ranked = da.candidates[: a.config.shown]
+    ads = {2: int(da.ads[0]), 7: int(da.ads[1])}
+    assert a.play(np.random.default_rng(1), da, ranked, ads, 5.0) == b.play(
+        np.random.default_rng(1), db, ranked, ads, 5.0
+    )
+    other = World(WorldConfig(seed=4))
+    assert not np.array_equal(a.item_embeddings, other.item_embeddings)
+
+
+def test_shapes_dtypes_and_normalisation(world: World) -> None:
+    cfg = world.config
+    assert world.item_embeddings.shape == (cfg.n_items, cfg.dim)
+    assert world.ad_embeddings.shape == (cfg.n_ads, cfg.dim)
+    assert world.item_embeddings.dtype == world.ad_embeddings.dtype == np.float32
+    for emb in (world.item_embeddings, world.ad_embeddings):
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert world.ad_bids.dtype == np.float64 and world.ad_bids.shape == (cfg.n_ads,)
+    assert np.all(world.ad_bids > 0)
+    assert world.item_quality.dtype == np.float64 and world.item_quality.shape == (cfg.n_items,)
+    assert world.user_ids[:2] == ["u0", "u1"] and len(world.user_ids) == cfg.n_users
+    assert world.item_ids[-1] == f"i{cfg.n_items - 1}" and world.ad_ids[0] == "a0"
+    for draw in draws(world, 50):
+        assert draw.candidates.dtype == draw.ads.dtype == np.int64
+        assert len(np.unique(draw.candidates)) == len(draw.candidates) == cfg.candidates_per_request
+        assert len(np.unique(draw.ads)) == len(draw.ads) == cfg.ads_per_request
+        assert draw.candidates.max() < cfg.n_items and draw.ads.max() < cfg.n_ads
+        assert 0 <= draw.user < cfg.n_users and draw.ad_slots == cfg.ad_slots
+        assert draw.device in {"mobile", "desktop", "tablet"}
+        assert draw.surface in {"feed", "search", "related"}
+
+
+def test_probabilities_bounded_and_fall_with_position(world: World) -> None:
+    for draw in draws(world, 20):
+        item = np.repeat(draw.candidates[:1], world.config.shown)
+        positions = np.arange(world.config.shown)
+        p = world.probabilities(draw.user, item, positions, draw.device, 0.0)
+        assert set(p) == set(ENGAGEMENT_TASKS)
+        for values in p.values():
+            assert values.shape == (world.config.shown,)
+            assert np.all((values >= 0.0) & (values <= 1.0))
+        assert np.all(np.diff(p["click"]) < 0)
+        assert np.all(p["like"] <= p["click"]) and np.all(p["share"] <= p["click"])
+        assert np.all(p["click"] + p["hide"] <= 1.0)
+
+
+def test_oracle_beats_popularity_and_random(world: World) -> None:
+    rng = np.random.default_rng(1)
+    shown = world.config.shown
+    totals = np.zeros(3)
+    for draw in draws(world, 300):
+        rankings = (
+            oracle_ranking(world, draw),
+            world.popularity_ranking(draw),
+            rng.permutation(draw.candidates),
+        )
+        totals += [world.expected_clicks(draw, r[:shown], 0.0) for r in rankings]
+    oracle, popularity, random = totals
+    assert oracle >= 1.3 * popularity
+    assert oracle >= 1.5 * random
+    assert popularity > random
+
+
+def test_base_ctr_is_realistic(world: World) -> None:
+    rng = np.random.default_rng(2)
+    clicks = impressions = 0
+    for draw in draws(world, 300):
+        events = world.play(
+            rng, draw, world.popularity_ranking(draw)[: world.config.shown], {}, 0.0
+        )
+        clicks += sum(e.type == "click" for e in events)
+        impressions += sum(e.type == "impression" for e in events)
+    assert 0.03 <= clicks / impressions <= 0.10
+
+
+def check_feed(
+    events: list[Engagement], world: World, ranked: np.ndarray, ads: dict[int, int]
+) -> None:
+    """Every event follows its slot's impression, in feed order, of the right kind of thing."""
+    seen: dict[int, list[str]] = {}
+    for e in events:
+        assert e.type in ORGANIC_TYPES | AD_TYPES
+        assert not seen or e.position >= max(seen)
+        kinds = seen.setdefault(e.position, [])
+        if e.position in ads:
+            assert e.item_id == world.ad_ids[ads[e.position]] and e.type in AD_TYPES
+        else:
+            assert e.item_id.startswith("i") and e.type in ORGANIC_TYPES
+        first = "ad_impression" if e.position in ads else "impression"
+        assert (e.type == first) == (not kinds)
+        if e.type in {"dwell", "like", "share"}:
+            assert "click" in kinds
+        if e.type == "dwell":
+            assert e.dwell_s is not None and e.dwell_s > 0
+        else:
+            assert e.dwell_s is None
+        if e.type == "conversion":
+            assert "ad_click" in kinds and e.revenue is not None and e.revenue > 0
+        else:
+            assert e.revenue is None
+        assert not (e.type == "hide" and "click" in kinds)
+        kinds.append(e.type)
+    organic = [e.item_id for e in events if e.type == "impression"]
+    assert organic == [world.item_ids[i] for i in ranked[: len(organic)]]
+
+
+def test_play_emits_well_formed_sessions(world: World) -> None:
+    rng = np.random.default_rng(3)
+    counts: dict[str, int] = {}
+    for draw in draws(world, 400):
+        ranked = oracle_ranking(world, draw)[: world.config.shown]
+        ads = {slot: int(ad) for slot, ad in zip(draw.ad_slots, draw.ads, strict=False)}
+        events = world.play(rng, draw, ranked, ads, 0.0)
+        check_feed(events, world, ranked, ads)
+        for e in events:
+            counts[e.type] = counts.get(e.type, 0) + 1
+    # Every event type occurs, so the checks above were exercised.
+    assert set(counts) == ORGANIC_TYPES | AD_TYPES
+    assert counts["click"] == counts["dwell"]
+
+
+def test_play_rejects_bad_feeds(world: World) -> None:
+    draw = draws(world, 1)[0]
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError):
+        world.play(rng, draw, draw.candidates[: world.config.shown + 1], {}, 0.0)
+    with pytest.raises(ValueError):
+        world.play(rng, draw, draw.candidates[:3], {4: 0}, 0.0)
+
+
+def test_ads_end_sessions_sooner(world: World) -> None:
+    without = with_ads = 0
+    for i, draw in enumerate(draws(world, 200)):
+        ranked = world.popularity_ranking(draw)[: world.config.shown]
+        ads = {slot: int(ad) for slot, ad in zip(draw.ad_slots, draw.ads, strict=False)}
+        for feed_ads in ({}, ads):
+            events = world.play(np.random.default_rng(i), draw, ranked, feed_ads, 0.0)
+            n = sum(e.type == "impression" for e in events)
+            if feed_ads:
+                with_ads += n
+            else:
+                without += n
+    assert with_ads < 0.95 * without
+
+
+def test_expected_clicks_matches_play(world: World) -> None:
+    draw = draws(world, 1, seed=5)[0]
+    ranked = oracle_ranking(world, draw)[: world.config.shown]
+    rng = np.random.default_rng(6)
+    n = 4000
+    clicks = sum(
+        e.type == "click" for _ in range(n) for e in world.play(rng, draw, ranked, {}, 0.0)
+    )
+    expected = world.expected_clicks(draw, ranked, 0.0)
+    assert abs(clicks / n - expected) < 4 * np.sqrt(expected / n)
+
+
+def test_label_rate_shift_scales_clicks_from_at_s() -> None:
+    base = World(WorldConfig(seed=11))
+    shifted = World(WorldConfig(seed=11, scenarios=(Shift(100.0, "label_rate", 0.5),)))
+    draw = draws(base, 1)[0]
+    items, zeros = draw.candidates, np.zeros(len(draw.candidates), dtype=np.int64)
+
+    def clicks(w: World, t: float) -> np.ndarray:
+        return w.probabilities(draw.user, items, zeros, draw.device, t)["click"]
+
+    np.testing.assert_array_equal(clicks(shifted, 99.9), clicks(base, 99.9))
+    np.testing.assert_allclose(clicks(shifted, 100.0), np.minimum(1.0, 1.5 * clicks(base, 100.0)))
+    assert clicks(shifted, 100.0).mean() > 1.4 * clicks(base, 100.0).mean()
+
+
+def test_new_interest_shift_adds_an_interest() -> None:
+    cfg = WorldConfig(seed=12, scenarios=(Shift(50.0, "new_interest"),))
+    world = World(cfg)
+    for user in range(0, cfg.n_users, 97):
+        before, after = world.interests(user, 49.0), world.interests(user, 50.0)
+        assert len(after) == len(before) + 1
+        np.testing.assert_array_equal(after[:-1], before)
+        assert (before @ after[-1]).max() < 0.9  # the new interest is not an old one
+        near = np.argsort(-(world.item_embeddings @ after[-1]))[:20]
+        zeros = np.zeros(len(near), dtype=np.int64)
+        p_before = world.probabilities(user, near, zeros, "mobile", 49.0)["click"]
+        p_after = world.probabilities(user, near, zeros, "mobile", 50.0)["click"]
+        assert p_after.mean() > 1.5 * p_before.mean()
+    again = World(cfg)
+    np.testing.assert_array_equal(again.interests(3, 60.0), world.interests(3, 60.0))
+
+
+def test_covariate_shift_moves_interests_and_candidates() -> None:
+    cfg = WorldConfig(seed=13, scenarios=(Shift(10.0, "covariate"),))
+    world, base = World(cfg), World(WorldConfig(seed=13))
+    np.testing.assert_array_equal(world.interests(0, 9.0), base.interests(0, 9.0))
+    moved = np.sum(world.interests(0, 10.0) * base.interests(0, 10.0), axis=1)
+    assert np.all(moved < 0.95)
+    before = draws(world, 1, seed=1, elapsed_s=9.0)[0]
+    after = draws(world, 1, seed=1, elapsed_s=10.0)[0]
+    assert before.user == after.user
+    assert len(np.intersect1d(before.candidates, after.candidates)) < 0.8 * len(before.candidates)
