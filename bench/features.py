@@ -131,7 +131,8 @@ async def _raw_pass(settings: Settings, bootstrap: str, n_events: int, group: st
 
 async def _feature_pass(settings: Settings, bootstrap: str, n_events: int, group: str) -> float:
     assert settings.redis_url is not None
-    store = await RedisStore.connect(settings.redis_url, f"bench:{group}", settings.dedup_ttl_s)
+    store = await RedisStore.connect(settings.redis_url, f"bench:{group}", settings.dedup_ttl_s,
+                                     settings.history_length)
     metrics = WorkerMetrics()
     service = FeatureService(settings.model_copy(update={"features_group": group}),
                              bootstrap, store, metrics)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -36,6 +37,7 @@ PRIOR_IMPRESSIONS = 20.0
 PRIOR_RATES = {"click": 0.05, "like": 0.01, "share": 0.003, "hide": 0.01}
 
 _LN2_OVER_HL = np.log(2.0) / np.asarray(HALF_LIVES_S)
+_VALUE_DTYPE = np.dtype([("header", "<f8", 4), ("counters", "<f4", N_COUNTERS)])
 
 
 @dataclass
@@ -132,21 +134,21 @@ def entity_features(values: Sequence[bytes | None], now: float) -> np.ndarray:
     Returns float32 ``[len(values), len(FEATURE_NAMES)]``.
     """
     n = len(values)
+    known = np.array([v is not None for v in values], dtype=bool)
     counters = np.zeros((n, len(CHANNELS), len(HALF_LIVES_S)))
     since_last = np.full(n, np.inf)
     since_click = np.full(n, np.inf)
     age = np.zeros(n)
-    known = np.zeros(n)
-    for row, value in enumerate(values):
-        if value is None:
-            continue
-        state = EntityState.unpack(value)
-        counters[row] = state.decayed_to(now)
-        since_last[row] = now - state.last_ts
-        if state.last_click_ts != _NO_TS:
-            since_click[row] = now - state.last_click_ts
-        age[row] = now - state.first_ts
-        known[row] = 1.0
+    if known.any():
+        # One frombuffer over all values: this runs per request on ~100 candidates.
+        packed = np.frombuffer(b"".join(v for v in values if v is not None), dtype=_VALUE_DTYPE)
+        ref_ts, first_ts, last_ts, last_click_ts = packed["header"].T
+        decay = np.exp(-np.maximum(now - ref_ts, 0.0)[:, None] * _LN2_OVER_HL[None, :])
+        counters[known] = packed["counters"].reshape(-1, len(CHANNELS), len(HALF_LIVES_S)) \
+            * decay[:, None, :]
+        since_last[known] = now - last_ts
+        since_click[known] = np.where(last_click_ts != _NO_TS, now - last_click_ts, np.inf)
+        age[known] = now - first_ts
     impressions = counters[:, CHANNEL_INDEX["impression"], :]
     rates = [
         (counters[:, CHANNEL_INDEX[task], :] + PRIOR_IMPRESSIONS * prior)
@@ -159,11 +161,11 @@ def entity_features(values: Sequence[bytes | None], now: float) -> np.ndarray:
     # An entity never seen is "infinitely" long ago; cap at a year so the feature stays finite.
     year = 365 * 86_400.0
     columns = [
-        np.log1p(np.maximum(counters, 0.0)).reshape(len(counters), -1),
+        np.log1p(np.maximum(counters, 0.0)).reshape(len(counters), N_COUNTERS),
         np.concatenate(rates, axis=1),
         np.log1p(np.clip(np.stack([since_last, since_click, age], axis=1), 0.0, year)),
         np.log1p(dwell_per_click)[:, None],
-        known[:, None],
+        known[:, None].astype(np.float64),
     ]
     return np.concatenate(columns, axis=1).astype(np.float32)
 
@@ -177,7 +179,7 @@ class ItemMeta:
     is_ad: bool
     embedding: np.ndarray  # float32 [dim]
 
-    _HEAD = struct.Struct("<dff")
+    HEAD: ClassVar[struct.Struct] = struct.Struct("<dff")
 
     @classmethod
     def from_upsert(cls, item: ItemUpsert) -> ItemMeta:
@@ -189,19 +191,22 @@ class ItemMeta:
         )
 
     def pack(self) -> bytes:
-        head = self._HEAD.pack(self.created_ts, self.bid, 1.0 if self.is_ad else 0.0)
+        head = self.HEAD.pack(self.created_ts, self.bid, 1.0 if self.is_ad else 0.0)
         return head + np.asarray(self.embedding, dtype="<f4").tobytes()
 
     @classmethod
     def unpack(cls, value: bytes, dim: int) -> ItemMeta:
-        if len(value) != cls._HEAD.size + 4 * dim:
+        if len(value) != cls.HEAD.size + 4 * dim:
             raise ValueError(f"item meta has {len(value)} bytes, expected dim {dim}")
-        created_ts, bid, is_ad = cls._HEAD.unpack_from(value)
-        embedding = np.frombuffer(value, dtype="<f4", offset=cls._HEAD.size)
+        created_ts, bid, is_ad = cls.HEAD.unpack_from(value)
+        embedding = np.frombuffer(value, dtype="<f4", offset=cls.HEAD.size)
         return cls(created_ts, bid, bool(is_ad), embedding)
 
 
 ITEM_META_NAMES: tuple[str, ...] = ("log_item_age", "bid", "is_ad", "has_meta")
+USER_FEATURE_NAMES: tuple[str, ...] = tuple(f"user_{n}" for n in FEATURE_NAMES)
+ITEM_FEATURE_NAMES: tuple[str, ...] = tuple(
+    f"item_{n}" for n in (*FEATURE_NAMES, *ITEM_META_NAMES))
 
 
 def item_meta_features(metas: Sequence[bytes | None], now: float, dim: int
@@ -212,16 +217,40 @@ def item_meta_features(metas: Sequence[bytes | None], now: float, dim: int
     ranked before its upsert arrives."""
     rows = np.zeros((len(metas), len(ITEM_META_NAMES)), dtype=np.float32)
     embeddings = np.zeros((len(metas), dim), dtype=np.float32)
-    for row, value in enumerate(metas):
-        if value is None:
-            continue
-        meta = ItemMeta.unpack(value, dim)
-        rows[row] = (np.log1p(max(now - meta.created_ts, 0.0)), meta.bid, meta.is_ad, 1.0)
-        embeddings[row] = meta.embedding
+    known = np.array([m is not None for m in metas], dtype=bool)
+    if known.any():
+        dtype = np.dtype([("created_ts", "<f8"), ("bid", "<f4"), ("is_ad", "<f4"),
+                          ("embedding", "<f4", dim)])
+        packed = np.frombuffer(b"".join(m for m in metas if m is not None), dtype=dtype)
+        rows[known] = np.stack([np.log1p(np.maximum(now - packed["created_ts"], 0.0)),
+                                packed["bid"], packed["is_ad"], np.ones(len(packed))], axis=1)
+        embeddings[known] = packed["embedding"]
     return rows, embeddings
 
 
 Deltas = dict[str, EntityState]
+
+# Engagements that reveal interest; each appends the item's embedding to the user's history.
+POSITIVE_TYPES = frozenset({"click", "like", "share"})
+HISTORY_TS = struct.Struct("<d")
+
+
+def engagement_history(events: Sequence[Event]) -> list[tuple[str, str, float]]:
+    """``(user_id, item_id, ts)`` of positive engagements, oldest first."""
+    return sorted(((e.user_id, e.item_id, e.ts) for e in events if e.type in POSITIVE_TYPES),
+                  key=lambda entry: entry[2])
+
+
+def history_entry(ts: float, meta: bytes) -> bytes:
+    """One packed history entry: when, and the embedding of what (copied from the item meta)."""
+    return HISTORY_TS.pack(ts) + meta[ItemMeta.HEAD.size:]
+
+
+def unpack_history(entries: Sequence[bytes], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Timestamps ``[k]`` and embeddings ``[k, dim]`` of history entries, newest first."""
+    packed = np.frombuffer(b"".join(entries), dtype=np.dtype([("ts", "<f8"),
+                                                             ("embedding", "<f4", dim)]))
+    return packed["ts"].astype(np.float64), packed["embedding"].astype(np.float32)
 
 
 def event_deltas(events: Sequence[Event]) -> tuple[Deltas, Deltas]:

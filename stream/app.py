@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from models.value import ValueModel
+from schemas import RankingRequest, Rejection, decode, encode
+from stream.feature_reader import FeatureReader
 from stream.features_service import FeatureService
 from stream.metrics import WorkerMetrics
-from stream.runtime import describe, open_store
+from stream.model_updates import ModelUpdatesService
+from stream.ranker import ModelSlot, Ranker, Received, check_rankable
+from stream.runtime import open_store
+from stream.scoring_service import ScoringService
 from stream.settings import Settings
+from stream.store import FeatureStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    """What the web views need from the running services (filled in at start-up)."""
+
+    metrics: WorkerMetrics
+    models: ModelSlot
+    store: FeatureStore | None = None
+    ranker: Ranker | None = None
+    features: FeatureService | None = None
+    scoring: ScoringService | None = None
+
+    @property
+    def ready(self) -> bool:
+        services = (self.features, self.scoring)
+        return all(s is not None and s.started and not s.should_stop for s in services)
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
@@ -29,37 +57,69 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         broker_heartbeat_interval=settings.consumer_session_timeout_ms / 10_000,
         autodiscover=False,
     )
-    metrics = WorkerMetrics()
-    state: dict[str, Any] = {}
+    worker = Worker(WorkerMetrics(), ModelSlot(settings))
 
     @app.task
-    async def start_features() -> None:
+    async def start_services() -> None:
         store = await open_store(settings)
-        state["store"] = store
-        state["features"] = await app.add_runtime_dependency(
-            FeatureService(settings, bootstrap, store, metrics, loop=app.loop))
-        log.info("streamrank worker ready; %s", describe(bootstrap, settings))
+        ranker = Ranker(FeatureReader(store, settings.embedding_dim), worker.models,
+                        ValueModel(settings.value_weights))
+        worker.store, worker.ranker = store, ranker
+        worker.features = FeatureService(settings, bootstrap, store, worker.metrics,
+                                         loop=app.loop)
+        worker.scoring = ScoringService(settings, bootstrap, ranker, worker.metrics,
+                                        loop=app.loop)
+        updates = ModelUpdatesService(settings, bootstrap, worker.models, worker.metrics,
+                                      loop=app.loop)
+        # Concurrently: each consumer-group join waits out the broker's rebalance delay.
+        await asyncio.gather(*(app.add_runtime_dependency(s)
+                               for s in (updates, worker.features, worker.scoring)))
+        log.info("streamrank worker ready, serving model %s", worker.models.current.version)
 
     @app.page("/health")
-    async def health(web: Any, request: Any) -> Any:
-        service = state.get("features")
-        ready = service is not None and service.started and not service.should_stop
-        return web.json({"ready": ready}, status=200 if ready else 503)
+    async def health(web: Any, request: Request) -> Response:
+        return web.json({"ready": worker.ready}, status=200 if worker.ready else 503)
 
     @app.page("/stats")
-    async def stats(web: Any, request: Any) -> Any:
-        counts = await state["store"].counts() if "store" in state else {"users": 0, "items": 0}
+    async def stats(web: Any, request: Request) -> Response:
+        counts = await worker.store.counts() if worker.store else {"users": 0, "items": 0}
+        total = worker.metrics.total
         return web.json({
-            "events_processed": int(metrics.total("streamrank_events_processed")),
-            "items_upserted": int(metrics.total("streamrank_items_upserted")),
-            "duplicates": int(metrics.total("streamrank_duplicate_events")),
-            "dlq": int(metrics.total("streamrank_rejected")),
+            "events_processed": int(total("streamrank_events_processed")),
+            "items_upserted": int(total("streamrank_items_upserted")),
+            "duplicates": int(total("streamrank_duplicate_events")),
+            "dlq": int(total("streamrank_rejected")),
             "users_with_features": counts["users"],
             "items_with_features": counts["items"],
+            "requests_ranked": int(total("streamrank_requests_ranked")),
+            "model_version": worker.models.current.version,
+            "model_load_failures": int(total("streamrank_model_load_failures")),
         })
 
     @app.page("/metrics")
-    async def prometheus(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+    async def prometheus(web: Any, request: Request) -> Response:
+        # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway.
+        return web.bytes(generate_latest(worker.metrics.registry),
+                         content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
+
+    @app.page("/rank")
+    class Rank(View):
+        """Synchronous ranking over the same path as the requests topic."""
+
+        async def post(self, request: Request) -> Response:
+            if worker.ranker is None:
+                return self.json({"error": "starting", "detail": "worker not ready"}, status=503)
+            try:
+                ranking_request = decode(await request.read(), RankingRequest,
+                                         settings.limits)
+                check_rankable(ranking_request)
+            except Rejection as rejection:
+                worker.metrics.rejected.labels("http", rejection.reason).inc()
+                return self.json({"error": rejection.reason, "detail": rejection.detail},
+                                 status=422 if rejection.reason == "no_candidates" else 400)
+            received = Received(ranking_request, time.perf_counter())
+            result = (await worker.ranker.rank([received]))[0]
+            worker.metrics.observe_ranking(result)
+            return self.bytes(encode(result), content_type="application/json")
 
     return app

@@ -14,6 +14,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 
+from models.scorer import ModelError
 from schemas.export import export_schemas
 from stream.errors import StreamrankError
 from stream.settings import Settings
@@ -23,7 +24,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 schemas_app = typer.Typer(no_args_is_help=True, help="Wire contracts.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each writes JSON with a ratio.")
 app.add_typer(schemas_app, name="schemas")
+model_app = typer.Typer(no_args_is_help=True, help="Trained models.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(model_app, name="model")
 
 log = logging.getLogger("streamrank")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,7 +41,7 @@ def _clear_errors(command: F) -> F:
         except ValidationError as exc:
             _fail("invalid STREAMRANK_* setting: " + "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-        except (StreamrankError, OSError) as exc:
+        except (StreamrankError, ModelError, OSError) as exc:
             _fail(str(exc))
     return wrapper  # type: ignore[return-value]
 
@@ -58,7 +61,7 @@ def _settings() -> Settings:
 
 
 def _report(report: dict[str, Any], json_out: Path | None) -> None:
-    text = orjson.dumps(report, option=orjson.OPT_INDENT_2)
+    text = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     if json_out is not None:
         json_out.write_bytes(text)
     typer.echo(text.decode())
@@ -86,38 +89,98 @@ def worker() -> None:
 def simulate(
     rate: Annotated[float, typer.Option(min=0.1, help="Ranking requests per second.")] = 100.0,
     seconds: Annotated[float, typer.Option(min=0, help="How long to play; 0 = forever.")] = 0.0,
+    policy: Annotated[str, typer.Option(
+        help="random: show random feeds; served: show the worker's rankings.")] = "random",
     seed: Annotated[int, typer.Option(help="World and user-behaviour seed.")] = 7,
     log_file: Annotated[Path | None, typer.Option(
-        "--log", help="Append requests, served feeds and engagements as JSON lines.")] = None,
+        "--log", help="Append items, requests, served feeds and engagements as JSON lines.")
+    ] = None,
 ) -> None:
     """Play the synthetic world's users against the running system."""
     from models.world import World, WorldConfig
     from stream.runtime import broker, describe
     from stream.simulator import Simulator
 
+    if policy not in ("random", "served"):
+        _fail(f"--policy must be 'random' or 'served', not {policy!r}")
     settings = _settings()
+
+    async def play(bootstrap: str) -> dict[str, Any]:
+        world = World(WorldConfig(seed=seed, dim=settings.embedding_dim))
+        async with Simulator(settings, bootstrap, world, seed=seed, log_path=log_file) as sim:
+            await sim.publish_catalogue()
+            try:
+                report = await sim.run(rate, seconds, policy)  # type: ignore[arg-type]
+            except asyncio.CancelledError:
+                report = sim.report
+        summary = {k: v for k, v in report.__dict__.items()
+                   if k not in ("expected_clicks", "round_trip_ms", "ndcg10_sum")}
+        return summary | (report.quality() if policy == "served" else {})
+
     with broker(settings) as bootstrap:
         log.info(describe(bootstrap, settings))
-        world = World(WorldConfig(seed=seed, dim=settings.embedding_dim))
-        simulator = Simulator(settings, bootstrap, world, seed=seed, log_path=log_file)
-        try:
-            report = asyncio.run(simulator.run(rate, seconds))
-        except KeyboardInterrupt:
-            report = simulator.report
-    typer.echo(orjson.dumps(report.__dict__).decode())
+        _report(asyncio.run(play(bootstrap)), None)
 
 
 @app.command()
 @_clear_errors
 def demo(
-    seconds: Annotated[float, typer.Option(min=1, help="Simulated traffic duration.")] = 30.0,
-    rate: Annotated[float, typer.Option(min=0.1, help="Ranking requests per second.")] = 1000.0,
+    seconds: Annotated[float, typer.Option(min=10, help="Whole run, warm-up included.")] = 30.0,
+    rate: Annotated[float, typer.Option(min=0.1, help="Ranking requests per second.")] = 500.0,
+    warmup: Annotated[float | None, typer.Option(
+        help="Seconds of random feeds before the first model; default a quarter of the run, "
+             "at most 30.")] = None,
+    workdir: Annotated[Path, typer.Option(help="Logs and trained models go here.")] = Path(
+        "artifacts/demo"),
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
-    """Run broker, worker and simulator end to end and report what happened."""
+    """Broker, worker and simulator end to end: warm up, train, publish, serve, measure."""
     from stream.demo import run_demo
 
-    _report(run_demo(_settings(), seconds=seconds, rate=rate), json_out)
+    warmup_s = warmup if warmup is not None else min(30.0, seconds / 4)
+    if not 0 < warmup_s < seconds:
+        _fail("--warmup must be positive and shorter than --seconds")
+    _report(run_demo(_settings(), seconds=seconds, rate=rate, warmup_s=warmup_s,
+                     workdir=workdir), json_out)
+
+
+@app.command("train")
+@_clear_errors
+def train_command(
+    logs: Annotated[Path, typer.Option(help="Simulator log (streamrank simulate --log).")],
+    out: Annotated[Path, typer.Option(help="Directory for model.onnx and manifest.json.")],
+    version: Annotated[str | None, typer.Option(help="Model version; default from the clock.")
+                       ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 8,
+) -> None:
+    """Train the multi-task ranker on logged requests and engagements; export to ONNX."""
+    import time
+
+    from models.training import train
+    from stream.training_data import build_dataset
+
+    if not logs.is_file():
+        _fail(f"no log file at {logs}")
+    settings = _settings()
+    dataset = asyncio.run(build_dataset(logs, settings))
+    report = train(dataset, out, version or f"m-{int(time.time())}", epochs=epochs)
+    _report({"manifest": str(report.manifest_path), "train_rows": report.n_train,
+             "holdout_rows": report.n_holdout, "holdout": report.metrics}, None)
+
+
+@model_app.command("publish")
+@_clear_errors
+def model_publish(
+    manifest: Annotated[Path, typer.Argument(help="manifest.json of a trained model.")],
+) -> None:
+    """Announce a trained model on model-updates; every worker hot-swaps to it."""
+    from stream.model_updates import publish_model
+    from stream.runtime import broker
+
+    settings = _settings()
+    with broker(settings) as bootstrap:
+        update = asyncio.run(publish_model(settings, bootstrap, manifest))
+    _report(update.model_dump(mode="json"), None)
 
 
 @schemas_app.command("export")
@@ -139,6 +202,26 @@ def bench_features(
     from bench.features import run_features_bench
 
     _report(run_features_bench(_settings(), n_events=events, repeats=repeats), json_out)
+
+
+@bench_app.command("scoring")
+@_clear_errors
+def bench_scoring(
+    candidates: Annotated[str, typer.Option(
+        help="Candidates per request, comma-separated; each size is measured.")] = "100,500,1000",
+    repeats: Annotated[int, typer.Option(min=1, help="Passes per figure; medians reported.")] = 3,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+) -> None:
+    """Ranking requests through the broker and a worker process, against bare onnxruntime."""
+    from bench.scoring import ScoringBenchConfig, parse_candidates, run_scoring_bench
+
+    settings = _settings()
+    try:
+        sizes = parse_candidates(candidates, settings.max_candidates)
+    except ValueError as exc:
+        _fail(str(exc))
+    _report(run_scoring_bench(settings, ScoringBenchConfig(candidates=sizes, repeats=repeats)),
+            json_out)
 
 
 def main() -> None:

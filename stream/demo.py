@@ -11,46 +11,84 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from models.training import train
 from models.world import World, WorldConfig
 from stream.broker import free_port
 from stream.errors import WorkerFailed
+from stream.model_updates import publish_model
 from stream.runtime import broker, check_store, describe
 from stream.settings import Settings
 from stream.simulator import Simulator
+from stream.training_data import build_dataset
 
 log = logging.getLogger(__name__)
 
 
-def run_demo(settings: Settings, seconds: float, rate: float) -> dict[str, Any]:
+def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
+             workdir: Path) -> dict[str, Any]:
+    """Warm up on random feeds, train on those logs, publish, then serve the rest of the run."""
     check_store(settings)
+    workdir.mkdir(parents=True, exist_ok=True)
     with broker(settings) as bootstrap:
         log.info(describe(bootstrap, settings))
         with WorkerProcess(settings, bootstrap) as worker:
-            world = World(WorldConfig(dim=settings.embedding_dim))
-            simulator = Simulator(settings, bootstrap, world)
-            report = asyncio.run(simulator.run(rate, seconds))
+            report = asyncio.run(_closed_loop(settings, bootstrap, worker, seconds, rate,
+                                              warmup_s, workdir))
             stats = worker.wait_for(
-                lambda s: s["events_processed"] + s["duplicates"] + s["dlq"] >= report.events
-                and s["items_upserted"] >= report.items,
-                timeout_s=60.0,
-            )
+                lambda s: s["events_processed"] + s["duplicates"] + s["dlq"]
+                >= report["events_published"] and s["items_upserted"] >= report["items"],
+                timeout_s=60.0)
     return {
-        "seconds": round(report.seconds, 3),
-        "requests": report.requests,
-        "events_published": report.events,
+        "seconds": report["seconds"],
+        "requests": report["requests"],
+        "events_published": report["events_published"],
         "events_processed": stats["events_processed"],
-        "events_per_s": round(stats["events_processed"] / report.seconds, 1),
+        "events_per_s": round(stats["events_processed"] / report["seconds"], 1),
         "dlq": stats["dlq"],
         "duplicates": stats["duplicates"],
         "users_with_features": stats["users_with_features"],
         "items_with_features": stats["items_with_features"],
+        "requests_ranked": stats["requests_ranked"],
+        **report["quality"],
+        "model": report["model"],
         "broker": "configured" if settings.broker_url else "embedded tansu",
         "store": "redis" if settings.redis_url else "in-memory",
         "worker_log": str(worker.log_path),
+    }
+
+
+async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess,
+                       seconds: float, rate: float, warmup_s: float,
+                       workdir: Path) -> dict[str, Any]:
+    logs = workdir / "warmup.jsonl"
+    logs.unlink(missing_ok=True)
+    world = World(WorldConfig(dim=settings.embedding_dim))
+    async with Simulator(settings, bootstrap, world, log_path=logs) as simulator:
+        await simulator.publish_catalogue()
+        await simulator.run(rate, warmup_s, policy="random")
+        log.info("warm-up done (%d requests); training on %s", simulator.report.requests, logs)
+        dataset = await build_dataset(logs, settings)
+        version = f"demo-{int(time.time())}"
+        trained = await asyncio.to_thread(train, dataset, workdir / version, version,
+                                          progress=False)
+        update = await publish_model(settings, bootstrap, trained.manifest_path)
+        await asyncio.to_thread(worker.wait_for, lambda s: s["model_version"] == update.version,
+                                60.0)
+        log.info("serving %s; closed loop for %.0fs", update.version, seconds - warmup_s)
+        report = await simulator.run(rate, max(seconds - warmup_s, 1.0), policy="served")
+    return {
+        "seconds": round(report.seconds, 3),
+        "requests": report.requests,
+        "items": report.items,
+        "events_published": report.events,
+        "quality": report.quality(),
+        "model": {"version": update.version, "train_rows": trained.n_train,
+                  "holdout_rows": trained.n_holdout, "holdout": trained.metrics},
     }
 
 
@@ -59,7 +97,8 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, bootstrap: str) -> None:
         self.port = free_port()
-        self.env = {**os.environ, "STREAMRANK_BROKER_URL": bootstrap,
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("STREAMRANK_")}
+        self.env = {**inherited, **settings.as_env(), "STREAMRANK_BROKER_URL": bootstrap,
                     "STREAMRANK_WEB_HOST": "127.0.0.1", "STREAMRANK_WEB_PORT": str(self.port)}
         handle, self.log_path = tempfile.mkstemp(prefix="streamrank-worker-", suffix=".log")
         os.close(handle)

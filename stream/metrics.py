@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from schemas import RankingResult
+
 
 class WorkerMetrics:
     def __init__(self) -> None:
@@ -24,6 +26,22 @@ class WorkerMetrics:
             "streamrank_feature_write_seconds", "Combine, store write and commit per micro-batch.",
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+
+        self.requests = Counter(
+            "streamrank_requests_ranked", "Ranking requests answered.", ["model_version"],
+            registry=self.registry)
+        self.ranking_ms = Histogram(
+            "streamrank_ranking_latency_ms", "Worker receipt to result, per request.",
+            registry=self.registry,
+            buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250))
+
+        self.model_load_failures = Counter(
+            "streamrank_model_load_failures", "Published models that could not be served.",
+            registry=self.registry)
+
+    def observe_ranking(self, result: RankingResult) -> None:
+        self.requests.labels(result.model_version).inc()
+        self.ranking_ms.observe(result.latency_ms)
 
     def total(self, name: str) -> float:
         """Sum of a counter over all its labels (e.g. ``"streamrank_rejected"``)."""

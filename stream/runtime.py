@@ -69,8 +69,8 @@ def check_store(settings: Settings) -> None:
 async def open_store(settings: Settings) -> FeatureStore:
     if settings.redis_url:
         return await RedisStore.connect(settings.redis_url, settings.topic_prefix,
-                                        settings.dedup_ttl_s)
-    return MemoryStore(settings.dedup_ttl_s)
+                                        settings.dedup_ttl_s, settings.history_length)
+    return MemoryStore(settings.dedup_ttl_s, settings.history_length)
 
 
 def _without_password(url: str) -> str:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+import orjson
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.ranking_features import TASK_NAMES
 from schemas import Limits, topic_name
 
 
@@ -33,12 +37,39 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(20_000, ge=1)
     batch_wait_ms: int = Field(20, ge=0)
     dedup_ttl_s: int = Field(86_400, ge=60, description="How long event_ids are remembered.")
+    history_length: int = Field(50, ge=1, le=1000, description="Engagements kept per user.")
     consumer_session_timeout_ms: int = Field(10_000, ge=1000)
     consumer_rebalance_timeout_ms: int = Field(3_000, ge=500)
+
+    scoring_group: str = "streamrank-scoring"
+    scoring_batch_max_requests: int = Field(64, ge=1, description="Requests per micro-batch.")
+    scoring_wait_ms: int = Field(1, ge=0, description="Fetch wait on the latency path.")
+    scorer_device: Literal["auto", "cpu", "cuda"] = "auto"
+    scorer_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = all.")
+    model_manifest: Path | None = Field(None, description="Model to serve at start-up.")
+    value_weights: dict[str, float] = Field(
+        default_factory=lambda: {"click": 1.0, "like": 0.5, "share": 1.0, "hide": -2.0},
+        description="Value model: weight per task; negative weights push items down.")
 
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
     log_level: str = "info"
+
+    @field_validator("value_weights")
+    @classmethod
+    def _weights_name_tasks(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = set(weights) - set(TASK_NAMES)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}; tasks are {list(TASK_NAMES)}")
+        return weights
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``STREAMRANK_*`` variables, to start a child process with them."""
+        env = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            text = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
+            env[f"STREAMRANK_{name.upper()}"] = text
+        return env
 
     def topic(self, suffix: str) -> str:
         return topic_name(self.topic_prefix, suffix)

@@ -1,9 +1,11 @@
 """The simulator client: plays the synthetic world's users against a running streamrank.
 
 It publishes the catalogue, then ranking requests at a target rate, and for each one the
-engagements the world samples for the feed that was shown. Until a ranker serves results
-(the scoring issue) the feed is a uniformly random ranking, logged as such with its propensity,
-so the logs can train and evaluate a first model.
+engagements the world samples for the feed that was shown. With ``policy="random"`` it shows a
+uniformly random feed (exploration data for a first model). With ``policy="served"`` it waits
+for the worker's ranking on the rankings topic and shows that. For every served request it
+also scores, with the world's true probabilities, what a random and a popularity ranking would
+have earned on the same request, so quality is measured against the truth.
 """
 
 from __future__ import annotations
@@ -12,18 +14,21 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Literal
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.world import RequestDraw, World
-from schemas import Event, ItemUpsert, Limits, RankingRequest, Record, encode
-from schemas.codec import validate
+from schemas import Event, ItemUpsert, Limits, RankingRequest, RankingResult, Record, encode
+from schemas.codec import Rejection, decode, validate
 from stream.settings import Settings
+
+Policy = Literal["random", "served"]
+MAX_IN_FLIGHT = 512
 
 
 @dataclass
@@ -32,44 +37,65 @@ class SimulationReport:
     requests: int = 0
     events: int = 0
     seconds: float = 0.0
+    served: int = 0
+    timeouts: int = 0
+    expected_clicks: dict[str, float] = field(
+        default_factory=lambda: {"served": 0.0, "random": 0.0, "popularity": 0.0, "oracle": 0.0})
+    shown: int = 0
+    ndcg10_sum: float = 0.0
+    round_trip_ms: list[float] = field(default_factory=list)
+
+    def quality(self) -> dict[str, Any]:
+        """CTRs per shown item from the world's true probabilities, on the served requests."""
+        shown = max(self.shown, 1)
+        trips = np.asarray(self.round_trip_ms or [np.nan])
+        return {
+            "ctr": {name: round(float(clicks) / shown, 5)
+                    for name, clicks in self.expected_clicks.items()},
+            "ndcg10_vs_oracle": round(float(self.ndcg10_sum) / max(self.served, 1), 4),
+            "served_requests": self.served,
+            "timeouts": self.timeouts,
+            "round_trip_ms": {"p50": round(float(np.nanpercentile(trips, 50)), 2),
+                              "p99": round(float(np.nanpercentile(trips, 99)), 2)},
+        }
 
 
 class Simulator:
     def __init__(self, settings: Settings, bootstrap: str, world: World, seed: int = 0,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, result_timeout_s: float = 5.0) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.world = world
         self.rng = np.random.default_rng(seed)
         self.log_path = log_path
+        self.result_timeout_s = result_timeout_s
         self.report = SimulationReport()
+        self.started = time.monotonic()
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+        self._rankings: AIOKafkaConsumer | None = None
+        self._waiting: dict[str, asyncio.Future[RankingResult]] = {}
+        self._log: IO[bytes] | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._item_index = {item_id: i for i, item_id in enumerate(world.item_ids)}
 
-    async def run(self, rate: float, seconds: float) -> SimulationReport:
-        """Play ``rate`` requests/s for ``seconds`` (0 = until cancelled)."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
-        await producer.start()
-        log_file = self.log_path.open("ab") if self.log_path else None
-        started = time.monotonic()
-        try:
-            await self._publish_catalogue(producer)
-            for due in _schedule(rate, seconds, started):
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await self._play_one(producer, time.monotonic() - started, log_file)
-            await producer.flush()
-        finally:
-            self.report.seconds = time.monotonic() - started
-            await producer.stop()
-            if log_file is not None:
-                log_file.close()
-        return self.report
+    async def __aenter__(self) -> Simulator:
+        await self._producer.start()
+        await self._follow_rankings()
+        self._log = self.log_path.open("ab") if self.log_path else None
+        return self
 
-    async def _send(self, producer: AIOKafkaProducer, suffix: str, key: str,
-                    record: Record) -> None:
-        await producer.send(self.settings.topic(suffix), encode(record), key=key.encode())
+    async def __aexit__(self, *exc: object) -> None:
+        await self._producer.flush()
+        await self._producer.stop()
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+        if self._rankings is not None:
+            await self._rankings.stop()
+        if self._log is not None:
+            self._log.close()
 
-    async def _publish_catalogue(self, producer: AIOKafkaProducer) -> None:
+    async def publish_catalogue(self) -> None:
         world, now = self.world, time.time()
         catalogue = [(world.item_ids, world.item_embeddings, None),
                      (world.ad_ids, world.ad_embeddings, world.ad_bids)]
@@ -80,37 +106,134 @@ class Simulator:
                     "embedding": embeddings[index].tolist(), "created_ts": now,
                     "bid": None if bids is None else float(bids[index]),
                 }, ItemUpsert, self.settings.limits)
-                await self._send(producer, "items", item_id, upsert)
+                await self._send("items", item_id, upsert)
+                self._write_log({"item": upsert.model_dump(mode="json", exclude_none=True)})
                 self.report.items += 1
+        await self._producer.flush()
 
-    async def _play_one(self, producer: AIOKafkaProducer, elapsed_s: float,
-                        log_file: IO[bytes] | None) -> None:
+    async def run(self, rate: float, seconds: float, policy: Policy) -> SimulationReport:
+        """Play ``rate`` requests/s for ``seconds`` (0 = until cancelled)."""
+        in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+        phase_start = time.monotonic()
+        try:
+            for due in _schedule(rate, seconds, phase_start):
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await in_flight.acquire()
+                task = asyncio.ensure_future(self._play_one(policy))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda _: in_flight.release())
+            if tasks:
+                await asyncio.gather(*tasks)
+            await self._producer.flush()
+        finally:
+            self.report.seconds += time.monotonic() - phase_start
+        return self.report
+
+    async def _send(self, suffix: str, key: str, record: Record) -> None:
+        await self._producer.send(self.settings.topic(suffix), encode(record), key=key.encode())
+
+    def _write_log(self, line: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.write(orjson.dumps(line) + b"\n")
+
+    async def _follow_rankings(self) -> None:
+        """Follow results from now on; positions are resolved before the first request."""
+        topic = self.settings.topic("rankings")
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                    enable_auto_commit=False, fetch_max_wait_ms=1)
+        await consumer.start()
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p)
+                      for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for partition in partitions:
+            await consumer.position(partition)
+        self._rankings = consumer
+        self._follower = asyncio.ensure_future(self._resolve_rankings(consumer))
+
+    async def _resolve_rankings(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for record in records:
+                    try:
+                        result = decode(record.value or b"", RankingResult)
+                    except Rejection:
+                        continue
+                    waiter = self._waiting.pop(result.request_id, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(result)
+
+    async def _play_one(self, policy: Policy) -> None:
         world, now = self.world, time.time()
-        draw = world.draw_request(self.rng, elapsed_s)
-        user_id = world.user_ids[draw.user]
+        elapsed = time.monotonic() - self.started
+        draw = world.draw_request(self.rng, elapsed)
         request = _request(world, draw, now, self.settings.limits)
-        await self._send(producer, "requests", user_id, request)
+        ranked = self.rng.permutation(draw.candidates)[: world.config.shown]
+        served_by = "random"
+        if policy == "served":
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting[request.request_id] = waiter
+            sent = time.perf_counter()
+            await self._send("requests", request.user_id, request)
+            try:
+                result = await asyncio.wait_for(waiter, self.result_timeout_s)
+                self.report.round_trip_ms.append((time.perf_counter() - sent) * 1000)
+                ranked = np.array([self._item_index[item.item_id] for item in result.items])
+                served_by = result.model_version
+                self._score_against_truth(draw, ranked, elapsed)
+            except TimeoutError:
+                self._waiting.pop(request.request_id, None)
+                self.report.timeouts += 1
+        else:
+            await self._send("requests", request.user_id, request)
         self.report.requests += 1
 
-        ranked = self.rng.permutation(draw.candidates)[: world.config.shown]
         ads_by_slot = {slot: int(self.rng.choice(draw.ads)) for slot in draw.ad_slots}
-        engagements = world.play(self.rng, draw, ranked, ads_by_slot, elapsed_s)
+        engagements = world.play(self.rng, draw, ranked, ads_by_slot, elapsed)
         events = [
-            Event(ts=now, event_id=uuid.uuid4().hex, user_id=user_id, item_id=e.item_id,
-                  type=e.type, request_id=request.request_id, position=e.position,  # type: ignore[arg-type]
-                  dwell_s=e.dwell_s, revenue=e.revenue)
+            Event(ts=time.time(), event_id=uuid.uuid4().hex, user_id=request.user_id,
+                  item_id=e.item_id, type=e.type,  # type: ignore[arg-type]
+                  request_id=request.request_id, position=e.position, dwell_s=e.dwell_s,
+                  revenue=e.revenue)
             for e in engagements
         ]
         for event in events:
-            await self._send(producer, "events", user_id, event)
+            await self._send("events", request.user_id, event)
         self.report.events += len(events)
-        if log_file is not None:
-            log_file.write(orjson.dumps({
-                "request": request.model_dump(mode="json"),
-                "served": {"policy": "random", "items": [world.item_ids[i] for i in ranked],
-                           "ads": {str(s): world.ad_ids[a] for s, a in ads_by_slot.items()}},
-                "events": [e.model_dump(mode="json", exclude_none=True) for e in events],
-            }) + b"\n")
+        self._write_log({
+            "request": request.model_dump(mode="json"),
+            "served": {"policy": served_by, "items": [world.item_ids[i] for i in ranked],
+                       "ads": {str(s): world.ad_ids[a] for s, a in ads_by_slot.items()}},
+            "events": [e.model_dump(mode="json", exclude_none=True) for e in events],
+        })
+
+    def _score_against_truth(self, draw: RequestDraw, served: np.ndarray, elapsed: float) -> None:
+        world, shown = self.world, self.world.config.shown
+        truth = world.probabilities(draw.user, draw.candidates,
+                                    np.zeros(len(draw.candidates), dtype=np.int64),
+                                    draw.device, elapsed)["click"]
+        oracle = draw.candidates[np.argsort(-truth, kind="stable")][:shown]
+        rankings = {
+            "served": served,
+            "random": self.rng.permutation(draw.candidates)[:shown],
+            "popularity": world.popularity_ranking(draw)[:shown],
+            "oracle": oracle,
+        }
+        for name, ranking in rankings.items():
+            self.report.expected_clicks[name] += world.expected_clicks(draw, ranking, elapsed)
+        self.report.shown += shown
+        self.report.served += 1
+        gain = dict(zip(draw.candidates.tolist(), truth.tolist(), strict=True))
+        discounts = 1.0 / np.log2(np.arange(2, 12))
+        dcg = sum(gain[int(i)] * d for i, d in zip(served[:10], discounts, strict=False))
+        ideal = sum(gain[int(i)] * d for i, d in zip(oracle[:10], discounts, strict=False))
+        self.report.ndcg10_sum += dcg / ideal if ideal > 0 else 0.0
 
 
 def _request(world: World, draw: RequestDraw, now: float, limits: Limits) -> RankingRequest:

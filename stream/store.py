@@ -11,6 +11,7 @@ from __future__ import annotations
 import string
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -18,7 +19,16 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from models.features import HALF_LIVES_S, N_COUNTERS, VALUE_SIZE, EntityState, merge
+from models.features import (
+    HALF_LIVES_S,
+    HISTORY_TS,
+    N_COUNTERS,
+    VALUE_SIZE,
+    EntityState,
+    ItemMeta,
+    history_entry,
+    merge,
+)
 from stream.errors import StoreUnavailable
 
 
@@ -30,6 +40,7 @@ class FeatureUpdate:
     users: dict[str, bytes] = field(default_factory=dict)
     items: dict[str, bytes] = field(default_factory=dict)
     item_meta: dict[str, bytes] = field(default_factory=dict)
+    history: list[tuple[str, str, float]] = field(default_factory=list)  # user, item, ts
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,10 @@ class FetchedFeatures:
     user: bytes | None
     items: list[bytes | None]
     item_meta: list[bytes | None]
+    history: list[bytes]  # packed engagement entries, newest first
+
+
+Lookup = tuple[str, Sequence[str]]  # user id, candidate item ids
 
 
 class FeatureStore(ABC):
@@ -49,8 +64,11 @@ class FeatureStore(ABC):
         """Write ``update`` atomically; return already-seen event ids instead if there are any."""
 
     @abstractmethod
+    async def fetch_many(self, lookups: Sequence[Lookup]) -> list[FetchedFeatures]:
+        """Everything several requests need, in one round trip."""
+
     async def fetch(self, user_id: str, item_ids: Sequence[str]) -> FetchedFeatures:
-        """User value, item values and item metas in one round trip."""
+        return (await self.fetch_many([(user_id, item_ids)]))[0]
 
     @abstractmethod
     async def counts(self) -> dict[str, int]:
@@ -63,8 +81,10 @@ class FeatureStore(ABC):
 class MemoryStore(FeatureStore):
     description = "in-memory"
 
-    def __init__(self, dedup_ttl_s: float) -> None:
+    def __init__(self, dedup_ttl_s: float, history_length: int) -> None:
         self._dedup_ttl_s = dedup_ttl_s
+        self._history_length = history_length
+        self._history: dict[str, deque[bytes]] = {}
         self._seen: dict[str, float] = {}
         self._users: dict[str, bytes] = {}
         self._items: dict[str, bytes] = {}
@@ -84,6 +104,11 @@ class MemoryStore(FeatureStore):
                 old = table.get(key)
                 table[key] = delta if old is None else merge(
                     EntityState.unpack(old), EntityState.unpack(delta)).pack()
+        for user_id, item_id, ts in update.history:
+            meta = self._meta.get(item_id)
+            if meta is not None:
+                history = self._history.setdefault(user_id, deque(maxlen=self._history_length))
+                history.appendleft(history_entry(ts, meta))
         return []
 
     def _forget_expired(self, now: float) -> None:
@@ -94,12 +119,16 @@ class MemoryStore(FeatureStore):
                 break
             del self._seen[oldest]
 
-    async def fetch(self, user_id: str, item_ids: Sequence[str]) -> FetchedFeatures:
-        return FetchedFeatures(
-            self._users.get(user_id),
-            [self._items.get(i) for i in item_ids],
-            [self._meta.get(i) for i in item_ids],
-        )
+    async def fetch_many(self, lookups: Sequence[Lookup]) -> list[FetchedFeatures]:
+        return [
+            FetchedFeatures(
+                self._users.get(user_id),
+                [self._items.get(i) for i in item_ids],
+                [self._meta.get(i) for i in item_ids],
+                list(self._history.get(user_id, ())),
+            )
+            for user_id, item_ids in lookups
+        ]
 
     async def counts(self) -> dict[str, int]:
         return {"users": len(self._users), "items": len(self._items.keys() | self._meta.keys())}
@@ -111,7 +140,8 @@ class MemoryStore(FeatureStore):
 # tens of thousands keeps the client's command encoding off the hot path.
 # KEYS: users index, items index, current and previous dedup bucket.
 # ARGV: bucket TTL, event ids, user key prefix, user ids, user deltas, item key prefix, item ids,
-#       item deltas.
+#       item deltas, history key prefix, meta key prefix, history user ids, history item ids,
+#       history timestamps (packed float64), history length.
 _MERGE_LUA = string.Template("""
 local function split(joined)
   local parts = {}
@@ -168,33 +198,48 @@ local function merge_all(prefix, joined, deltas, index)
 end
 merge_all(ARGV[3], ARGV[4], ARGV[5], KEYS[1])
 merge_all(ARGV[6], ARGV[7], ARGV[8], KEYS[2])
+
+local history_items = split(ARGV[12])
+for e, user in ipairs(split(ARGV[11])) do
+  local meta = redis.call('GET', ARGV[10] .. history_items[e])
+  if meta then
+    local key = ARGV[9] .. user
+    local ts = string.sub(ARGV[13], (e - 1) * 8 + 1, e * 8)
+    redis.call('LPUSH', key, ts .. string.sub(meta, $meta_head + 1))
+    redis.call('LTRIM', key, 0, tonumber(ARGV[14]) - 1)
+  end
+end
 return {}
 """).substitute(
     half_lives=", ".join(repr(h) for h in HALF_LIVES_S),
     n_counters=N_COUNTERS,
     size=VALUE_SIZE,
+    meta_head=ItemMeta.HEAD.size,
 )
 
 
 class RedisStore(FeatureStore):
-    def __init__(self, client: aioredis.Redis, namespace: str, dedup_ttl_s: int) -> None:
+    def __init__(self, client: aioredis.Redis, namespace: str, dedup_ttl_s: int,
+                 history_length: int) -> None:
         self._client = client
         self._ns = namespace
         self._dedup_ttl_s = dedup_ttl_s
+        self._history_length = history_length
         self._merge = client.register_script(_MERGE_LUA)
         self._users_index = f"{namespace}:idx:users"
         self._items_index = f"{namespace}:idx:items"
         self.description = "redis"
 
     @classmethod
-    async def connect(cls, url: str, namespace: str, dedup_ttl_s: int) -> RedisStore:
+    async def connect(cls, url: str, namespace: str, dedup_ttl_s: int,
+                      history_length: int) -> RedisStore:
         client = aioredis.Redis.from_url(url, socket_connect_timeout=3)
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
             await client.aclose()
             raise StoreUnavailable(f"Redis at {url} is not reachable: {exc}") from exc
-        return cls(client, namespace, dedup_ttl_s)
+        return cls(client, namespace, dedup_ttl_s, history_length)
 
     def user_key(self, user_id: str) -> str:
         return f"{self._ns}:f1:u:{user_id}"
@@ -204,6 +249,9 @@ class RedisStore(FeatureStore):
 
     def meta_key(self, item_id: str) -> str:
         return f"{self._ns}:m1:i:{item_id}"
+
+    def history_key(self, user_id: str) -> str:
+        return f"{self._ns}:h1:u:{user_id}"
 
     def seen_keys(self, now: float) -> list[str]:
         """Event ids live in time buckets of ``dedup_ttl_s``; the current and previous bucket
@@ -216,7 +264,12 @@ class RedisStore(FeatureStore):
         keys = [self._users_index, self._items_index, *self.seen_keys(time.time())]
         args: list[str | bytes | int] = [2 * self._dedup_ttl_s, "\0".join(update.event_ids),
                 self.user_key(""), "\0".join(update.users), b"".join(update.users.values()),
-                self.item_key(""), "\0".join(update.items), b"".join(update.items.values())]
+                self.item_key(""), "\0".join(update.items), b"".join(update.items.values()),
+                self.history_key(""), self.meta_key(""),
+                "\0".join(user for user, _, _ in update.history),
+                "\0".join(item for _, item, _ in update.history),
+                b"".join(HISTORY_TS.pack(ts) for _, _, ts in update.history),
+                self._history_length]
         async with self._client.pipeline(transaction=False) as pipe:
             if update.item_meta:
                 pipe.mset({self.meta_key(i): v for i, v in update.item_meta.items()})
@@ -225,13 +278,20 @@ class RedisStore(FeatureStore):
             results = await pipe.execute()
         return list({update.event_ids[int(i)] for i in results[-1]})
 
-    async def fetch(self, user_id: str, item_ids: Sequence[str]) -> FetchedFeatures:
-        keys = [self.user_key(user_id)]
-        keys += [self.item_key(i) for i in item_ids]
-        keys += [self.meta_key(i) for i in item_ids]
-        values = cast(list[bytes | None], await self._client.mget(keys))
-        n = len(item_ids)
-        return FetchedFeatures(values[0], values[1:1 + n], values[1 + n:])
+    async def fetch_many(self, lookups: Sequence[Lookup]) -> list[FetchedFeatures]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for user_id, item_ids in lookups:
+                pipe.mget([self.user_key(user_id), *map(self.item_key, item_ids),
+                           *map(self.meta_key, item_ids)])
+                pipe.lrange(self.history_key(user_id), 0, -1)
+            replies = await pipe.execute()
+        fetched = []
+        for (_, item_ids), values, history in zip(
+                lookups, replies[::2], replies[1::2], strict=True):
+            values = cast(list[bytes | None], values)
+            n = len(item_ids)
+            fetched.append(FetchedFeatures(values[0], values[1:1 + n], values[1 + n:], history))
+        return fetched
 
     async def counts(self) -> dict[str, int]:
         async with self._client.pipeline(transaction=False) as pipe:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -43,3 +44,23 @@ def settings(bootstrap: str, redis_url: str) -> Settings:
         partitions=2,
         batch_wait_ms=5,
     )
+
+
+def export_serving_model(directory: Path, version: str, seed: int) -> Path:
+    """An (untrained) ranker on the serving feature layout, exported like training does."""
+    import torch
+
+    from models.ranker import MultiTaskRanker, export_onnx
+    from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
+
+    torch.manual_seed(seed)
+    model = MultiTaskRanker(len(RANKER_FEATURE_NAMES), len(TASK_NAMES))
+    return export_onnx(model, RANKER_FEATURE_NAMES, TASK_NAMES, directory / version, version, {})
+
+
+@pytest.fixture(scope="session")
+def serving_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two model versions for hot-swap tests: manifests of v1 and v2."""
+    directory = tmp_path_factory.mktemp("models")
+    return (export_serving_model(directory, "test-v1", 1),
+            export_serving_model(directory, "test-v2", 2))

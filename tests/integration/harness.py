@@ -19,10 +19,10 @@ from stream.store import FeatureStore, MemoryStore, RedisStore
 
 async def open_test_store(settings: Settings, kind: str) -> FeatureStore:
     if kind == "memory":
-        return MemoryStore(settings.dedup_ttl_s)
+        return MemoryStore(settings.dedup_ttl_s, settings.history_length)
     assert settings.redis_url is not None
     return await RedisStore.connect(settings.redis_url, settings.topic_prefix,
-                                    settings.dedup_ttl_s)
+                                    settings.dedup_ttl_s, settings.history_length)
 
 
 @asynccontextmanager

@@ -14,11 +14,13 @@ from models.features import (
     CHANNEL_INDEX,
     FEATURE_NAMES,
     HALF_LIVES_S,
+    ITEM_FEATURE_NAMES,
     PRIOR_IMPRESSIONS,
     PRIOR_RATES,
+    USER_FEATURE_NAMES,
     EntityState,
 )
-from stream.feature_reader import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES, FeatureReader
+from stream.feature_reader import FeatureReader
 from stream.settings import Settings
 from stream.store import FeatureStore, RedisStore
 from tests.integration.harness import (
@@ -57,6 +59,8 @@ KNOWN_SEQUENCE = [
     event("k4", "u1", "i1", "dwell", T0 + 120, dwell_s=42.0),
     event("k5", "u1", "i2", "hide", T0 + 3600),
     event("k6", "u2", "i1", "impression", T0 + 4000),
+    event("k7", "u2", "i2", "like", T0 + 4100),
+    event("k8", "u2", "i9", "click", T0 + 4200),  # never upserted: no embedding to remember
 ]
 
 
@@ -67,7 +71,7 @@ async def test_known_sequence_yields_closed_form_features(settings: Settings,
     async with feature_service(settings, store) as (_, metrics):
         await publish(settings, "items", [item("i1"), item("i2", kind="ad", bid=0.5)])
         await publish(settings, "events", KNOWN_SEQUENCE)
-        await wait_until(lambda: metrics.total("streamrank_events_processed") == 6
+        await wait_until(lambda: metrics.total("streamrank_events_processed") == 8
                          and metrics.total("streamrank_items_upserted") == 2)
 
     fetched = await store.fetch("u1", ["i1", "i2", "never-seen"])
@@ -115,7 +119,11 @@ async def test_known_sequence_yields_closed_form_features(settings: Settings,
                                                               rel=1e-5)
     assert item_rows[2]["item_known"] == 0.0
     assert len(FEATURE_NAMES) + 4 == len(ITEM_FEATURE_NAMES)
-    assert await store.counts() == {"users": 2, "items": 2}
+    assert features.history_ts.tolist() == [T0 + 60]
+    np.testing.assert_allclose(features.history, [[0.25] * settings.embedding_dim])
+    other = await FeatureReader(store, settings.embedding_dim).fetch("u2", [], now=now)
+    assert other.history_ts.tolist() == [T0 + 4100]
+    assert await store.counts() == {"users": 2, "items": 3}
     await _cleanup(store)
 
 

@@ -1,0 +1,791 @@
+"""Ranking requests through the real broker and a real worker process, against bare onnxruntime.
+
+One run sets up everything itself: a unique topic prefix, the broker (embedded tansu unless
+``STREAMRANK_BROKER_URL`` is set), a Redis namespace filled with a synthetic catalogue and user
+history through the real store API, an untrained ONNX export of the ranker in a temp dir, the
+worker as a child process (``stream.demo.WorkerProcess``, which never imports torch) and an
+*echo* process: the same batch consumer with the same fetch wait, which only copies each request
+into a results topic. The echo's round trip is the broker's own floor.
+
+Per candidates size, in this order:
+
+- bare: plain onnxruntime on the CPU provider, same model file and intra-op threads as the
+  worker, on one request's rows and on the micro-batch the worker was seen to run;
+- max: open loop with many requests in flight, results counted from the first one back;
+- latency: paced at half of max, alternating passes of the worker and of the echo at the same
+  rate, round trip from produce to the result consumed, matched by request id;
+- http: ``POST /rank`` from 8 concurrent clients.
+
+The machine is small and shared by broker, Redis, worker and this process, so each figure is a
+median over passes (latency percentiles pool the passes), and the path not being measured is
+paused (SIGSTOP): an idle consumer polling with a 1 ms fetch wait costs ~25% of a core between
+itself and the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from models.features import ItemMeta
+from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
+from models.scorer import CPU, Manifest, choose_provider
+from schemas import Event, RankingRequest, RankingResult, encode
+from schemas.codec import decode
+from stream.consumer import Batch, BatchConsumer, next_offsets
+from stream.features_service import feature_update
+from stream.metrics import WorkerMetrics
+from stream.runtime import broker, check_store
+from stream.settings import Settings
+from stream.store import FeatureUpdate, RedisStore
+
+if TYPE_CHECKING:
+    from stream.demo import WorkerProcess
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+BENCH_FETCH_WAIT_MS = 1  # the bench's own consumers, on the latency path
+HTTP_CLIENTS = 8
+RESULT_N = 20
+ECHO_TOPICS = ("echo-requests", "echo-results")
+ENGAGEMENT_MIX = {"impression": 0.70, "click": 0.12, "dwell": 0.08, "like": 0.05, "hide": 0.03,
+                  "share": 0.02}
+_PLACEHOLDER = "REQUEST-ID-PLACEHOLDER"
+_LOADED = re.compile(rb"model (\S+) loaded on (\w+) \((\d+) intra-op threads\)")
+
+
+@dataclass(frozen=True)
+class ScoringBenchConfig:
+    """Sizes and durations; the defaults keep each candidates size to ~30 s."""
+
+    candidates: tuple[int, ...] = (100, 500, 1000)
+    repeats: int = 3                   # passes per figure; medians (or pooled percentiles)
+    throughput_seconds: float = 3.0    # per max-load pass
+    latency_seconds: float = 3.0       # per latency pass (worker and echo each)
+    min_latency_requests: int = 50     # per latency pass, even when half load is slow
+    max_latency_requests: int = 3000   # per latency pass
+    http_seconds: float = 3.0
+    http_requests: int = 3000          # at most, over all clients
+    bare_seconds: float = 0.5          # per bare pass and shape
+    warmup_requests: int = 32
+    items: int = 5000
+    users: int = 1000
+    events: int = 20_000
+    pause_idle: bool = True            # SIGSTOP the path not being measured
+    seed: int = 0
+
+
+def parse_candidates(text: str, limit: int) -> tuple[int, ...]:
+    """``"100,500,1000"`` -> ``(100, 500, 1000)``; ValueError with a readable message."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--candidates must be comma-separated integers, not {text!r}") from None
+    if not sizes or any(not 1 <= size <= limit for size in sizes):
+        raise ValueError(f"--candidates must be between 1 and {limit} "
+                         "(STREAMRANK_MAX_CANDIDATES) each")
+    return sizes
+
+
+def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = None
+                      ) -> dict[str, Any]:
+    config = config or ScoringBenchConfig()
+    run_id = uuid.uuid4().hex[:8]
+    settings = settings.model_copy(update={
+        "topic_prefix": f"bench-scoring-{run_id}",
+        "redis_url": settings.redis_url or DEFAULT_REDIS,
+    })
+    if max(config.candidates) > min(settings.max_candidates, config.items):
+        raise ValueError("more candidates per request than the catalogue or the limit allows")
+    check_store(settings)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="streamrank-bench-scoring-") as tmp:
+        manifest = export_untrained_model(Path(tmp), f"bench-{run_id}")
+        with broker(settings) as bootstrap:
+            _create_topics(bootstrap, settings, ECHO_TOPICS)
+            try:
+                report = _run(settings, bootstrap, config, manifest)
+            finally:
+                asyncio.run(_drop_store(settings))
+                _delete_topics(settings, bootstrap)
+    return report | {
+        "run_id": run_id,
+        "topic_prefix": settings.topic_prefix,
+        "broker": "configured" if settings.broker_url else "embedded tansu",
+        "store": "redis",
+        "cpu_count": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load_before],
+    }
+
+
+def export_untrained_model(out_dir: Path, version: str) -> Path:
+    """The ranker with untrained weights: the speed is the same as a trained one's."""
+    import torch  # the bench process only; the worker never imports it
+
+    from models.ranker import MultiTaskRanker, export_onnx
+
+    torch.manual_seed(0)
+    model = MultiTaskRanker(len(RANKER_FEATURE_NAMES), len(TASK_NAMES))
+    return export_onnx(model, RANKER_FEATURE_NAMES, TASK_NAMES, out_dir / version, version,
+                       {"untrained": 1.0})
+
+
+def _run(settings: Settings, bootstrap: str, config: ScoringBenchConfig,
+         manifest: Path) -> dict[str, Any]:
+    catalogue = asyncio.run(populate_store(settings, config))
+    version = Manifest.load(manifest).version
+    worker = _worker_process(settings, bootstrap, {
+        "STREAMRANK_MODEL_MANIFEST": str(manifest),
+        "STREAMRANK_REDIS_URL": str(settings.redis_url),
+        "STREAMRANK_TOPIC_PREFIX": settings.topic_prefix,
+        "STREAMRANK_PARTITIONS": str(settings.partitions),
+        "STREAMRANK_SCORING_WAIT_MS": str(settings.scoring_wait_ms),
+        "STREAMRANK_SCORING_BATCH_MAX_REQUESTS": str(settings.scoring_batch_max_requests),
+        "STREAMRANK_SCORER_THREADS": str(settings.scorer_threads),
+        "STREAMRANK_SCORER_DEVICE": settings.scorer_device,
+    })
+    with EchoProcess(settings, bootstrap) as echo, worker:
+        worker.wait_for(lambda s: s["model_version"] == version, timeout_s=60.0)
+        provider, threads = _worker_model(Path(worker.log_path), version, settings)
+        bench = _Bench(settings, bootstrap, config, catalogue, Manifest.load(manifest),
+                       worker, echo)
+        by_candidates = asyncio.run(bench.run())
+        worker_torch = _maps_torch(worker.process.pid if worker.process else None)
+    return {
+        "by_candidates": by_candidates,
+        "model_version": version,
+        "provider": provider,
+        "intra_op_threads": threads,
+        "bare_provider": CPU,
+        "worker_imports_torch": worker_torch,
+        "result_n": RESULT_N,
+        "http_clients": HTTP_CLIENTS,
+        "partitions": settings.partitions,
+        "scoring_wait_ms": settings.scoring_wait_ms,
+        "bench_fetch_wait_ms": BENCH_FETCH_WAIT_MS,
+        "scoring_batch_max_requests": settings.scoring_batch_max_requests,
+        "in_flight_at_max": bench.window,
+        "latency_rate": "half of max_candidates_per_s, in requests/s (latency_rate_per_s)",
+        "repeats": config.repeats,
+        "idle_path_paused": config.pause_idle,
+        "catalogue": {"items": config.items, "users": config.users, "events": config.events},
+        "worker_log": str(worker.log_path),
+    }
+
+
+def _worker_process(settings: Settings, bootstrap: str, env: dict[str, str]) -> WorkerProcess:
+    """``stream.demo.WorkerProcess`` with this run's settings in the child's environment.
+
+    Imported here: ``stream.demo`` pulls in training (torch), which the echo child must not pay
+    for. ``WorkerProcess`` copies ``os.environ`` only, so the run's settings are added to it.
+    """
+    from stream.demo import WorkerProcess
+
+    worker = WorkerProcess(settings, bootstrap)
+    worker.env.update(env)
+    return worker
+
+
+def _worker_model(log_path: Path, version: str, settings: Settings) -> tuple[str, int | None]:
+    """The provider and threads the worker logged for the model; else what it would choose."""
+    for match in _LOADED.finditer(log_path.read_bytes()):
+        if match.group(1).decode() == version:
+            return match.group(2).decode(), int(match.group(3))
+    return choose_provider(settings.scorer_device), None
+
+
+def _maps_torch(pid: int | None) -> bool | None:
+    """Whether the worker process has libtorch mapped (it must not)."""
+    if pid is None:
+        return None
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
+
+
+# -- set-up ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    item_ids: list[str]
+    user_ids: list[str]
+
+
+async def populate_store(settings: Settings, config: ScoringBenchConfig) -> Catalogue:
+    """Items (metas with embeddings) and user/item history, written through the store API."""
+    assert settings.redis_url is not None
+    rng = np.random.default_rng(config.seed)
+    now = time.time()
+    item_ids = [f"i{k}" for k in range(config.items)]
+    user_ids = [f"u{k}" for k in range(config.users)]
+    embeddings = rng.standard_normal((config.items, settings.embedding_dim)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    ages = rng.uniform(0, 30 * 86_400, size=config.items)
+    metas = {item_id: ItemMeta(now - ages[k], 0.0, False, embeddings[k]).pack()
+             for k, item_id in enumerate(item_ids)}
+    types = rng.choice(list(ENGAGEMENT_MIX), size=config.events, p=list(ENGAGEMENT_MIX.values()))
+    users = rng.integers(0, config.users, size=config.events)
+    items = rng.zipf(1.3, size=config.events) % config.items
+    stamps = now - rng.uniform(0, 7 * 86_400, size=config.events)
+    events = [
+        Event(ts=float(stamps[k]), event_id=f"bench-e{k}", user_id=user_ids[users[k]],
+              item_id=item_ids[items[k]], type=str(types[k]),  # type: ignore[arg-type]
+              dwell_s=12.5 if types[k] == "dwell" else None)
+        for k in range(config.events)
+    ]
+    store = await RedisStore.connect(settings.redis_url, settings.topic_prefix,
+                                     settings.dedup_ttl_s, settings.history_length)
+    try:
+        await store.apply(FeatureUpdate(item_meta=metas))
+        for start in range(0, len(events), 5000):
+            duplicates = await store.apply(feature_update(events[start:start + 5000], {}))
+            assert not duplicates, "event ids of a fresh namespace were seen before"
+    finally:
+        await store.close()
+    return Catalogue(item_ids, user_ids)
+
+
+async def _drop_store(settings: Settings) -> None:
+    assert settings.redis_url is not None
+    store = await RedisStore.connect(settings.redis_url, settings.topic_prefix,
+                                     settings.dedup_ttl_s, settings.history_length)
+    try:
+        await store.drop()
+    finally:
+        await store.close()
+
+
+def echo_topic(settings: Settings, suffix: str) -> str:
+    """The echo's topics, beside the run's own (``Settings.topic`` knows only the record topics)."""
+    assert suffix in ECHO_TOPICS
+    return f"{settings.topic_prefix}.{suffix}"
+
+
+def _create_topics(bootstrap: str, settings: Settings, suffixes: Sequence[str]) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
+                             client_id="streamrank-bench")
+    try:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics([NewTopic(echo_topic(settings, s), settings.partitions,
+                                          settings.replication_factor) for s in suffixes])
+    finally:
+        admin.close()
+
+
+def _delete_topics(settings: Settings, bootstrap: str) -> None:
+    """A configured broker keeps this run's topics otherwise (an embedded one just goes)."""
+    if not settings.broker_url:
+        return
+    with contextlib.suppress(KafkaError):
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
+                                 client_id="streamrank-bench")
+        try:
+            ours = [t for t in admin.list_topics()
+                    if t.startswith(settings.topic_prefix + ".")]
+            if ours:
+                admin.delete_topics(ours)
+        finally:
+            admin.close()
+
+
+# -- the echo: the broker's floor ------------------------------------------------------------
+
+
+class EchoService(BatchConsumer):
+    """The scoring service's consumer, fetch wait, produce and commit, minus decode and
+    scoring: each request's bytes go straight to the echo results topic.
+
+    It takes every partition by manual assignment and commits to its group as a standalone
+    consumer: no group membership, so it can be paused for any length of time without a
+    rebalance. The worker keeps the usual membership and is paused for a few seconds at most."""
+
+    def __init__(self, settings: Settings, bootstrap: str, **kwargs: object) -> None:
+        super().__init__(
+            settings, bootstrap, WorkerMetrics(),
+            topics=(echo_topic(settings, ECHO_TOPICS[0]),),
+            group_id=f"{settings.topic_prefix}-echo",
+            fetch_wait_ms=settings.scoring_wait_ms,
+            max_records=settings.scoring_batch_max_requests,
+            **kwargs)
+        self._out = echo_topic(settings, ECHO_TOPICS[1])
+        self._in = echo_topic(settings, ECHO_TOPICS[0])
+
+    async def on_start(self) -> None:
+        s = self.settings
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=f"{s.topic_prefix}-echo",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=s.scoring_wait_ms,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=1)
+        await self._producer.start()
+        await self._consumer.start()
+        await self._consumer.topics()
+        self._consumer.assign([TopicPartition(self._in, p) for p in
+                               sorted(self._consumer.partitions_for_topic(self._in) or {0})])
+        self._loop_task = asyncio.ensure_future(self._consume())
+
+    async def handle(self, batch: Batch) -> None:
+        pending = [await self.producer.send(self._out, record.value, key=record.key)
+                   for records in batch.values() for record in records]
+        await asyncio.gather(*pending)
+        await self.commit(next_offsets(batch))
+
+
+class EchoProcess:
+    """:class:`EchoService` in a child process of its own, like the worker."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.args = [sys.executable, "-m", "bench.scoring", "echo", bootstrap,
+                     settings.topic_prefix, str(settings.scoring_wait_ms),
+                     str(settings.scoring_batch_max_requests), str(settings.partitions)]
+        handle, name = tempfile.mkstemp(prefix="streamrank-echo-", suffix=".log")
+        os.close(handle)
+        self.log_path = Path(name)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> EchoProcess:
+        with open(self.log_path, "wb") as log_file:
+            self.process = subprocess.Popen(self.args, stdout=log_file,
+                                            stderr=subprocess.STDOUT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        _signal(self.process, signal.SIGCONT)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log_path.unlink(missing_ok=True)
+
+    def check(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError(f"the echo process exited; see {self.log_path}")
+
+
+def _echo_main(argv: Sequence[str]) -> None:
+    bootstrap, prefix, wait_ms, max_records, partitions = argv
+    settings = Settings(broker_url=bootstrap, topic_prefix=prefix,
+                        scoring_wait_ms=int(wait_ms), scoring_batch_max_requests=int(max_records),
+                        partitions=int(partitions))
+
+    async def serve() -> None:
+        service = EchoService(settings, bootstrap)
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        await service.start()
+        try:
+            await stop.wait()
+        finally:
+            await service.stop()
+
+    asyncio.run(serve())
+
+
+def _signal(process: subprocess.Popen[bytes] | None, signum: signal.Signals) -> None:
+    if process is not None and process.poll() is None:
+        os.kill(process.pid, signum)
+
+
+@contextlib.contextmanager
+def _paused(process: subprocess.Popen[bytes] | None, enabled: bool) -> Iterator[None]:
+    """SIGSTOP a child (ours) for the block, so its idle polling stays off the measurement."""
+    if not enabled:
+        yield
+        return
+    _signal(process, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        _signal(process, signal.SIGCONT)
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def _request_id(value: bytes) -> tuple[str, RankingResult | None]:
+    result = decode(value, RankingResult)
+    return result.request_id, result
+
+
+def _echoed_id(value: bytes) -> tuple[str, RankingResult | None]:
+    return str(orjson.loads(value)["request_id"]), None
+
+
+@dataclass
+class _Results:
+    """Follows a results topic from its end and times each request id's answer.
+
+    A result's arrival is stamped when its fetch returns, before it is decoded, so the decoding
+    of the others in that fetch does not count against it."""
+
+    bootstrap: str
+    topic: str
+    parse: Callable[[bytes], tuple[str, RankingResult | None]]
+    alive: Callable[[], None]  # raises when the process answering this topic died
+    sent: dict[str, float] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    results: list[RankingResult] = field(default_factory=list)
+    on_arrival: Callable[[], None] | None = None
+    _consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Results:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                    enable_auto_commit=False,
+                                    fetch_max_wait_ms=BENCH_FETCH_WAIT_MS,
+                                    max_partition_fetch_bytes=8 * 1024 * 1024)
+        await consumer.start()
+        await consumer.topics()
+        partitions = [TopicPartition(self.topic, p)
+                      for p in sorted(consumer.partitions_for_topic(self.topic) or {0})]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for partition in partitions:
+            await consumer.position(partition)
+        self._consumer = consumer
+        self._task = asyncio.ensure_future(self._follow())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            arrived = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    request_id, result = self.parse(record.value or b"")
+                    sent = self.sent.pop(request_id, None)
+                    if sent is None:
+                        continue  # a straggler of an earlier pass
+                    self.latencies_ms.append((arrived - sent) * 1000.0)
+                    self.arrivals.append(arrived)
+                    if result is not None:
+                        self.results.append(result)
+                    if self.on_arrival is not None:
+                        self.on_arrival()
+
+    def reset(self) -> None:
+        self.latencies_ms, self.arrivals, self.results = [], [], []
+
+    async def wait_all(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.sent:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(self.sent)} requests got no answer on {self.topic} "
+                                   f"within {timeout_s:.0f}s")
+            if self._task is not None and self._task.done():
+                self._task.result()
+            self.alive()
+            await asyncio.sleep(0.005)
+
+
+@dataclass
+class _Requests:
+    """Encoded requests for one candidates size: a pool of bodies, each sent under a fresh id."""
+
+    candidates: int
+    bodies: list[tuple[bytes, bytes]]  # key, encoded RankingRequest with a placeholder id
+    tag: str
+    _ids: Iterator[int] = field(default_factory=itertools.count)
+    _next: Iterator[tuple[bytes, bytes]] | None = None
+
+    @classmethod
+    def build(cls, catalogue: Catalogue, candidates: int, rng: np.random.Generator,
+              tag: str, pool: int = 256) -> _Requests:
+        bodies = []
+        for _ in range(pool):
+            user = catalogue.user_ids[int(rng.integers(len(catalogue.user_ids)))]
+            chosen = rng.choice(len(catalogue.item_ids), size=candidates, replace=False)
+            request = RankingRequest(ts=time.time(), request_id=_PLACEHOLDER, user_id=user,
+                                     candidates=[catalogue.item_ids[i] for i in chosen],
+                                     n=RESULT_N)
+            bodies.append((user.encode(), encode(request)))
+        return cls(candidates, bodies, tag)
+
+    def next(self) -> tuple[str, bytes, bytes]:
+        if self._next is None:
+            self._next = itertools.cycle(self.bodies)
+        key, body = next(self._next)
+        request_id = f"{self.tag}-{next(self._ids)}"
+        return request_id, key, body.replace(_PLACEHOLDER.encode(), request_id.encode(), 1)
+
+
+class _Bench:
+    def __init__(self, settings: Settings, bootstrap: str, config: ScoringBenchConfig,
+                 catalogue: Catalogue, manifest: Manifest, worker: WorkerProcess,
+                 echo: EchoProcess) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.config = config
+        self.catalogue = catalogue
+        self.manifest = manifest
+        self.worker = worker
+        self.echo = echo
+        self.window = 4 * settings.scoring_batch_max_requests
+        self.rng = np.random.default_rng(config.seed + 1)
+
+    def _worker_alive(self) -> None:
+        process = self.worker.process
+        if process is None or process.poll() is not None:
+            raise RuntimeError(f"the worker exited; see {self.worker.log_path}")
+
+    async def run(self) -> dict[str, dict[str, Any]]:
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0,
+                                         max_request_size=8 * 1024 * 1024)
+        await self.producer.start()
+        connector = aiohttp.TCPConnector(limit=HTTP_CLIENTS)
+        try:
+            async with aiohttp.ClientSession(connector=connector) as http:
+                return {str(c): await self._size(http, c) for c in self.config.candidates}
+        finally:
+            await self.producer.stop()
+
+    async def _size(self, http: aiohttp.ClientSession, candidates: int) -> dict[str, Any]:
+        cfg = self.config
+        requests = _Requests.build(self.catalogue, candidates, self.rng, f"c{candidates}")
+        requests_topic = self.settings.topic("requests")
+        echo_requests = echo_topic(self.settings, ECHO_TOPICS[0])
+        bare = [self._bare(candidates) for _ in range(cfg.repeats)]
+
+        worker_results = _Results(self.bootstrap, self.settings.topic("rankings"), _request_id,
+                                  self._worker_alive)
+        echo_results = _Results(self.bootstrap, echo_topic(self.settings, ECHO_TOPICS[1]),
+                                _echoed_id, self.echo.check)
+        maxima: list[float] = []
+        batch_sizes: list[float] = []
+        max_requests: list[int] = []
+        with _paused(self.echo.process, cfg.pause_idle):
+            async with worker_results:
+                await self._warm(worker_results, requests_topic, requests)
+                for _ in range(cfg.repeats):
+                    rate, mean_batch, sent = await self._saturate(
+                        worker_results, requests_topic, requests)
+                    maxima.append(rate)
+                    batch_sizes.append(mean_batch)
+                    max_requests.append(sent)
+        max_per_s = statistics.median(maxima)
+        micro_batch = statistics.median(batch_sizes)
+        batched_rows = max(round(micro_batch * candidates), candidates)
+        bare_batched = [self._bare(batched_rows) for _ in range(cfg.repeats)]
+
+        rate = max_per_s / candidates / 2
+        # The worker is paused during each echo pass: well inside its consumer session timeout.
+        longest_s = self.settings.consumer_session_timeout_ms / 2000
+        count = max(1, int(min(max(rate * cfg.latency_seconds, cfg.min_latency_requests),
+                               cfg.max_latency_requests, rate * longest_s)))
+        worker_ms: list[list[float]] = []
+        echo_ms: list[list[float]] = []
+        reported_ms: list[float] = []
+        latency_batches: list[float] = []
+        for _ in range(cfg.repeats):
+            with _paused(self.echo.process, cfg.pause_idle):
+                async with worker_results:
+                    await self._warm(worker_results, requests_topic, requests)
+                    worker_ms.append(await self._paced(worker_results, requests_topic,
+                                                       requests, rate, count))
+                    reported_ms += [r.latency_ms for r in worker_results.results]
+                    latency_batches.append(_mean_batch(worker_results.results))
+            with _paused(self.worker.process, cfg.pause_idle):
+                async with echo_results:
+                    await self._warm(echo_results, echo_requests, requests)
+                    echo_ms.append(await self._paced(echo_results, echo_requests, requests,
+                                                     rate, count))
+
+        with _paused(self.echo.process, cfg.pause_idle):
+            http_ms = await self._http(http, requests)
+
+        pooled, echo_pooled = np.concatenate(worker_ms), np.concatenate(echo_ms)
+        p99, echo_p99 = _pct(pooled, 99), _pct(echo_pooled, 99)
+        max_cands = round(max_per_s, 1)
+        bare_cands = round(statistics.median(bare), 1)
+        return {
+            "p50_ms": _pct(pooled, 50),
+            "p99_ms": p99,
+            "echo_p50_ms": _pct(echo_pooled, 50),
+            "echo_p99_ms": echo_p99,
+            "added_p99_ms": round(p99 - echo_p99, 3),
+            "http_p50_ms": _pct(np.asarray(http_ms), 50),
+            "http_p99_ms": _pct(np.asarray(http_ms), 99),
+            "max_candidates_per_s": max_cands,
+            "max_requests_per_s": round(max_per_s / candidates, 1),
+            "bare_candidates_per_s": bare_cands,
+            "bare_batched_candidates_per_s": round(statistics.median(bare_batched), 1),
+            "bare_batched_rows": batched_rows,
+            "ratio": round(max_cands / bare_cands, 4),
+            "worker_reported_ms": {"p50": _pct(np.asarray(reported_ms), 50),
+                                   "p99": _pct(np.asarray(reported_ms), 99)},
+            "micro_batch_requests": {"at_max": round(micro_batch, 1),
+                                     "at_half_load": round(statistics.median(latency_batches),
+                                                           2)},
+            "latency_rate_per_s": round(rate, 1),
+            "latency_requests": len(pooled),
+            "echo_requests": len(echo_pooled),
+            "http_requests": len(http_ms),
+            "max_load_requests": max_requests,
+            "passes": {
+                "max_candidates_per_s": [round(r, 1) for r in maxima],
+                "p99_ms": [_pct(np.asarray(p), 99) for p in worker_ms],
+                "echo_p99_ms": [_pct(np.asarray(p), 99) for p in echo_ms],
+                "bare_candidates_per_s": [round(r, 1) for r in bare],
+            },
+        }
+
+    def _bare(self, rows: int) -> float:
+        """Candidates/s of plain onnxruntime on ``[rows, F]``, as the worker's session is set."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.settings.scorer_threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(self.manifest.model_path), options,
+                                       providers=[CPU])
+        assert session.get_providers()[0] == CPU
+        features = self.rng.standard_normal((rows, len(RANKER_FEATURE_NAMES))).astype(np.float32)
+        feed = {self.manifest.input_name: features}
+        outputs = [self.manifest.output_name]
+        for _ in range(3):
+            session.run(outputs, feed)
+        runs, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < self.config.bare_seconds or runs < 3:
+            session.run(outputs, feed)
+            runs += 1
+        return runs * rows / elapsed
+
+    async def _send(self, results: _Results, topic: str, requests: _Requests) -> None:
+        request_id, key, body = requests.next()
+        results.sent[request_id] = time.perf_counter()
+        await self.producer.send(topic, body, key=key)
+
+    async def _warm(self, results: _Results, topic: str, requests: _Requests) -> None:
+        """A few requests answered end to end: the group is joined, the path is warm."""
+        for _ in range(self.config.warmup_requests):
+            await self._send(results, topic, requests)
+        await results.wait_all(90.0)
+        results.reset()
+
+    async def _saturate(self, results: _Results, topic: str, requests: _Requests
+                        ) -> tuple[float, float, int]:
+        """Candidates/s with ``window`` requests in flight, from the first answer back until
+        sending stops; the mean micro-batch the worker ran; the requests sent."""
+        slots = asyncio.Semaphore(self.window)
+        results.on_arrival = slots.release
+        results.reset()
+        sent = 0
+        end = time.perf_counter() + self.config.throughput_seconds
+        try:
+            while time.perf_counter() < end:
+                await slots.acquire()
+                await self._send(results, topic, requests)
+                sent += 1
+            stopped = time.perf_counter()
+            await results.wait_all(60.0)
+        finally:
+            results.on_arrival = None
+        arrivals = np.asarray(results.arrivals)
+        first = arrivals[0]
+        counted = int(np.count_nonzero((arrivals > first) & (arrivals <= stopped)))
+        if counted == 0:  # a very short pass: everything came back in the first fetch
+            counted, stopped = len(arrivals), arrivals[-1] + 1e-3
+        return (counted * requests.candidates / (stopped - first), _mean_batch(results.results),
+                sent)
+
+    async def _paced(self, results: _Results, topic: str, requests: _Requests, rate: float,
+                     count: int) -> list[float]:
+        """Open loop at ``rate`` requests/s; round trips in ms."""
+        results.reset()
+        start = time.perf_counter() + 0.01
+        for index in range(count):
+            delay = start + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._send(results, topic, requests)
+        await results.wait_all(60.0)
+        return list(results.latencies_ms)
+
+    async def _http(self, http: aiohttp.ClientSession, requests: _Requests) -> list[float]:
+        """``POST /rank`` from ``HTTP_CLIENTS`` concurrent clients, closed loop, bounded."""
+        url = f"http://127.0.0.1:{self.worker.port}/rank"
+        headers = {"content-type": "application/json"}
+        latencies: list[float] = []
+        issued = itertools.count()
+        deadline = time.perf_counter() + self.config.http_seconds
+
+        async def post(record: bool) -> None:
+            _, _, body = requests.next()
+            started = time.perf_counter()
+            async with http.post(url, data=body, headers=headers) as response:
+                payload = await response.read()
+            took = (time.perf_counter() - started) * 1000.0
+            if response.status != 200:
+                raise RuntimeError(f"POST /rank answered {response.status}: {payload[:200]!r}")
+            result = decode(payload, RankingResult)
+            assert len(result.items) == min(RESULT_N, requests.candidates)
+            if record:
+                latencies.append(took)
+
+        async def client() -> None:
+            while next(issued) < self.config.http_requests and time.perf_counter() < deadline:
+                await post(record=True)
+
+        await asyncio.gather(*(post(record=False) for _ in range(HTTP_CLIENTS)))  # warm-up
+        await asyncio.gather(*(client() for _ in range(HTTP_CLIENTS)))
+        return latencies
+
+
+def _mean_batch(results: Sequence[RankingResult]) -> float:
+    """Mean requests per worker micro-batch: the results of one batch share the instant the
+    worker received it (``ts - latency_ms``), and batches are at least a model run apart."""
+    if not results:
+        return 0.0
+    received = np.sort([r.ts - r.latency_ms / 1000.0 for r in results])
+    batches = 1 + int(np.count_nonzero(np.diff(received) > 2e-4))
+    return len(results) / batches
+
+
+def _pct(samples: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(samples, q)), 3) if len(samples) else float("nan")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["echo"]:
+        sys.exit("usage: python -m bench.scoring echo BOOTSTRAP PREFIX WAIT_MS MAX_RECORDS "
+                 "PARTITIONS")
+    _echo_main(sys.argv[2:])

@@ -1,0 +1,76 @@
+"""The ranker's input matrix: user, item, context and user-item similarity features.
+
+One function builds it for serving and for training (which replays the logs through the same
+feature store code), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.features import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
+from schemas import Context
+
+DEVICES: tuple[str, ...] = Context.model_fields["device"].annotation.__args__  # type: ignore[union-attr]
+SURFACES: tuple[str, ...] = Context.model_fields["surface"].annotation.__args__  # type: ignore[union-attr]
+CONTEXT_NAMES: tuple[str, ...] = (*(f"device_{d}" for d in DEVICES),
+                                  *(f"surface_{s}" for s in SURFACES))
+SIMILARITY_NAMES: tuple[str, ...] = ("sim_max", "sim_mean", "sim_recent", "log_history_len")
+RANKER_FEATURE_NAMES: tuple[str, ...] = (
+    *USER_FEATURE_NAMES, *ITEM_FEATURE_NAMES, *CONTEXT_NAMES, *SIMILARITY_NAMES)
+
+# The ranker's tasks: engagement types it predicts per shown item.
+TASK_NAMES: tuple[str, ...] = ("click", "like", "share", "hide")
+RECENCY_SCALE_S = 86_400.0  # engagements a day old weigh 1/e of fresh ones in sim_recent
+
+
+@dataclass(frozen=True)
+class CandidateFeatures:
+    """What the feature store knows about one request's user and candidates."""
+
+    user: np.ndarray        # float32 [len(USER_FEATURE_NAMES)]
+    items: np.ndarray       # float32 [n, len(ITEM_FEATURE_NAMES)]
+    embeddings: np.ndarray  # float32 [n, dim], zeros for items never upserted
+    known: np.ndarray       # bool [n]: the item has counters or metadata
+    history_ts: np.ndarray  # float64 [k]: the user's recent positive engagements, newest first
+    history: np.ndarray     # float32 [k, dim]: embeddings of those engaged items
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.asarray(rows / np.maximum(norms, 1e-12))
+
+
+def similarity_features(features: CandidateFeatures, now: float) -> np.ndarray:
+    """Cosine similarity of each candidate to what the user engaged with: ``[n, 4]``."""
+    n, k = len(features.embeddings), len(features.history)
+    out = np.zeros((n, len(SIMILARITY_NAMES)), dtype=np.float32)
+    out[:, 3] = np.log1p(k)
+    if k == 0 or n == 0:
+        return out
+    sims = _unit(features.embeddings) @ _unit(features.history).T
+    weights = np.exp(-np.maximum(now - features.history_ts, 0.0) / RECENCY_SCALE_S)
+    out[:, 0] = sims.max(axis=1)
+    out[:, 1] = sims.mean(axis=1)
+    out[:, 2] = sims @ weights / max(weights.sum(), 1e-12)
+    return out
+
+
+def context_features(context: Context) -> np.ndarray:
+    row = np.zeros(len(CONTEXT_NAMES), dtype=np.float32)
+    row[DEVICES.index(context.device)] = 1.0
+    row[len(DEVICES) + SURFACES.index(context.surface)] = 1.0
+    return row
+
+
+def ranking_matrix(features: CandidateFeatures, context: Context, now: float) -> np.ndarray:
+    """float32 ``[n, len(RANKER_FEATURE_NAMES)]``, columns in that order."""
+    n = len(features.items)
+    return np.concatenate([
+        np.broadcast_to(features.user, (n, len(features.user))),
+        features.items,
+        np.broadcast_to(context_features(context), (n, len(CONTEXT_NAMES))),
+        similarity_features(features, now),
+    ], axis=1).astype(np.float32, copy=False)

@@ -1,0 +1,155 @@
+"""ONNX scoring with onnxruntime: CUDA with IOBinding when it really works, else CPU.
+
+This module is on the serving path and must never import torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class ModelError(ValueError):
+    """A model that cannot be served: missing, corrupt, or built for other features."""
+
+
+class Scorer(Protocol):
+    version: str
+    stats_version: str
+    task_names: tuple[str, ...]
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Per-task probabilities ``[n, len(task_names)]`` for a float32 matrix."""
+        ...
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    sha256: str
+    feature_names: tuple[str, ...]
+    task_names: tuple[str, ...]
+    bn_layers: dict[str, Any]
+    input_name: str
+    output_name: str
+    model_path: Path
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        try:
+            raw = orjson.loads(path.read_bytes())
+            return cls(
+                version=str(raw["version"]), sha256=str(raw["sha256"]),
+                feature_names=tuple(raw["feature_names"]), task_names=tuple(raw["task_names"]),
+                bn_layers=dict(raw["bn_layers"]), input_name=str(raw["input_name"]),
+                output_name=str(raw["output_name"]), model_path=path.parent / "model.onnx")
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ModelError(f"unreadable model manifest {path}: {exc}") from exc
+
+
+def cuda_usable() -> bool:
+    """True only if onnxruntime has the CUDA EP *and* a CUDA device answers.
+
+    onnxruntime-gpu lists the CUDA EP even on machines without a GPU and then logs loud load
+    errors, so ask the driver directly (no torch on the serving path).
+    """
+    if CUDA not in ort.get_available_providers():
+        return False
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 \
+        and count.value > 0
+
+
+def choose_provider(device: Device) -> str:
+    if device == "cpu":
+        return CPU
+    if cuda_usable():
+        return CUDA
+    if device == "cuda":
+        raise ModelError("STREAMRANK_SCORER_DEVICE=cuda but no usable CUDA device was found")
+    return CPU
+
+
+class OnnxScorer:
+    """One onnxruntime session for one model version; immutable, so swapping is a reference."""
+
+    def __init__(self, manifest: Manifest, provider: str, intra_op_threads: int = 0) -> None:
+        self.manifest = manifest
+        self.version = manifest.version
+        self.stats_version = f"{manifest.version}/trained"
+        self.task_names = manifest.task_names
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        model_bytes = manifest.model_path.read_bytes()
+        if hashlib.sha256(model_bytes).hexdigest() != manifest.sha256:
+            raise ModelError(f"{manifest.model_path} does not match the manifest's sha256")
+        providers = [CUDA, CPU] if provider == CUDA else [CPU]
+        self.session = ort.InferenceSession(model_bytes, options, providers=providers)
+        got = self.session.get_providers()[0]
+        if got != provider:
+            raise ModelError(f"asked onnxruntime for {provider}, session got {got}")
+        self.provider = provider
+        log.info("model %s loaded on %s (%d intra-op threads)", self.version, provider,
+                 intra_op_threads)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        if self.provider == CUDA:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.manifest.input_name, features)
+            binding.bind_output(self.manifest.output_name, "cuda")
+            self.session.run_with_iobinding(binding)
+            return np.asarray(binding.copy_outputs_to_cpu()[0])
+        outputs = self.session.run([self.manifest.output_name],
+                                   {self.manifest.input_name: features})
+        return np.asarray(outputs[0])
+
+
+def load_scorer(manifest_path: Path, expected_features: tuple[str, ...], device: Device,
+                intra_op_threads: int = 0, expected_sha256: str | None = None) -> OnnxScorer:
+    """Load a model, refusing one trained on a different feature layout than serving builds,
+    or one whose bytes are not the ones that were published."""
+    manifest = Manifest.load(manifest_path)
+    if expected_sha256 is not None and manifest.sha256 != expected_sha256:
+        raise ModelError(f"model {manifest.version}: published sha256 {expected_sha256[:12]}… "
+                         f"differs from the manifest's {manifest.sha256[:12]}…")
+    if manifest.feature_names != expected_features:
+        missing = sorted(set(expected_features) ^ set(manifest.feature_names))[:5]
+        raise ModelError(f"model {manifest.version} was trained on other features "
+                         f"(differences include {missing or 'the column order'})")
+    return OnnxScorer(manifest, choose_provider(device), intra_op_threads)
+
+
+class PopularityScorer:
+    """Cold-start scorer used until a model is published: the items' smoothed rates.
+
+    Columns are read from the ranking matrix by name, so it needs no training and no ONNX.
+    """
+
+    version = "popularity-fallback"
+    stats_version = "none"
+
+    def __init__(self, feature_names: tuple[str, ...], task_names: tuple[str, ...]) -> None:
+        self.task_names = task_names
+        self._columns = [feature_names.index(f"item_{task}_rate_1d") for task in task_names]
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(features[:, self._columns])

@@ -1,0 +1,91 @@
+"""Follows ``model-updates`` and hot-swaps the scorer when a new version is published.
+
+Every worker must see every update, so this is a broadcast consumer (no group) that reads the
+whole topic from the start: at start-up the latest valid update wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from aiokafka import AIOKafkaProducer
+
+from models.scorer import Manifest, ModelError
+from schemas import ModelUpdate, Rejection, decode, encode
+from stream.consumer import Batch, BatchConsumer
+from stream.metrics import WorkerMetrics
+from stream.ranker import ModelSlot
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def manifest_path(update: ModelUpdate) -> Path:
+    """``file://`` URIs of a model.onnx or its directory; the manifest sits beside the model."""
+    parts = urlsplit(update.uri)
+    if parts.scheme != "file":
+        raise ModelError(f"unsupported model uri scheme {parts.scheme!r} (only file://)")
+    path = Path(unquote(parts.path))
+    return (path if path.is_dir() else path.parent) / "manifest.json"
+
+
+class ModelUpdatesService(BatchConsumer):
+    def __init__(self, settings: Settings, bootstrap: str, slot: ModelSlot,
+                 metrics: WorkerMetrics, **kwargs: object) -> None:
+        super().__init__(settings, bootstrap, metrics, topics=(settings.topic("model-updates"),),
+                         group_id=None, fetch_wait_ms=100, max_records=1000, **kwargs)
+        self.slot = slot
+
+    async def on_start(self) -> None:
+        if self.settings.model_manifest is not None:
+            await self.slot.load(self.settings.model_manifest)
+        await super().on_start()
+
+    async def handle(self, batch: Batch) -> None:
+        latest: ModelUpdate | None = None
+        rejected = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    update = decode(record.value or b"", ModelUpdate, self.settings.limits)
+                except Rejection as rejection:
+                    rejected.append(await self.dead_letter(record, rejection))
+                    continue
+                if update.kind == "model":
+                    latest = update
+        await asyncio.gather(*rejected)
+        if latest is not None:
+            await self._swap(latest)
+
+    async def _swap(self, update: ModelUpdate) -> None:
+        try:
+            scorer = await self.slot.load(manifest_path(update), expected_sha256=update.sha256)
+        except (ModelError, OSError) as exc:
+            self.metrics.model_load_failures.inc()
+            log.error("model %s not loaded, still serving %s: %s", update.version,
+                      self.slot.current.version, exc)
+            return
+        log.info("now serving model %s", scorer.version)
+
+
+def model_update(manifest: Path) -> ModelUpdate:
+    """The record announcing a trained model (its directory must be readable by the workers)."""
+    loaded = Manifest.load(manifest)
+    return ModelUpdate(ts=time.time(), model="ranker", kind="model", version=loaded.version,
+                       uri=loaded.model_path.resolve().as_uri(), sha256=loaded.sha256)
+
+
+async def publish_model(settings: Settings, bootstrap: str, manifest: Path) -> ModelUpdate:
+    update = model_update(manifest)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic("model-updates"), encode(update),
+                                     key=update.model.encode())
+    finally:
+        await producer.stop()
+    return update

@@ -1,0 +1,92 @@
+"""The one scoring path behind both the requests topic and ``POST /rank``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES, ranking_matrix
+from models.scorer import PopularityScorer, Scorer, load_scorer
+from models.value import ValueModel
+from schemas import RankedItem, RankingRequest, RankingResult, Rejection
+from stream.feature_reader import FeatureReader
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelSlot:
+    """The scorer in use. A new version is built off the event loop, then swapped in one
+    assignment: a batch that already took ``current`` finishes on the old version."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.current: Scorer = PopularityScorer(RANKER_FEATURE_NAMES, TASK_NAMES)
+
+    async def load(self, manifest_path: Path, expected_sha256: str | None = None) -> Scorer:
+        loop = asyncio.get_running_loop()
+        scorer = await loop.run_in_executor(
+            None, load_scorer, manifest_path, RANKER_FEATURE_NAMES,
+            self.settings.scorer_device, self.settings.scorer_threads, expected_sha256)
+        self.current = scorer
+        return scorer
+
+
+@dataclass(frozen=True)
+class Received:
+    request: RankingRequest
+    at: float  # perf_counter() when the worker got it, for the latency it reports
+
+
+def check_rankable(request: RankingRequest) -> None:
+    if not request.candidates:
+        raise Rejection("no_candidates",
+                        "the request has no candidates (retrieval is not available yet)")
+
+
+class Ranker:
+    def __init__(self, reader: FeatureReader, models: ModelSlot, value: ValueModel) -> None:
+        self.reader = reader
+        self.models = models
+        self.value = value
+
+    async def rank(self, received: Sequence[Received]) -> list[RankingResult]:
+        """Score a micro-batch of requests with one feature round trip and one model run."""
+        now = time.time()
+        features = await self.reader.fetch_many(
+            [(r.request.user_id, r.request.candidates) for r in received], now)
+        matrices = [ranking_matrix(f, r.request.context, now)
+                    for f, r in zip(features, received, strict=True)]
+        scorer = self.models.current
+        probs = scorer.score(np.concatenate(matrices))
+        values = self.value.values(probs, scorer.task_names)
+        results = []
+        start = 0
+        for r, matrix in zip(received, matrices, strict=True):
+            stop = start + len(matrix)
+            results.append(self._result(r, scorer, probs[start:stop], values[start:stop]))
+            start = stop
+        return results
+
+    def _result(self, received: Received, scorer: Scorer, probs: np.ndarray,
+                values: np.ndarray) -> RankingResult:
+        request = received.request
+        n = min(request.n, len(values))
+        top = np.argpartition(-values, n - 1)[:n] if n < len(values) else np.arange(n)
+        top = top[np.argsort(-values[top], kind="stable")]
+        items = [
+            RankedItem(item_id=request.candidates[i], value=float(values[i]),
+                       probs={task: float(p) for task, p in
+                              zip(scorer.task_names, probs[i], strict=True)})
+            for i in top
+        ]
+        return RankingResult(
+            ts=time.time(), request_id=request.request_id, user_id=request.user_id,
+            items=items, model_version=scorer.version, stats_version=scorer.stats_version,
+            latency_ms=(time.perf_counter() - received.at) * 1000.0)

@@ -1,0 +1,48 @@
+"""The scoring agent: ranking requests in, ranked results out, micro-batched under load."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from schemas import RankingRequest, Rejection, decode, encode
+from stream.consumer import Batch, BatchConsumer, next_offsets
+from stream.metrics import WorkerMetrics
+from stream.ranker import Ranker, Received, check_rankable
+from stream.settings import Settings
+
+
+class ScoringService(BatchConsumer):
+    """Whatever requests arrived since the last poll are scored together in one model run."""
+
+    def __init__(self, settings: Settings, bootstrap: str, ranker: Ranker,
+                 metrics: WorkerMetrics, **kwargs: object) -> None:
+        super().__init__(
+            settings, bootstrap, metrics,
+            topics=(settings.topic("requests"),),
+            group_id=settings.scoring_group,
+            fetch_wait_ms=settings.scoring_wait_ms,
+            max_records=settings.scoring_batch_max_requests,
+            **kwargs)
+        self.ranker = ranker
+        self._rankings_topic = settings.topic("rankings")
+
+    async def handle(self, batch: Batch) -> None:
+        arrived = time.perf_counter()
+        received: list[Received] = []
+        pending: list[asyncio.Future[object]] = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    request = decode(record.value or b"", RankingRequest, self.settings.limits)
+                    check_rankable(request)
+                    received.append(Received(request, arrived))
+                except Rejection as rejection:
+                    pending.append(await self.dead_letter(record, rejection))
+        if received:
+            for result in await self.ranker.rank(received):
+                pending.append(await self.producer.send(
+                    self._rankings_topic, encode(result), key=result.user_id.encode()))
+                self.metrics.observe_ranking(result)
+        await asyncio.gather(*pending)
+        await self.commit(next_offsets(batch))

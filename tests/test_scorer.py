@@ -1,0 +1,105 @@
+"""The serving-side scorer: provider choice, model checks, value model, and no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
+from models.scorer import CPU, ModelError, PopularityScorer, choose_provider, load_scorer
+from models.value import ValueModel
+
+
+def test_cpu_machine_gets_the_cpu_provider_and_prints_no_cuda_noise(
+        serving_models: tuple[Path, Path]) -> None:
+    script = (
+        "import numpy as np, sys\n"
+        "from pathlib import Path\n"
+        "from models.scorer import load_scorer, choose_provider, cuda_usable\n"
+        "from models.ranking_features import RANKER_FEATURE_NAMES\n"
+        f"s = load_scorer(Path({str(serving_models[0])!r}), RANKER_FEATURE_NAMES, 'auto')\n"
+        "p = s.score(np.zeros((3, len(RANKER_FEATURE_NAMES)), np.float32))\n"
+        "print(cuda_usable(), s.session.get_providers(), p.shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    if "True" in result.stdout.split()[0]:
+        pytest.skip("this machine has a usable CUDA device")
+    assert result.stdout.strip() == "False ['CPUExecutionProvider'] (3, 4)"
+    assert "cuda" not in (result.stdout + result.stderr).lower().replace("false", "")
+
+
+def test_cuda_on_a_cpu_machine_is_a_clear_error() -> None:
+    if choose_provider("auto") != CPU:
+        pytest.skip("this machine has a usable CUDA device")
+    with pytest.raises(ModelError, match="no usable CUDA device"):
+        choose_provider("cuda")
+
+
+def test_model_for_other_features_is_refused(serving_models: tuple[Path, Path]) -> None:
+    with pytest.raises(ModelError, match="other features"):
+        load_scorer(serving_models[0], RANKER_FEATURE_NAMES[:-1], "cpu")
+
+
+def test_tampered_or_unannounced_model_is_refused(serving_models: tuple[Path, Path],
+                                                  tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="published sha256"):
+        load_scorer(serving_models[0], RANKER_FEATURE_NAMES, "cpu", expected_sha256="0" * 64)
+    copy = tmp_path / "m"
+    copy.mkdir()
+    (copy / "manifest.json").write_bytes(serving_models[0].read_bytes())
+    model = (serving_models[0].parent / "model.onnx").read_bytes()
+    (copy / "model.onnx").write_bytes(model[:-1] + bytes([model[-1] ^ 1]))
+    with pytest.raises(ModelError, match="does not match"):
+        load_scorer(copy / "manifest.json", RANKER_FEATURE_NAMES, "cpu")
+
+
+def test_scores_are_probabilities_per_task(serving_models: tuple[Path, Path]) -> None:
+    scorer = load_scorer(serving_models[0], RANKER_FEATURE_NAMES, "cpu", intra_op_threads=1)
+    rng = np.random.default_rng(0)
+    probs = scorer.score(rng.normal(size=(50, len(RANKER_FEATURE_NAMES))).astype(np.float32))
+    assert probs.shape == (50, len(TASK_NAMES))
+    assert ((probs > 0) & (probs < 1)).all()
+    manifest = orjson.loads(serving_models[0].read_bytes())
+    assert scorer.version == manifest["version"] == "test-v1"
+
+
+def test_value_weights_decide_the_order() -> None:
+    # Item 0: clicky but often hidden. Item 1: fewer clicks, never hidden.
+    probs = np.array([[0.30, 0.0, 0.0, 0.20], [0.20, 0.0, 0.0, 0.01]], dtype=np.float32)
+    ignore_hides = ValueModel({"click": 1.0}).values(probs, TASK_NAMES)
+    punish_hides = ValueModel({"click": 1.0, "hide": -2.0}).values(probs, TASK_NAMES)
+    assert np.argmax(ignore_hides) == 0
+    assert np.argmax(punish_hides) == 1
+    assert punish_hides[0] == pytest.approx(0.30 - 0.40)
+    with pytest.raises(ValueError, match="lacks"):
+        ValueModel({"purchase": 1.0}).values(probs, TASK_NAMES)
+
+
+def test_popularity_fallback_reads_the_item_rates() -> None:
+    scorer = PopularityScorer(RANKER_FEATURE_NAMES, TASK_NAMES)
+    matrix = np.zeros((2, len(RANKER_FEATURE_NAMES)), dtype=np.float32)
+    matrix[1, RANKER_FEATURE_NAMES.index("item_click_rate_1d")] = 0.4
+    assert scorer.score(matrix)[:, 0].tolist() == pytest.approx([0.0, 0.4])
+
+
+def test_serving_path_never_imports_torch() -> None:
+    script = (
+        "import sys\n"
+        "import stream.cli, stream.app, stream.scoring_service, stream.ranker\n"
+        "import stream.model_updates, stream.features_service, models.scorer\n"
+        "from stream.settings import Settings\n"
+        "from stream.app import create_app\n"
+        "create_app(Settings(), '127.0.0.1:9')\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
