@@ -9,8 +9,9 @@ into a results topic. The echo's round trip is the broker's own floor.
 
 Per candidates size, in this order:
 
-- bare: plain onnxruntime on the CPU provider, same model file and intra-op threads as the
-  worker, on one request's rows and on the micro-batch the worker was seen to run;
+- bare: plain ``session.run`` on the CPU provider, the session built by the worker's own
+  ``OnnxScorer`` (same model file, options and intra-op threads), on one request's rows and on
+  the micro-batch the worker was seen to run;
 - max: open loop with many requests in flight, results counted from the first one back;
 - latency: paced at half of max, alternating passes of the worker and of the echo at the same
   rate, round trip from produce to the result consumed, matched by request id;
@@ -18,8 +19,8 @@ Per candidates size, in this order:
 
 The machine is small and shared by broker, Redis, worker and this process, so each figure is a
 median over passes (latency percentiles pool the passes), and the path not being measured is
-paused (SIGSTOP): an idle consumer polling with a 1 ms fetch wait costs ~25% of a core between
-itself and the broker.
+paused (SIGSTOP; the worker for at most half its consumer session timeout): an idle consumer
+polling with a 1 ms fetch wait costs ~25% of a core between itself and the broker.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import numpy as np
+import onnxruntime as ort
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -50,12 +52,13 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from models.features import ItemMeta
 from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
-from models.scorer import CPU, Manifest, choose_provider
+from models.scorer import CPU, Manifest, OnnxScorer, choose_provider
 from schemas import Event, RankingRequest, RankingResult, encode
 from schemas.codec import decode
 from stream.consumer import Batch, BatchConsumer, next_offsets
 from stream.features_service import feature_update
 from stream.metrics import WorkerMetrics
+from stream.processes import stop_process
 from stream.runtime import broker, check_store
 from stream.settings import Settings
 from stream.store import FeatureUpdate, RedisStore
@@ -154,16 +157,7 @@ def _run(settings: Settings, bootstrap: str, config: ScoringBenchConfig,
          manifest: Path) -> dict[str, Any]:
     catalogue = asyncio.run(populate_store(settings, config))
     version = Manifest.load(manifest).version
-    worker = _worker_process(settings, bootstrap, {
-        "STREAMRANK_MODEL_MANIFEST": str(manifest),
-        "STREAMRANK_REDIS_URL": str(settings.redis_url),
-        "STREAMRANK_TOPIC_PREFIX": settings.topic_prefix,
-        "STREAMRANK_PARTITIONS": str(settings.partitions),
-        "STREAMRANK_SCORING_WAIT_MS": str(settings.scoring_wait_ms),
-        "STREAMRANK_SCORING_BATCH_MAX_REQUESTS": str(settings.scoring_batch_max_requests),
-        "STREAMRANK_SCORER_THREADS": str(settings.scorer_threads),
-        "STREAMRANK_SCORER_DEVICE": settings.scorer_device,
-    })
+    worker = _worker_process(settings, bootstrap, manifest)
     with EchoProcess(settings, bootstrap) as echo, worker:
         worker.wait_for(lambda s: s["model_version"] == version, timeout_s=60.0)
         provider, threads = _worker_model(Path(worker.log_path), version, settings)
@@ -193,17 +187,16 @@ def _run(settings: Settings, bootstrap: str, config: ScoringBenchConfig,
     }
 
 
-def _worker_process(settings: Settings, bootstrap: str, env: dict[str, str]) -> WorkerProcess:
-    """``stream.demo.WorkerProcess`` with this run's settings in the child's environment.
+def _worker_process(settings: Settings, bootstrap: str, manifest: Path) -> WorkerProcess:
+    """``stream.demo.WorkerProcess`` serving ``manifest``, with this run's settings (it passes
+    them to the child as ``STREAMRANK_*`` variables).
 
     Imported here: ``stream.demo`` pulls in training (torch), which the echo child must not pay
-    for. ``WorkerProcess`` copies ``os.environ`` only, so the run's settings are added to it.
+    for.
     """
     from stream.demo import WorkerProcess
 
-    worker = WorkerProcess(settings, bootstrap)
-    worker.env.update(env)
-    return worker
+    return WorkerProcess(settings.model_copy(update={"model_manifest": manifest}), bootstrap)
 
 
 def _worker_model(log_path: Path, version: str, settings: Settings) -> tuple[str, int | None]:
@@ -378,12 +371,7 @@ class EchoProcess:
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
         _signal(self.process, signal.SIGCONT)
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout_s=15)
         self.log_path.unlink(missing_ok=True)
 
     def check(self) -> None:
@@ -452,10 +440,15 @@ class _Results:
     topic: str
     parse: Callable[[bytes], tuple[str, RankingResult | None]]
     alive: Callable[[], None]  # raises when the process answering this topic died
-    sent: dict[str, float] = field(default_factory=dict)
+    sent: dict[str, float] = field(default_factory=dict)  # perf_counter() at send
+    sent_wall: dict[str, float] = field(default_factory=dict)  # time.time() at send
     latencies_ms: list[float] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
     results: list[RankingResult] = field(default_factory=list)
+    # Per worker result, in ms: send to the worker's receipt of its batch (broker in, queueing
+    # behind the worker's previous batch), receipt to result (its own latency_ms), result to
+    # arrival here (produce, broker out, our fetch). Wall clocks of one machine.
+    stages: list[tuple[float, float, float]] = field(default_factory=list)
     on_arrival: Callable[[], None] | None = None
     _consumer: AIOKafkaConsumer | None = None
     _task: asyncio.Task[None] | None = None
@@ -488,22 +481,26 @@ class _Results:
         assert self._consumer is not None
         while True:
             batch = await self._consumer.getmany(timeout_ms=100)
-            arrived = time.perf_counter()
+            arrived, arrived_wall = time.perf_counter(), time.time()
             for records in batch.values():
                 for record in records:
                     request_id, result = self.parse(record.value or b"")
                     sent = self.sent.pop(request_id, None)
-                    if sent is None:
+                    sent_wall = self.sent_wall.pop(request_id, None)
+                    if sent is None or sent_wall is None:
                         continue  # a straggler of an earlier pass
                     self.latencies_ms.append((arrived - sent) * 1000.0)
                     self.arrivals.append(arrived)
                     if result is not None:
                         self.results.append(result)
+                        received = result.ts - result.latency_ms / 1000.0
+                        self.stages.append(((received - sent_wall) * 1000.0, result.latency_ms,
+                                            (arrived_wall - result.ts) * 1000.0))
                     if self.on_arrival is not None:
                         self.on_arrival()
 
     def reset(self) -> None:
-        self.latencies_ms, self.arrivals, self.results = [], [], []
+        self.latencies_ms, self.arrivals, self.results, self.stages = [], [], [], []
 
     async def wait_all(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -583,7 +580,9 @@ class _Bench:
         requests = _Requests.build(self.catalogue, candidates, self.rng, f"c{candidates}")
         requests_topic = self.settings.topic("requests")
         echo_requests = echo_topic(self.settings, ECHO_TOPICS[0])
-        bare = [self._bare(candidates) for _ in range(cfg.repeats)]
+        # Built by the worker's own code: same options, intra-op threads and model file.
+        session = OnnxScorer(self.manifest, CPU, self.settings.scorer_threads).session
+        bare = [self._bare(session, candidates) for _ in range(cfg.repeats)]
 
         worker_results = _Results(self.bootstrap, self.settings.topic("rankings"), _request_id,
                                   self._worker_alive)
@@ -604,7 +603,8 @@ class _Bench:
         max_per_s = statistics.median(maxima)
         micro_batch = statistics.median(batch_sizes)
         batched_rows = max(round(micro_batch * candidates), candidates)
-        bare_batched = [self._bare(batched_rows) for _ in range(cfg.repeats)]
+        bare_batched = [self._bare(session, batched_rows) for _ in range(cfg.repeats)]
+        del session  # its thread pool stays out of the measurements that follow
 
         rate = max_per_s / candidates / 2
         # The worker is paused during each echo pass: well inside its consumer session timeout.
@@ -613,7 +613,7 @@ class _Bench:
                                cfg.max_latency_requests, rate * longest_s)))
         worker_ms: list[list[float]] = []
         echo_ms: list[list[float]] = []
-        reported_ms: list[float] = []
+        stages: list[tuple[float, float, float]] = []
         latency_batches: list[float] = []
         for _ in range(cfg.repeats):
             with _paused(self.echo.process, cfg.pause_idle):
@@ -621,7 +621,7 @@ class _Bench:
                     await self._warm(worker_results, requests_topic, requests)
                     worker_ms.append(await self._paced(worker_results, requests_topic,
                                                        requests, rate, count))
-                    reported_ms += [r.latency_ms for r in worker_results.results]
+                    stages += worker_results.stages
                     latency_batches.append(_mean_batch(worker_results.results))
             with _paused(self.worker.process, cfg.pause_idle):
                 async with echo_results:
@@ -650,8 +650,7 @@ class _Bench:
             "bare_batched_candidates_per_s": round(statistics.median(bare_batched), 1),
             "bare_batched_rows": batched_rows,
             "ratio": round(max_cands / bare_cands, 4),
-            "worker_reported_ms": {"p50": _pct(np.asarray(reported_ms), 50),
-                                   "p99": _pct(np.asarray(reported_ms), 99)},
+            "stages_ms": _stages(stages),
             "micro_batch_requests": {"at_max": round(micro_batch, 1),
                                      "at_half_load": round(statistics.median(latency_batches),
                                                            2)},
@@ -668,16 +667,8 @@ class _Bench:
             },
         }
 
-    def _bare(self, rows: int) -> float:
-        """Candidates/s of plain onnxruntime on ``[rows, F]``, as the worker's session is set."""
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.settings.scorer_threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(self.manifest.model_path), options,
-                                       providers=[CPU])
-        assert session.get_providers()[0] == CPU
+    def _bare(self, session: ort.InferenceSession, rows: int) -> float:
+        """Candidates/s of plain ``session.run`` on ``[rows, F]``."""
         features = self.rng.standard_normal((rows, len(RANKER_FEATURE_NAMES))).astype(np.float32)
         feed = {self.manifest.input_name: features}
         outputs = [self.manifest.output_name]
@@ -691,6 +682,7 @@ class _Bench:
 
     async def _send(self, results: _Results, topic: str, requests: _Requests) -> None:
         request_id, key, body = requests.next()
+        results.sent_wall[request_id] = time.time()
         results.sent[request_id] = time.perf_counter()
         await self.producer.send(topic, body, key=key)
 
@@ -778,6 +770,13 @@ def _mean_batch(results: Sequence[RankingResult]) -> float:
     received = np.sort([r.ts - r.latency_ms / 1000.0 for r in results])
     batches = 1 + int(np.count_nonzero(np.diff(received) > 2e-4))
     return len(results) / batches
+
+
+def _stages(stages: Sequence[tuple[float, float, float]]) -> dict[str, dict[str, float]]:
+    """p50/p99 of each stage of the worker path at half load (see ``_Results.stages``)."""
+    table = np.asarray(stages, dtype=np.float64).reshape(-1, 3)
+    return {name: {"p50": _pct(table[:, k], 50), "p99": _pct(table[:, k], 99)}
+            for k, name in enumerate(("to_worker", "in_worker", "from_worker"))}
 
 
 def _pct(samples: np.ndarray, q: float) -> float:

@@ -194,14 +194,6 @@ class ItemMeta:
         head = self.HEAD.pack(self.created_ts, self.bid, 1.0 if self.is_ad else 0.0)
         return head + np.asarray(self.embedding, dtype="<f4").tobytes()
 
-    @classmethod
-    def unpack(cls, value: bytes, dim: int) -> ItemMeta:
-        if len(value) != cls.HEAD.size + 4 * dim:
-            raise ValueError(f"item meta has {len(value)} bytes, expected dim {dim}")
-        created_ts, bid, is_ad = cls.HEAD.unpack_from(value)
-        embedding = np.frombuffer(value, dtype="<f4", offset=cls.HEAD.size)
-        return cls(created_ts, bid, bool(is_ad), embedding)
-
 
 ITEM_META_NAMES: tuple[str, ...] = ("log_item_age", "bid", "is_ad", "has_meta")
 USER_FEATURE_NAMES: tuple[str, ...] = tuple(f"user_{n}" for n in FEATURE_NAMES)

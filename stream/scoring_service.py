@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from aiokafka import TopicPartition
+
 from schemas import RankingRequest, Rejection, decode, encode
 from stream.consumer import Batch, BatchConsumer, next_offsets
 from stream.metrics import WorkerMetrics
@@ -26,6 +28,7 @@ class ScoringService(BatchConsumer):
             **kwargs)
         self.ranker = ranker
         self._rankings_topic = settings.topic("rankings")
+        self._acking: asyncio.Task[None] | None = None
 
     async def handle(self, batch: Batch) -> None:
         arrived = time.perf_counter()
@@ -44,5 +47,19 @@ class ScoringService(BatchConsumer):
                 pending.append(await self.producer.send(
                     self._rankings_topic, encode(result), key=result.user_id.encode()))
                 self.metrics.observe_ranking(result)
+        # Fetch the next batch while this one's sends are acknowledged; commits stay in order.
+        self._acking = asyncio.ensure_future(
+            self._ack_then_commit(self._acking, pending, next_offsets(batch)))
+
+    async def _ack_then_commit(self, previous: asyncio.Task[None] | None,
+                               pending: list[asyncio.Future[object]],
+                               offsets: dict[TopicPartition, int]) -> None:
         await asyncio.gather(*pending)
-        await self.commit(next_offsets(batch))
+        if previous is not None:
+            await previous
+        await self.commit(offsets)
+
+    async def drain(self) -> None:
+        if self._acking is not None:
+            await self._acking
+            self._acking = None

@@ -43,6 +43,8 @@ class SimulationReport:
         default_factory=lambda: {"served": 0.0, "random": 0.0, "popularity": 0.0, "oracle": 0.0})
     shown: int = 0
     ndcg10_sum: float = 0.0
+    # Per served model version: expected clicks of its rankings and of popularity, and shown.
+    by_model: dict[str, list[float]] = field(default_factory=dict)
     round_trip_ms: list[float] = field(default_factory=list)
 
     def quality(self) -> dict[str, Any]:
@@ -57,6 +59,9 @@ class SimulationReport:
             "timeouts": self.timeouts,
             "round_trip_ms": {"p50": round(float(np.nanpercentile(trips, 50)), 2),
                               "p99": round(float(np.nanpercentile(trips, 99)), 2)},
+            "served_vs_popularity_by_model": {
+                version: round(served / popularity, 4)
+                for version, (served, popularity, _) in self.by_model.items()},
         }
 
 
@@ -129,6 +134,8 @@ class Simulator:
             if tasks:
                 await asyncio.gather(*tasks)
             await self._producer.flush()
+            if self._log is not None:
+                self._log.flush()
         finally:
             self.report.seconds += time.monotonic() - phase_start
         return self.report
@@ -144,7 +151,7 @@ class Simulator:
         """Follow results from now on; positions are resolved before the first request."""
         topic = self.settings.topic("rankings")
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                    enable_auto_commit=False, fetch_max_wait_ms=1)
+                                    enable_auto_commit=False, fetch_max_wait_ms=10)
         await consumer.start()
         await consumer.topics()
         partitions = [TopicPartition(topic, p)
@@ -186,7 +193,7 @@ class Simulator:
                 self.report.round_trip_ms.append((time.perf_counter() - sent) * 1000)
                 ranked = np.array([self._item_index[item.item_id] for item in result.items])
                 served_by = result.model_version
-                self._score_against_truth(draw, ranked, elapsed)
+                self._score_against_truth(draw, ranked, elapsed, served_by)
             except TimeoutError:
                 self._waiting.pop(request.request_id, None)
                 self.report.timeouts += 1
@@ -213,7 +220,8 @@ class Simulator:
             "events": [e.model_dump(mode="json", exclude_none=True) for e in events],
         })
 
-    def _score_against_truth(self, draw: RequestDraw, served: np.ndarray, elapsed: float) -> None:
+    def _score_against_truth(self, draw: RequestDraw, served: np.ndarray, elapsed: float,
+                             version: str) -> None:
         world, shown = self.world, self.world.config.shown
         truth = world.probabilities(draw.user, draw.candidates,
                                     np.zeros(len(draw.candidates), dtype=np.int64),
@@ -225,8 +233,14 @@ class Simulator:
             "popularity": world.popularity_ranking(draw)[:shown],
             "oracle": oracle,
         }
-        for name, ranking in rankings.items():
-            self.report.expected_clicks[name] += world.expected_clicks(draw, ranking, elapsed)
+        clicks = {name: world.expected_clicks(draw, ranking, elapsed)
+                  for name, ranking in rankings.items()}
+        for name, value in clicks.items():
+            self.report.expected_clicks[name] += value
+        per_model = self.report.by_model.setdefault(version, [0.0, 0.0, 0.0])
+        per_model[0] += clicks["served"]
+        per_model[1] += clicks["popularity"]
+        per_model[2] += shown
         self.report.shown += shown
         self.report.served += 1
         gain = dict(zip(draw.candidates.tolist(), truth.tolist(), strict=True))

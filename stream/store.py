@@ -279,19 +279,26 @@ class RedisStore(FeatureStore):
         return list({update.event_ids[int(i)] for i in results[-1]})
 
     async def fetch_many(self, lookups: Sequence[Lookup]) -> list[FetchedFeatures]:
+        # Candidates overlap across a micro-batch: ask for each item once.
+        users = list(dict.fromkeys(user for user, _ in lookups))
+        items = list(dict.fromkeys(item for _, ids in lookups for item in ids))
         async with self._client.pipeline(transaction=False) as pipe:
-            for user_id, item_ids in lookups:
-                pipe.mget([self.user_key(user_id), *map(self.item_key, item_ids),
-                           *map(self.meta_key, item_ids)])
-                pipe.lrange(self.history_key(user_id), 0, -1)
-            replies = await pipe.execute()
-        fetched = []
-        for (_, item_ids), values, history in zip(
-                lookups, replies[::2], replies[1::2], strict=True):
-            values = cast(list[bytes | None], values)
-            n = len(item_ids)
-            fetched.append(FetchedFeatures(values[0], values[1:1 + n], values[1 + n:], history))
-        return fetched
+            pipe.mget([*map(self.user_key, users), *map(self.item_key, items),
+                       *map(self.meta_key, items)])
+            for user in users:
+                pipe.lrange(self.history_key(user), 0, -1)
+            values, *histories = await pipe.execute()
+        values = cast(list[bytes | None], values)
+        n_users, n_items = len(users), len(items)
+        user_values = dict(zip(users, values[:n_users], strict=True))
+        counters = dict(zip(items, values[n_users:n_users + n_items], strict=True))
+        metas = dict(zip(items, values[n_users + n_items:], strict=True))
+        history = dict(zip(users, histories, strict=True))
+        return [
+            FetchedFeatures(user_values[user], [counters[i] for i in ids],
+                            [metas[i] for i in ids], history[user])
+            for user, ids in lookups
+        ]
 
     async def counts(self) -> dict[str, int]:
         async with self._client.pipeline(transaction=False) as pipe:

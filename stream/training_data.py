@@ -23,43 +23,67 @@ from stream.settings import Settings
 from stream.store import FeatureUpdate, MemoryStore
 
 
+class LogReplay:
+    """Replays a growing log incrementally: each :meth:`read` continues where the last stopped,
+    so retraining during a run costs the new lines only."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store = MemoryStore(settings.dedup_ttl_s, settings.history_length)
+        self._reader = FeatureReader(self._store, settings.embedding_dim)
+        self._offset = 0
+        self._matrices: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._item_ids: list[str] = []
+        self._request_index: list[int] = []
+
+    async def read(self, log_path: Path, max_requests: int | None = None) -> None:
+        """One row per shown item of each logged request; labels are its engagements."""
+        with log_path.open("rb") as lines:
+            lines.seek(self._offset)
+            for line in lines:
+                if not line.endswith(b"\n"):
+                    break  # still being written; the next read picks it up
+                self._offset += len(line)
+                await self._replay(orjson.loads(line))
+                if max_requests is not None and len(self._matrices) >= max_requests:
+                    break
+
+    async def _replay(self, record: dict[str, object]) -> None:
+        limits = self.settings.limits
+        if "item" in record:
+            item = validate(record["item"], ItemUpsert, limits)
+            await self._store.apply(FeatureUpdate(
+                item_meta={item.item_id: ItemMeta.from_upsert(item).pack()}))
+            return
+        request = validate(record["request"], RankingRequest, limits)
+        served = record["served"]
+        assert isinstance(served, dict)
+        shown: list[str] = served["items"]
+        events = [validate(e, Event, limits) for e in record["events"]]  # type: ignore[attr-defined]
+        if shown:
+            features = await self._reader.fetch(request.user_id, shown, now=request.ts)
+            self._matrices.append(ranking_matrix(features, request.context, request.ts))
+            self._labels.append(_labels(shown, events))
+            self._item_ids += shown
+            self._request_index += [len(self._matrices) - 1] * len(shown)
+        await self._store.apply(feature_update(events, {}))
+
+    def dataset(self) -> Dataset:
+        if not self._matrices:
+            raise ValueError("the log holds no logged requests to learn from")
+        return Dataset(
+            features=np.concatenate(self._matrices), labels=np.concatenate(self._labels),
+            item_ids=np.asarray(self._item_ids, dtype=object),
+            request_index=np.asarray(self._request_index, dtype=np.int64),
+            feature_names=RANKER_FEATURE_NAMES, task_names=TASK_NAMES)
+
+
 async def build_dataset(log_path: Path, settings: Settings,
                         max_requests: int | None = None) -> Dataset:
-    """One row per shown item of each logged request; labels are its engagements."""
-    store = MemoryStore(settings.dedup_ttl_s, settings.history_length)
-    reader = FeatureReader(store, settings.embedding_dim)
-    limits = settings.limits
-    matrices: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    item_ids: list[str] = []
-    request_index: list[int] = []
-    with log_path.open("rb") as lines:
-        for line in lines:
-            record = orjson.loads(line)
-            if "item" in record:
-                item = validate(record["item"], ItemUpsert, limits)
-                await store.apply(FeatureUpdate(
-                    item_meta={item.item_id: ItemMeta.from_upsert(item).pack()}))
-                continue
-            request = validate(record["request"], RankingRequest, limits)
-            shown: list[str] = record["served"]["items"]
-            events = [validate(e, Event, limits) for e in record["events"]]
-            if shown:
-                features = await reader.fetch(request.user_id, shown, now=request.ts)
-                matrices.append(ranking_matrix(features, request.context, request.ts))
-                labels.append(_labels(shown, events))
-                item_ids += shown
-                request_index += [len(matrices) - 1] * len(shown)
-            await store.apply(feature_update(events, {}))
-            if max_requests is not None and len(matrices) >= max_requests:
-                break
-    if not matrices:
-        raise ValueError(f"{log_path} holds no logged requests to learn from")
-    return Dataset(
-        features=np.concatenate(matrices), labels=np.concatenate(labels),
-        item_ids=np.asarray(item_ids, dtype=object),
-        request_index=np.asarray(request_index, dtype=np.int64),
-        feature_names=RANKER_FEATURE_NAMES, task_names=TASK_NAMES)
+    replay = LogReplay(settings)
+    await replay.read(log_path, max_requests)
+    return replay.dataset()
 
 
 def _labels(shown: list[str], events: list[Event]) -> np.ndarray:

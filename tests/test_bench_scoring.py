@@ -42,6 +42,8 @@ def test_tiny_scoring_bench_reports_every_figure(bootstrap: str, redis_url: str)
     assert entry["latency_requests"] == entry["echo_requests"] >= 1
     assert 0 < entry["http_requests"] <= TINY.http_requests
     assert entry["bare_batched_rows"] >= 40
+    assert set(entry["stages_ms"]) == {"to_worker", "in_worker", "from_worker"}
+    assert all(math.isfinite(v) for stage in entry["stages_ms"].values() for v in stage.values())
 
     assert report["model_version"].startswith("bench-")
     assert report["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
 from models.scorer import CPU, ModelError, PopularityScorer, choose_provider, load_scorer
 from models.value import ValueModel
+from schemas import RankingRequest
 
 
 def test_cpu_machine_gets_the_cpu_provider_and_prints_no_cuda_noise(
@@ -103,3 +106,23 @@ def test_serving_path_never_imports_torch() -> None:
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+async def test_concurrent_http_callers_share_one_model_run() -> None:
+    from stream.ranker import MicroBatcher, Received
+
+    calls: list[int] = []
+
+    class CountingRanker:
+        async def rank(self, received: list[Received]) -> list[str]:
+            calls.append(len(received))
+            await asyncio.sleep(0.01)
+            return [r.request.request_id for r in received]
+
+    batcher = MicroBatcher(CountingRanker(), max_requests=4)  # type: ignore[arg-type]
+    requests = [Received(RankingRequest(request_id=f"r{n}", user_id="u", ts=time.time(),
+                                        candidates=["i1"]), 0.0) for n in range(9)]
+    results = await asyncio.gather(*(batcher.rank_one(r) for r in requests))
+    assert results == [f"r{n}" for n in range(9)]  # each caller gets its own answer
+    # All nine are waiting before the first run starts: runs of at most four, none alone.
+    assert calls == [4, 4, 1]

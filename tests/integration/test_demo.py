@@ -23,7 +23,8 @@ def test_demo_runs_end_to_end_with_clean_input(tmp_path: Path, redis_url: str,
         env["STREAMRANK_TOPIC_PREFIX"] = f"demo{os.getpid()}"
     out = tmp_path / "out.json"
     result = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "demo", "--seconds", "4", "--rate", "200",
+        [sys.executable, "-m", "stream.cli", "demo", "--seconds", "12", "--warmup", "5",
+         "--retrain-every", "0", "--rate", "100", "--workdir", str(tmp_path / "work"),
          "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,6 +35,15 @@ def test_demo_runs_end_to_end_with_clean_input(tmp_path: Path, redis_url: str,
     assert report["users_with_features"] > 100
     assert report["items_with_features"] >= 3000  # the whole catalogue was upserted
     assert report["store"] == ("redis" if redis else "in-memory")
+    # The closed loop: a model trained on the warm-up served every later request.
+    assert report["served_requests"] > 0 and report["timeouts"] == 0
+    assert report["requests_ranked"] >= report["served_requests"]
+    assert list(report["served_vs_popularity_by_model"]) == [report["model"]["version"]]
+    assert set(report["ctr"]) == {"served", "random", "popularity", "oracle"}
+    assert report["ctr"]["oracle"] > report["ctr"]["random"] > 0
+    assert 0 < report["ndcg10_vs_oracle"] <= 1
+    assert set(report["model"]["holdout"]) == {"click", "like", "share", "hide"}
+    assert (tmp_path / "work" / report["model"]["version"] / "model.onnx").is_file()
     assert "feature store: " + ("redis" if redis else "in-memory") in result.stderr
     if redis:
         client = Redis.from_url(redis_url)
