@@ -15,7 +15,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 
-from models.scorer import ModelError
+from models.scorer import Manifest, ModelError
 from schemas.export import export_schemas
 from stream.errors import StreamrankError
 from stream.settings import Settings
@@ -181,6 +181,7 @@ def model_publish(
     from stream.model_updates import publish_model
     from stream.runtime import broker
 
+    Manifest.load(manifest)  # a missing or broken model fails before the broker is touched
     settings = _settings()
     with broker(settings) as bootstrap:
         update = asyncio.run(publish_model(settings, bootstrap, manifest))

@@ -15,12 +15,17 @@ import orjson
 from models.features import ItemMeta
 from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES, ranking_matrix
 from models.training import Dataset
-from schemas import Event, ItemUpsert, RankingRequest
+from schemas import Event, ItemUpsert, RankingRequest, Rejection
 from schemas.codec import validate
+from stream.errors import StreamrankError
 from stream.feature_reader import FeatureReader
 from stream.features_service import feature_update
 from stream.settings import Settings
 from stream.store import FeatureUpdate, MemoryStore
+
+
+class LogError(StreamrankError):
+    """A training log that is not what ``streamrank simulate --log`` writes."""
 
 
 class LogReplay:
@@ -32,6 +37,7 @@ class LogReplay:
         self._store = MemoryStore(settings.dedup_ttl_s, settings.history_length)
         self._reader = FeatureReader(self._store, settings.embedding_dim)
         self._offset = 0
+        self._lines = 0
         self._matrices: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._item_ids: list[str] = []
@@ -45,7 +51,12 @@ class LogReplay:
                 if not line.endswith(b"\n"):
                     break  # still being written; the next read picks it up
                 self._offset += len(line)
-                await self._replay(orjson.loads(line))
+                self._lines += 1
+                try:
+                    await self._replay(orjson.loads(line))
+                except (orjson.JSONDecodeError, Rejection, KeyError, TypeError) as exc:
+                    raise LogError(f"{log_path}, line {self._lines}: not a simulator log "
+                                   f"record ({exc})") from None
                 if max_requests is not None and len(self._matrices) >= max_requests:
                     break
 
@@ -71,7 +82,7 @@ class LogReplay:
 
     def dataset(self) -> Dataset:
         if not self._matrices:
-            raise ValueError("the log holds no logged requests to learn from")
+            raise LogError("the log holds no logged requests to learn from")
         return Dataset(
             features=np.concatenate(self._matrices), labels=np.concatenate(self._labels),
             item_ids=np.asarray(self._item_ids, dtype=object),

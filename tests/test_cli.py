@@ -45,3 +45,26 @@ def test_bad_option_value_is_reported_by_the_cli() -> None:
     assert result.returncode == 2
     assert "Invalid value" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"this is not json\n", "line 1: not a simulator log record"),
+    (b'{"request": {"user_id": 5}}\n', "line 1: not a simulator log record"),
+    (b"", "no logged requests"),
+])
+def test_train_on_a_bad_log_is_a_clear_error(tmp_path: Path, content: bytes,
+                                             message: str) -> None:
+    logs = tmp_path / "logs.jsonl"
+    logs.write_bytes(content)
+    result = streamrank("train", "--logs", str(logs), "--out", str(tmp_path / "model"))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_publishing_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    result = streamrank("model", "publish", str(tmp_path / "nope" / "manifest.json"),
+                        STREAMRANK_BROKER_URL="127.0.0.1:1")
+    assert result.returncode == 2
+    assert "error: unreadable model manifest" in result.stderr
+    assert "Traceback" not in result.stderr
