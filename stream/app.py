@@ -11,6 +11,7 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
 from models.value import ValueModel
 from schemas import RankingRequest, Rejection, decode, encode
@@ -119,7 +120,11 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                 return self.json({"error": rejection.reason, "detail": rejection.detail},
                                  status=422 if rejection.reason == "no_candidates" else 400)
             received = Received(ranking_request, time.perf_counter())
-            result = await worker.ranker.rank_one(received)
+            try:
+                result = await worker.ranker.rank_one(received)
+            except (RedisError, OSError) as exc:
+                return self.json({"error": "unavailable",
+                                  "detail": f"feature store unavailable: {exc}"}, status=503)
             worker.metrics.observe_ranking(result)
             return self.bytes(encode(result), content_type="application/json")
 
