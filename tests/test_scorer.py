@@ -126,3 +126,26 @@ async def test_concurrent_http_callers_share_one_model_run() -> None:
     assert results == [f"r{n}" for n in range(9)]  # each caller gets its own answer
     # All nine are waiting before the first run starts: runs of at most four, none alone.
     assert calls == [4, 4, 1]
+
+
+async def test_scoring_agent_waits_out_a_feature_store_outage() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from stream.metrics import WorkerMetrics
+    from stream.scoring_service import ScoringService
+    from stream.settings import Settings
+
+    class FlakyRanker:
+        calls = 0
+
+        async def rank(self, received: list[object]) -> list[str]:
+            self.calls += 1
+            if self.calls < 3:
+                raise RedisConnectionError("connection refused")
+            return ["ranked"]
+
+    ranker = FlakyRanker()
+    service = ScoringService(Settings(), "127.0.0.1:9", ranker,  # type: ignore[arg-type]
+                             WorkerMetrics())
+    assert await service._rank([]) == ["ranked"]  # type: ignore[arg-type]
+    assert ranker.calls == 3
