@@ -314,34 +314,16 @@ class EchoService(BatchConsumer):
     consumer: no group membership, so it can be paused for any length of time without a
     rebalance. The worker keeps the usual membership and is paused for a few seconds at most."""
 
-    def __init__(self, settings: Settings, bootstrap: str, **kwargs: object) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, **kwargs: Any) -> None:
         super().__init__(
             settings, bootstrap, WorkerMetrics(),
             topics=(echo_topic(settings, ECHO_TOPICS[0]),),
             group_id=f"{settings.topic_prefix}-echo",
             fetch_wait_ms=settings.scoring_wait_ms,
             max_records=settings.scoring_batch_max_requests,
+            assign_all=True,
             **kwargs)
         self._out = echo_topic(settings, ECHO_TOPICS[1])
-        self._in = echo_topic(settings, ECHO_TOPICS[0])
-
-    async def on_start(self) -> None:
-        s = self.settings
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=f"{s.topic_prefix}-echo",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=s.scoring_wait_ms,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=1)
-        await self._producer.start()
-        await self._consumer.start()
-        await self._consumer.topics()
-        self._consumer.assign([TopicPartition(self._in, p) for p in
-                               sorted(self._consumer.partitions_for_topic(self._in) or {0})])
-        self._loop_task = asyncio.ensure_future(self._consume())
 
     async def handle(self, batch: Batch) -> None:
         pending = [await self.producer.send(self._out, record.value, key=record.key)

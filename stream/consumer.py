@@ -33,19 +33,22 @@ def next_offsets(batch: Batch) -> dict[TopicPartition, int]:
 class BatchConsumer(Service):
     """Subclasses say what to consume and implement :meth:`handle` for one batch.
 
-    ``group_id=None`` makes a broadcast consumer: it reads every partition from the start and
-    commits nothing, so each worker sees every message (for model updates).
+    ``assign_all=True`` takes every partition by manual assignment instead of joining the
+    group: offsets still commit to ``group_id`` when there is one, and with ``group_id=None``
+    nothing is committed and every worker reads every message from the start (a broadcast,
+    for model updates).
     """
 
     def __init__(self, settings: Settings, bootstrap: str, metrics: WorkerMetrics, *,
                  topics: tuple[str, ...], group_id: str | None, fetch_wait_ms: int,
-                 max_records: int, **kwargs: object) -> None:
+                 max_records: int, assign_all: bool = False, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.settings = settings
         self.bootstrap = bootstrap
         self.metrics = metrics
         self._topics = topics
         self._group_id = group_id
+        self._assign_all = assign_all or group_id is None
         self._fetch_wait_ms = fetch_wait_ms
         self._max_records = max_records
         self._dlq_topic = settings.topic("dlq")
@@ -62,7 +65,7 @@ class BatchConsumer(Service):
     async def on_start(self) -> None:
         s = self.settings
         self._consumer = AIOKafkaConsumer(
-            *(self._topics if self._group_id else ()),
+            *(() if self._assign_all else self._topics),
             bootstrap_servers=self.bootstrap,
             group_id=self._group_id,
             enable_auto_commit=False,
@@ -76,7 +79,7 @@ class BatchConsumer(Service):
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=1)
         await self._producer.start()
         await self._consumer.start()
-        if self._group_id is None:
+        if self._assign_all:
             await self._consumer.topics()  # loads metadata, so the partitions are known
             self._consumer.assign([
                 TopicPartition(topic, partition) for topic in self._topics

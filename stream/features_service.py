@@ -7,21 +7,19 @@ fetched and decoded while the store applies batch k; commits stay in order.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from aiokafka import TopicPartition
-from redis.exceptions import RedisError
 
 from models.features import ItemMeta, engagement_history, event_deltas
 from schemas import Event, ItemUpsert, Rejection, decode
 from stream.consumer import Batch, BatchConsumer, next_offsets
 from stream.metrics import WorkerMetrics
 from stream.settings import Settings
-from stream.store import FeatureStore, FeatureUpdate
-
-log = logging.getLogger(__name__)
+from stream.store import FeatureStore, FeatureUpdate, through_outages
 
 
 @dataclass
@@ -51,7 +49,7 @@ class FeatureService(BatchConsumer):
     """Consumes ``items`` and ``events``; keeps user and item features in the store."""
 
     def __init__(self, settings: Settings, bootstrap: str, store: FeatureStore,
-                 metrics: WorkerMetrics, **kwargs: object) -> None:
+                 metrics: WorkerMetrics, **kwargs: Any) -> None:
         super().__init__(
             settings, bootstrap, metrics,
             topics=(settings.topic("items"), settings.topic("events")),
@@ -103,17 +101,11 @@ class FeatureService(BatchConsumer):
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def _write(self, events: list[Event], metas: dict[str, bytes]) -> None:
-        """Write until it sticks: a store outage stalls the stream instead of dropping data."""
-        backoff = 0.1
+        """Write until it sticks; events seen before are dropped and the rest written again."""
         while True:
             update = feature_update(events, metas)
-            try:
-                duplicates = set(await self.store.apply(update))
-            except (RedisError, OSError) as exc:
-                log.warning("feature store write failed, retrying in %.1fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
+            duplicates = set(await through_outages(
+                partial(self.store.apply, update), "feature store write"))
             if not duplicates:
                 self.metrics.events.inc(len(events))
                 return

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from aiokafka import AIOKafkaProducer
@@ -35,7 +36,7 @@ def manifest_path(update: ModelUpdate) -> Path:
 
 class ModelUpdatesService(BatchConsumer):
     def __init__(self, settings: Settings, bootstrap: str, slot: ModelSlot,
-                 metrics: WorkerMetrics, **kwargs: object) -> None:
+                 metrics: WorkerMetrics, **kwargs: Any) -> None:
         super().__init__(settings, bootstrap, metrics, topics=(settings.topic("model-updates"),),
                          group_id=None, fetch_wait_ms=100, max_records=1000, **kwargs)
         self.slot = slot

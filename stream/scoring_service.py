@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
+from typing import Any
 
 from aiokafka import TopicPartition
-from redis.exceptions import RedisError
 
-from schemas import RankingRequest, RankingResult, Rejection, decode, encode
+from schemas import RankingRequest, Rejection, decode, encode
 from stream.consumer import Batch, BatchConsumer, next_offsets
 from stream.metrics import WorkerMetrics
 from stream.ranker import Ranker, Received, check_rankable
 from stream.settings import Settings
-
-log = logging.getLogger(__name__)
+from stream.store import through_outages
 
 
 class ScoringService(BatchConsumer):
     """Whatever requests arrived since the last poll are scored together in one model run."""
 
     def __init__(self, settings: Settings, bootstrap: str, ranker: Ranker,
-                 metrics: WorkerMetrics, **kwargs: object) -> None:
+                 metrics: WorkerMetrics, **kwargs: Any) -> None:
         super().__init__(
             settings, bootstrap, metrics,
             topics=(settings.topic("requests"),),
@@ -47,24 +45,15 @@ class ScoringService(BatchConsumer):
                 except Rejection as rejection:
                     pending.append(await self.dead_letter(record, rejection))
         if received:
-            for result in await self._rank(received):
+            results = await through_outages(lambda: self.ranker.rank(received),
+                                            "feature fetch for scoring")
+            for result in results:
                 pending.append(await self.producer.send(
                     self._rankings_topic, encode(result), key=result.user_id.encode()))
                 self.metrics.observe_ranking(result)
         # Fetch the next batch while this one's sends are acknowledged; commits stay in order.
         self._acking = asyncio.ensure_future(
             self._ack_then_commit(self._acking, pending, next_offsets(batch)))
-
-    async def _rank(self, received: list[Received]) -> list[RankingResult]:
-        """Retry through a store outage: requests wait (uncommitted) instead of being lost."""
-        backoff = 0.05
-        while True:
-            try:
-                return await self.ranker.rank(received)
-            except (RedisError, OSError) as exc:
-                log.warning("feature fetch failed, retrying in %.2fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
 
     async def _ack_then_commit(self, previous: asyncio.Task[None] | None,
                                pending: list[asyncio.Future[object]],

@@ -8,13 +8,15 @@ and the caller retries without the duplicates. Replays after a crash are therefo
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import string
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -30,6 +32,8 @@ from models.features import (
     merge,
 )
 from stream.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -315,3 +319,19 @@ class RedisStore(FeatureStore):
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+T = TypeVar("T")
+
+
+async def through_outages(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """Retry ``call`` with backoff while the store is down: the stream stalls, uncommitted,
+    instead of dropping data or crashing the worker."""
+    backoff = 0.05
+    while True:
+        try:
+            return await call()
+        except (RedisError, OSError) as exc:
+            log.warning("%s failed, retrying in %.2fs: %s", what, backoff, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)

@@ -128,24 +128,19 @@ async def test_concurrent_http_callers_share_one_model_run() -> None:
     assert calls == [4, 4, 1]
 
 
-async def test_scoring_agent_waits_out_a_feature_store_outage() -> None:
+async def test_store_calls_wait_out_an_outage() -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from stream.metrics import WorkerMetrics
-    from stream.scoring_service import ScoringService
-    from stream.settings import Settings
+    from stream.store import through_outages
 
-    class FlakyRanker:
-        calls = 0
+    calls = 0
 
-        async def rank(self, received: list[object]) -> list[str]:
-            self.calls += 1
-            if self.calls < 3:
-                raise RedisConnectionError("connection refused")
-            return ["ranked"]
+    async def flaky_fetch() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise RedisConnectionError("connection refused")
+        return "ranked"
 
-    ranker = FlakyRanker()
-    service = ScoringService(Settings(), "127.0.0.1:9", ranker,  # type: ignore[arg-type]
-                             WorkerMetrics())
-    assert await service._rank([]) == ["ranked"]  # type: ignore[arg-type]
-    assert ranker.calls == 3
+    assert await through_outages(flaky_fetch, "feature fetch") == "ranked"
+    assert calls == 3
