@@ -63,7 +63,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     @app.task
     async def start_services() -> None:
         store = await open_store(settings)
-        ranker = Ranker(FeatureReader(store, settings.embedding_dim), worker.models,
+        reader = FeatureReader(store, settings.embedding_dim, settings.item_cache_ttl_s)
+        ranker = Ranker(reader, worker.models,
                         ValueModel(settings.value_weights))
         worker.store = store
         worker.ranker = MicroBatcher(ranker, settings.scoring_batch_max_requests)

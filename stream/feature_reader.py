@@ -7,15 +7,26 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.features import entity_features, item_meta_features, unpack_history
+from models.features import (
+    ITEM_FEATURE_NAMES,
+    entity_features,
+    item_meta_features,
+    unpack_history,
+)
 from models.ranking_features import CandidateFeatures
+from stream.item_cache import ItemFeatureCache
 from stream.store import FeatureStore, Lookup
 
 
 class FeatureReader:
-    def __init__(self, store: FeatureStore, embedding_dim: int) -> None:
+    """Users are read fresh on every call; items come from an :class:`ItemFeatureCache` that
+    is refilled, in the same round trip as the users, for ids it lacks or holds too long."""
+
+    def __init__(self, store: FeatureStore, embedding_dim: int,
+                 item_cache_ttl_s: float = 0.0) -> None:
         self._store = store
         self._dim = embedding_dim
+        self._items = ItemFeatureCache(item_cache_ttl_s, len(ITEM_FEATURE_NAMES), embedding_dim)
 
     async def fetch(self, user_id: str, item_ids: Sequence[str],
                     now: float | None = None) -> CandidateFeatures:
@@ -25,21 +36,31 @@ class FeatureReader:
                          now: float | None = None) -> list[CandidateFeatures]:
         """Features of several requests (user, candidates) from one store round trip."""
         now = time.time() if now is None else now
-        fetched = await self._store.fetch_many(lookups)
-        # Decode the whole micro-batch at once, then split: per-call overhead dominates at
-        # ~100 candidates per request.
+        wanted: list[Lookup] = []
+        claimed: set[str] = set()  # candidates overlap across a micro-batch: read each once
+        for user_id, item_ids in lookups:
+            stale = self._items.stale(self._items.slots(item_ids), now)
+            missing = [item_ids[k] for k in np.flatnonzero(stale).tolist()
+                       if item_ids[k] not in claimed]
+            claimed.update(missing)
+            wanted.append((user_id, missing))
+        fetched = await self._store.fetch_many(wanted)
+        if claimed:
+            self._refill([i for _, ids in wanted for i in ids],
+                         [v for f in fetched for v in f.items],
+                         [m for f in fetched for m in f.item_meta], now)
+        # Decode the whole micro-batch's users at once: per-call overhead dominates.
         users = entity_features([f.user for f in fetched], now)
-        values = [value for f in fetched for value in f.items]
-        metas = [meta for f in fetched for meta in f.item_meta]
-        meta_rows, embeddings = item_meta_features(metas, now, self._dim)
-        items = np.concatenate([entity_features(values, now), meta_rows], axis=1)
-        known = np.array([c is not None or m is not None
-                          for c, m in zip(values, metas, strict=True)], dtype=bool)
-        bounds = np.cumsum([len(f.items) for f in fetched])[:-1]
         return [
-            CandidateFeatures(user, item_rows, item_embeddings, item_known,
+            CandidateFeatures(user, *self._items.gather(self._items.slots(item_ids)),
                               *unpack_history(f.history, self._dim))
-            for f, user, item_rows, item_embeddings, item_known in zip(
-                fetched, users, np.split(items, bounds), np.split(embeddings, bounds),
-                np.split(known, bounds), strict=True)
+            for (_, item_ids), f, user in zip(lookups, fetched, users, strict=True)
         ]
+
+    def _refill(self, item_ids: list[str], counters: list[bytes | None],
+                metas: list[bytes | None], now: float) -> None:
+        meta_rows, embeddings = item_meta_features(metas, now, self._dim)
+        rows = np.concatenate([entity_features(counters, now), meta_rows], axis=1)
+        known = np.array([c is not None or m is not None
+                          for c, m in zip(counters, metas, strict=True)], dtype=bool)
+        self._items.put(item_ids, rows, embeddings, known, now)

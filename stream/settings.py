@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     scoring_group: str = "streamrank-scoring"
     scoring_batch_max_requests: int = Field(64, ge=1, description="Requests per micro-batch.")
     scoring_wait_ms: int = Field(1, ge=0, description="Fetch wait on the latency path.")
+    item_cache_ttl_s: float = Field(
+        1.0, ge=0, description="How long a worker reuses an item's features before re-reading "
+        "them; 0 reads every candidate from the store on every request.")
     scorer_device: Literal["auto", "cpu", "cuda"] = "auto"
     scorer_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = all.")
     model_manifest: Path | None = Field(None, description="Model to serve at start-up.")

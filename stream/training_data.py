@@ -73,8 +73,13 @@ class LogReplay:
         shown: list[str] = served["items"]
         events = [validate(e, Event, limits) for e in record["events"]]  # type: ignore[attr-defined]
         if shown:
-            features = await self._reader.fetch(request.user_id, shown, now=request.ts)
-            self._matrices.append(ranking_matrix(features, request.context, request.ts))
+            position = {item_id: row for row, item_id in enumerate(request.candidates)}
+            if not all(item_id in position for item_id in shown):
+                raise KeyError("a shown item is not among the request's candidates")
+            features = await self._reader.fetch(request.user_id, request.candidates,
+                                                now=request.ts)
+            matrix = ranking_matrix(features, request.context, request.ts)
+            self._matrices.append(matrix[[position[item_id] for item_id in shown]])
             self._labels.append(_labels(shown, events))
             self._item_ids += shown
             self._request_index += [len(self._matrices) - 1] * len(shown)

@@ -22,7 +22,7 @@ from models.features import (
 )
 from stream.feature_reader import FeatureReader
 from stream.settings import Settings
-from stream.store import FeatureStore, RedisStore
+from stream.store import FeatureStore, FeatureUpdate, RedisStore
 from tests.integration.harness import (
     feature_service,
     open_test_store,
@@ -124,6 +124,32 @@ async def test_known_sequence_yields_closed_form_features(settings: Settings,
     other = await FeatureReader(store, settings.embedding_dim).fetch("u2", [], now=now)
     assert other.history_ts.tolist() == [T0 + 4100]
     assert await store.counts() == {"users": 2, "items": 3}
+    await _cleanup(store)
+
+
+async def test_reader_reuses_item_features_for_the_ttl_and_users_never(
+        settings: Settings) -> None:
+    store = await open_test_store(settings, "redis")
+    reader = FeatureReader(store, settings.embedding_dim, item_cache_ttl_s=1.0)
+
+    async def write(clicks: float) -> None:
+        counters = EntityState.empty().counters.copy()
+        counters[CHANNEL_INDEX["click"]] = clicks
+        state = EntityState(ref_ts=NOW, first_ts=NOW, last_ts=NOW, last_click_ts=NOW,
+                            counters=counters)
+        assert await store.apply(FeatureUpdate(users={"u1": state.pack()},
+                                               items={"i1": state.pack()})) == []
+
+    item_clicks = ITEM_FEATURE_NAMES.index("item_log_click_1h")
+    user_clicks = USER_FEATURE_NAMES.index("user_log_click_1h")
+    await write(1.0)
+    first = await reader.fetch("u1", ["i1"], now=NOW)
+    await write(2.0)  # merged: 3 clicks now
+    within = await reader.fetch("u1", ["i1"], now=NOW + 0.5)
+    after = await reader.fetch("u1", ["i1"], now=NOW + 1.5)
+    assert within.items[0, item_clicks] == first.items[0, item_clicks]
+    assert after.items[0, item_clicks] > within.items[0, item_clicks]
+    assert within.user[user_clicks] > first.user[user_clicks]  # users are read fresh
     await _cleanup(store)
 
 
