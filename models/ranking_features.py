@@ -29,6 +29,7 @@ RECENCY_SCALE_S = 86_400.0  # engagements a day old weigh 1/e of fresh ones in s
 # Two candidates count as neighbours above this cosine. On the synthetic world, ranking by
 # popularity plus the neighbour share at 0.5 beat 0.4 and 0.6 (and top-10 mean similarity).
 NEIGHBOUR_COSINE = 0.5
+NEIGHBOUR_SAMPLE = 128
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,20 @@ def candidate_set_features(embeddings: np.ndarray) -> np.ndarray:
     intent, even for a user with no history yet: a candidate with many close neighbours in the
     set is likely on-interest, an isolated one is likely filler. Columns: the share of the
     other candidates within ``NEIGHBOUR_COSINE`` of it, and its cosine to the set's centroid.
+    Above ``NEIGHBOUR_SAMPLE`` candidates the share is taken over that many evenly spaced ones,
+    so its cost grows as ``n``, not ``n²``.
     """
     n = len(embeddings)
     out = np.zeros((n, len(CANDIDATE_SET_NAMES)), dtype=np.float32)
     if n < 2:
         return out
     unit = _unit(embeddings.astype(np.float32, copy=False))
-    gram = unit @ unit.T
-    np.fill_diagonal(gram, 0.0)
-    out[:, 0] = np.count_nonzero(gram > NEIGHBOUR_COSINE, axis=1) / (n - 1)
+    reference = np.arange(0, n, -(-n // NEIGHBOUR_SAMPLE))
+    neighbours = unit @ unit[reference].T > NEIGHBOUR_COSINE
+    neighbours[reference, np.arange(len(reference))] = False  # a candidate is not its own
+    others = np.full(n, len(reference), dtype=np.float32)
+    others[reference] -= 1.0
+    out[:, 0] = neighbours.sum(axis=1) / others
     centroid = unit.sum(axis=0)
     out[:, 1] = unit @ (centroid / max(float(np.linalg.norm(centroid)), 1e-12))
     return out

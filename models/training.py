@@ -17,10 +17,13 @@ from models.ranker import MultiTaskRanker, export_onnx
 logger = logging.getLogger(__name__)
 
 LEARNING_RATE = 2e-3
-WEIGHT_DECAY = 1e-5
+# The ~240k-parameter net overfits a warm-up log (45k rows): on one, 1e-3 gave click AUC 0.71
+# and calibration 1.04 against 0.68 and 0.76 at 1e-5; 3e-3 miscalibrated hide.
+WEIGHT_DECAY = 1e-3
 MAX_THREADS = 2  # batches are 512 x 128: 2 threads fit 1.7x faster than 1; more rarely pay here
 BASELINE_PRIOR = 20.0  # pseudo-impressions at the global rate behind each item's smoothed rate
 EPS = 1e-7  # probability clip for log loss and logits
+DEFAULT_EPOCHS = 8
 
 
 @dataclass
@@ -62,7 +65,7 @@ def train(
     dataset: Dataset,
     out_dir: Path,
     version: str,
-    epochs: int = 8,
+    epochs: int = DEFAULT_EPOCHS,
     batch_size: int = 512,
     seed: int = 0,
     holdout_fraction: float = 0.2,

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from models.training import Dataset, train
+from models.training import DEFAULT_EPOCHS, Dataset, train
 from models.world import World, WorldConfig
 from stream.broker import free_port
 from stream.errors import WorkerFailed
@@ -28,6 +28,8 @@ from stream.simulator import Simulator
 from stream.training_data import LogReplay
 
 log = logging.getLogger(__name__)
+
+TRAIN_ROWS_PER_RETRAIN = 500_000
 
 
 def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
@@ -105,8 +107,11 @@ async def _train_and_publish(settings: Settings, bootstrap: str, worker: WorkerP
                              dataset: Dataset, workdir: Path) -> dict[str, Any]:
     """Train on everything logged so far and wait until the worker serves the new version."""
     version = f"demo-{int(time.time() * 1000)}"
+    # Traffic pauses while a model trains: fewer passes over a larger log keep each retrain
+    # to a bounded number of rows (~15 s on 2 cores).
+    epochs = max(1, min(DEFAULT_EPOCHS, TRAIN_ROWS_PER_RETRAIN // len(dataset.features)))
     trained = await asyncio.to_thread(train, dataset, workdir / version, version,
-                                      progress=False)
+                                      epochs=epochs, progress=False)
     update = await publish_model(settings, bootstrap, trained.manifest_path)
     await asyncio.to_thread(worker.wait_for, lambda s: s["model_version"] == update.version,
                             60.0)

@@ -36,25 +36,34 @@ class FeatureReader:
                          now: float | None = None) -> list[CandidateFeatures]:
         """Features of several requests (user, candidates) from one store round trip."""
         now = time.time() if now is None else now
+        cache = self._items
+        slots = [cache.slots(item_ids) for _, item_ids in lookups]
+        stale = [np.flatnonzero(cache.stale(s, now)) for s in slots]
         wanted: list[Lookup] = []
         claimed: set[str] = set()  # candidates overlap across a micro-batch: read each once
-        for user_id, item_ids in lookups:
-            stale = self._items.stale(self._items.slots(item_ids), now)
-            missing = [item_ids[k] for k in np.flatnonzero(stale).tolist()
-                       if item_ids[k] not in claimed]
+        for (user_id, item_ids), positions in zip(lookups, stale, strict=True):
+            missing = [item_ids[k] for k in positions.tolist() if item_ids[k] not in claimed]
             claimed.update(missing)
             wanted.append((user_id, missing))
         fetched = await self._store.fetch_many(wanted)
         if claimed:
+            generation = cache.generation
             self._refill([i for _, ids in wanted for i in ids],
                          [v for f in fetched for v in f.items],
                          [m for f in fetched for m in f.item_meta], now)
+            for (_, item_ids), request_slots, positions in zip(lookups, slots, stale,
+                                                               strict=True):
+                if cache.generation != generation:
+                    request_slots[:] = cache.slots(item_ids)
+                elif len(positions):
+                    request_slots[positions] = cache.slots([item_ids[k]
+                                                            for k in positions.tolist()])
         # Decode the whole micro-batch's users at once: per-call overhead dominates.
         users = entity_features([f.user for f in fetched], now)
         return [
-            CandidateFeatures(user, *self._items.gather(self._items.slots(item_ids)),
+            CandidateFeatures(user, *cache.gather(request_slots),
                               *unpack_history(f.history, self._dim))
-            for (_, item_ids), f, user in zip(lookups, fetched, users, strict=True)
+            for request_slots, f, user in zip(slots, fetched, users, strict=True)
         ]
 
     def _refill(self, item_ids: list[str], counters: list[bytes | None],

@@ -31,6 +31,7 @@ class ItemFeatureCache:
         if ttl_s < 0:
             raise ValueError("ttl_s must be >= 0")
         self.ttl_s = ttl_s
+        self.generation = 0  # bumped whenever rows move, which invalidates slots handed out
         self._slot: dict[str, int] = {}
         self._ids: list[str] = []
         self._rows = np.zeros((INITIAL_CAPACITY, n_columns), dtype=np.float32)
@@ -53,7 +54,8 @@ class ItemFeatureCache:
 
     def put(self, item_ids: Sequence[str], rows: np.ndarray, embeddings: np.ndarray,
             known: np.ndarray, now: float) -> None:
-        """Store freshly read items. Slots handed out before a ``put`` may move: ask again."""
+        """Store freshly read items. Slots handed out earlier stay valid unless ``generation``
+        changed."""
         new = [item_id for item_id in item_ids if item_id not in self._slot]
         if len(self._ids) + len(new) > len(self._known):
             self._compact(now, room=len(new))
@@ -81,6 +83,7 @@ class ItemFeatureCache:
         self._embeddings = _moved(self._embeddings, keep, capacity)
         self._known = _moved(self._known, keep, capacity)
         self._fetched_at = _moved(self._fetched_at, keep, capacity)
+        self.generation += 1
 
 
 def _moved(array: np.ndarray, keep: np.ndarray, capacity: int) -> np.ndarray:
