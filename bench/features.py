@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from stream.errors import BenchFailed
 from stream.features_service import FeatureService
 from stream.metrics import WorkerMetrics
 from stream.runtime import broker
@@ -96,7 +97,7 @@ async def _timed(count: Callable[[], float], target: int, work: Awaitable[None])
         while count() < target:
             if task.done():
                 task.result()
-                raise RuntimeError(f"pass ended at {count()} of {target} messages")
+                raise BenchFailed(f"pass ended at {count()} of {target} messages")
             await asyncio.sleep(0.002)
         return (count() - first_count) / (time.perf_counter() - first_time)
     finally:

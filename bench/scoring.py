@@ -56,6 +56,7 @@ from models.scorer import CPU, Manifest, OnnxScorer, choose_provider
 from schemas import Event, RankingRequest, RankingResult, encode
 from schemas.codec import decode
 from stream.consumer import Batch, BatchConsumer, next_offsets
+from stream.errors import BenchFailed
 from stream.features_service import feature_update
 from stream.metrics import WorkerMetrics
 from stream.processes import stop_process
@@ -112,29 +113,38 @@ def parse_candidates(text: str, limit: int) -> tuple[int, ...]:
 
 def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = None
                       ) -> dict[str, Any]:
+    """Each candidates size runs on its own fresh broker, topics, store, worker and echo.
+
+    The embedded broker gets slower as it holds more data: in one run that shared a broker,
+    the echo's own p99 grew from 15 to 111 ms across the passes, and the last size lost
+    answers. Sizes measured one after another on one broker would measure that instead.
+    """
     config = config or ScoringBenchConfig()
     run_id = uuid.uuid4().hex[:8]
-    settings = settings.model_copy(update={
-        "topic_prefix": f"bench-scoring-{run_id}",
-        "redis_url": settings.redis_url or DEFAULT_REDIS,
-    })
+    settings = settings.model_copy(update={"redis_url": settings.redis_url or DEFAULT_REDIS})
     if max(config.candidates) > min(settings.max_candidates, config.items):
         raise ValueError("more candidates per request than the catalogue or the limit allows")
     check_store(settings)
     load_before = os.getloadavg()
+    by_candidates: dict[str, dict[str, Any]] = {}
+    prefixes = {c: f"bench-scoring-{run_id}-c{c}" for c in config.candidates}
     with tempfile.TemporaryDirectory(prefix="streamrank-bench-scoring-") as tmp:
         manifest = export_untrained_model(Path(tmp), f"bench-{run_id}")
-        with broker(settings) as bootstrap:
-            _create_topics(bootstrap, settings, ECHO_TOPICS)
-            try:
-                report = _run(settings, bootstrap, config, manifest)
-            finally:
-                asyncio.run(_drop_store(settings))
-                _delete_topics(settings, bootstrap)
+        for candidates in config.candidates:
+            size_settings = settings.model_copy(update={"topic_prefix": prefixes[candidates]})
+            with broker(size_settings) as bootstrap:
+                _create_topics(bootstrap, size_settings, ECHO_TOPICS)
+                try:
+                    report = _run(size_settings, bootstrap, config, manifest, candidates)
+                finally:
+                    asyncio.run(_drop_store(size_settings))
+                    _delete_topics(size_settings, bootstrap)
+            by_candidates[str(candidates)] = report.pop("result")
     return report | {
+        "by_candidates": by_candidates,
         "run_id": run_id,
-        "topic_prefix": settings.topic_prefix,
-        "broker": "configured" if settings.broker_url else "embedded tansu",
+        "topic_prefixes": list(prefixes.values()),
+        "broker": "configured" if settings.broker_url else "embedded tansu, fresh per size",
         "store": "redis",
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
@@ -154,7 +164,7 @@ def export_untrained_model(out_dir: Path, version: str) -> Path:
 
 
 def _run(settings: Settings, bootstrap: str, config: ScoringBenchConfig,
-         manifest: Path) -> dict[str, Any]:
+         manifest: Path, candidates: int) -> dict[str, Any]:
     catalogue = asyncio.run(populate_store(settings, config))
     version = Manifest.load(manifest).version
     worker = _worker_process(settings, bootstrap, manifest)
@@ -163,10 +173,10 @@ def _run(settings: Settings, bootstrap: str, config: ScoringBenchConfig,
         provider, threads = _worker_model(Path(worker.log_path), version, settings)
         bench = _Bench(settings, bootstrap, config, catalogue, Manifest.load(manifest),
                        worker, echo)
-        by_candidates = asyncio.run(bench.run())
+        result = asyncio.run(bench.run(candidates))
         worker_torch = _maps_torch(worker.process.pid if worker.process else None)
     return {
-        "by_candidates": by_candidates,
+        "result": result | {"worker_log": str(worker.log_path)},
         "model_version": version,
         "provider": provider,
         "intra_op_threads": threads,
@@ -183,7 +193,6 @@ def _run(settings: Settings, bootstrap: str, config: ScoringBenchConfig,
         "repeats": config.repeats,
         "idle_path_paused": config.pause_idle,
         "catalogue": {"items": config.items, "users": config.users, "events": config.events},
-        "worker_log": str(worker.log_path),
     }
 
 
@@ -358,7 +367,7 @@ class EchoProcess:
 
     def check(self) -> None:
         if self.process is None or self.process.poll() is not None:
-            raise RuntimeError(f"the echo process exited; see {self.log_path}")
+            raise BenchFailed(f"the echo process exited; see {self.log_path}")
 
 
 def _echo_main(argv: Sequence[str]) -> None:
@@ -488,7 +497,7 @@ class _Results:
         deadline = time.monotonic() + timeout_s
         while self.sent:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(self.sent)} requests got no answer on {self.topic} "
+                raise BenchFailed(f"{len(self.sent)} requests got no answer on {self.topic} "
                                    f"within {timeout_s:.0f}s")
             if self._task is not None and self._task.done():
                 self._task.result()
@@ -544,16 +553,16 @@ class _Bench:
     def _worker_alive(self) -> None:
         process = self.worker.process
         if process is None or process.poll() is not None:
-            raise RuntimeError(f"the worker exited; see {self.worker.log_path}")
+            raise BenchFailed(f"the worker exited; see {self.worker.log_path}")
 
-    async def run(self) -> dict[str, dict[str, Any]]:
+    async def run(self, candidates: int) -> dict[str, Any]:
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0,
                                          max_request_size=8 * 1024 * 1024)
         await self.producer.start()
         connector = aiohttp.TCPConnector(limit=HTTP_CLIENTS)
         try:
             async with aiohttp.ClientSession(connector=connector) as http:
-                return {str(c): await self._size(http, c) for c in self.config.candidates}
+                return await self._size(http, candidates)
         finally:
             await self.producer.stop()
 
@@ -729,7 +738,7 @@ class _Bench:
                 payload = await response.read()
             took = (time.perf_counter() - started) * 1000.0
             if response.status != 200:
-                raise RuntimeError(f"POST /rank answered {response.status}: {payload[:200]!r}")
+                raise BenchFailed(f"POST /rank answered {response.status}: {payload[:200]!r}")
             result = decode(payload, RankingResult)
             assert len(result.items) == min(RESULT_N, requests.candidates)
             if record:

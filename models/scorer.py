@@ -88,6 +88,12 @@ def choose_provider(device: Device) -> str:
     return CPU
 
 
+# A large micro-batch runs on the CPU in slices of this many rows: each slice's activations stay
+# in cache. Measured on the ~240k-parameter ranker, 20k rows at once scored 268k rows/s (2
+# threads) and 153k (1 thread); in slices of 500, 358k and 199k. A GPU gets the whole batch.
+CPU_ROWS_PER_RUN = 512
+
+
 class OnnxScorer:
     """One onnxruntime session for one model version; immutable, so swapping is a reference."""
 
@@ -121,6 +127,12 @@ class OnnxScorer:
             binding.bind_output(self.manifest.output_name, "cuda")
             self.session.run_with_iobinding(binding)
             return np.asarray(binding.copy_outputs_to_cpu()[0])
+        if len(features) <= CPU_ROWS_PER_RUN:
+            return self._run(features)
+        return np.concatenate([self._run(features[start:start + CPU_ROWS_PER_RUN])
+                               for start in range(0, len(features), CPU_ROWS_PER_RUN)])
+
+    def _run(self, features: np.ndarray) -> np.ndarray:
         outputs = self.session.run([self.manifest.output_name],
                                    {self.manifest.input_name: features})
         return np.asarray(outputs[0])

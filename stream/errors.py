@@ -15,3 +15,7 @@ class StoreUnavailable(StreamrankError):
 
 class WorkerFailed(StreamrankError):
     """A worker child process died or never became ready."""
+
+
+class BenchFailed(StreamrankError):
+    """A benchmark could not measure what it set out to (lost answers, a dead process)."""

@@ -222,6 +222,26 @@ return {}
 )
 
 
+# Counters and metas of many items in one call. Like the merge script, it takes the ids as one
+# NUL-joined argument: redis-py encodes every MGET key in pure Python, which cost ~3 us a key
+# (a 1000-key MGET took 3.3 ms, most of a saturated worker's feature fetch).
+# ARGV: counter key prefix, meta key prefix, item ids. Returns counters then metas, in id order.
+_READ_ITEMS_LUA = """
+local ids = {}
+for id in string.gmatch(ARGV[3], '[^%z]+') do ids[#ids + 1] = id end
+local out = {}
+for _, prefix in ipairs({ARGV[1], ARGV[2]}) do
+  for first = 1, #ids, 1000 do
+    local keys = {}
+    for k = first, math.min(first + 999, #ids) do keys[#keys + 1] = prefix .. ids[k] end
+    local values = redis.call('MGET', unpack(keys))
+    for k = 1, #keys do out[#out + 1] = values[k] end
+  end
+end
+return out
+"""
+
+
 class RedisStore(FeatureStore):
     def __init__(self, client: aioredis.Redis, namespace: str, dedup_ttl_s: int,
                  history_length: int) -> None:
@@ -230,6 +250,7 @@ class RedisStore(FeatureStore):
         self._dedup_ttl_s = dedup_ttl_s
         self._history_length = history_length
         self._merge = client.register_script(_MERGE_LUA)
+        self._read_items = client.register_script(_READ_ITEMS_LUA)
         self._users_index = f"{namespace}:idx:users"
         self._items_index = f"{namespace}:idx:items"
         self.description = "redis"
@@ -287,16 +308,19 @@ class RedisStore(FeatureStore):
         users = list(dict.fromkeys(user for user, _ in lookups))
         items = list(dict.fromkeys(item for _, ids in lookups for item in ids))
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.mget([*map(self.user_key, users), *map(self.item_key, items),
-                       *map(self.meta_key, items)])
+            pipe.mget(list(map(self.user_key, users)))
             for user in users:
                 pipe.lrange(self.history_key(user), 0, -1)
-            values, *histories = await pipe.execute()
-        values = cast(list[bytes | None], values)
+            if items:
+                await self._read_items(
+                    args=[self.item_key(""), self.meta_key(""), "\0".join(items)], client=pipe)
+            replies = await pipe.execute()
         n_users, n_items = len(users), len(items)
-        user_values = dict(zip(users, values[:n_users], strict=True))
-        counters = dict(zip(items, values[n_users:n_users + n_items], strict=True))
-        metas = dict(zip(items, values[n_users + n_items:], strict=True))
+        user_values = dict(zip(users, cast(list[bytes | None], replies[0]), strict=True))
+        histories = replies[1:1 + n_users]
+        item_values = cast(list[bytes | None], replies[-1] if items else [])
+        counters = dict(zip(items, item_values[:n_items], strict=True))
+        metas = dict(zip(items, item_values[n_items:], strict=True))
         history = dict(zip(users, histories, strict=True))
         return [
             FetchedFeatures(user_values[user], [counters[i] for i in ids],

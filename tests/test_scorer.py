@@ -13,7 +13,14 @@ import orjson
 import pytest
 
 from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
-from models.scorer import CPU, ModelError, PopularityScorer, choose_provider, load_scorer
+from models.scorer import (
+    CPU,
+    CPU_ROWS_PER_RUN,
+    ModelError,
+    PopularityScorer,
+    choose_provider,
+    load_scorer,
+)
 from models.value import ValueModel
 from schemas import RankingRequest
 
@@ -36,6 +43,18 @@ def test_cpu_machine_gets_the_cpu_provider_and_prints_no_cuda_noise(
         pytest.skip("this machine has a usable CUDA device")
     assert result.stdout.strip() == "False ['CPUExecutionProvider'] (3, 4)"
     assert "cuda" not in (result.stdout + result.stderr).lower().replace("false", "")
+
+
+def test_a_large_batch_scored_in_slices_equals_row_by_row(
+        serving_models: tuple[Path, Path]) -> None:
+    scorer = load_scorer(serving_models[0], RANKER_FEATURE_NAMES, "cpu")
+    rows = 2 * CPU_ROWS_PER_RUN + 7
+    features = np.random.default_rng(0).standard_normal(
+        (rows, len(RANKER_FEATURE_NAMES))).astype(np.float32)
+    whole = scorer.score(features)
+    assert whole.shape == (rows, len(TASK_NAMES))
+    one_by_one = np.concatenate([scorer.score(features[k:k + 1]) for k in range(rows)])
+    np.testing.assert_allclose(whole, one_by_one, rtol=1e-5, atol=1e-6)
 
 
 def test_cuda_on_a_cpu_machine_is_a_clear_error() -> None:
