@@ -42,7 +42,8 @@ class FeatureReader:
         wanted: list[Lookup] = []
         claimed: set[str] = set()  # candidates overlap across a micro-batch: read each once
         for (user_id, item_ids), positions in zip(lookups, stale, strict=True):
-            missing = [item_ids[k] for k in positions.tolist() if item_ids[k] not in claimed]
+            missing = [item_id for item_id in dict.fromkeys(item_ids[k] for k in positions.tolist())
+                       if item_id not in claimed]
             claimed.update(missing)
             wanted.append((user_id, missing))
         fetched = await self._store.fetch_many(wanted)

@@ -58,7 +58,8 @@ class ItemFeatureCache:
         changed."""
         new = [item_id for item_id in item_ids if item_id not in self._slot]
         if len(self._ids) + len(new) > len(self._known):
-            self._compact(now, room=len(new))
+            # Expired ids being put again are dropped and come back as new: make room for all.
+            self._compact(now, room=len(item_ids))
             new = [item_id for item_id in item_ids if item_id not in self._slot]
         for item_id in new:
             self._slot[item_id] = len(self._ids)

@@ -61,6 +61,16 @@ def test_fresh_rows_survive_and_the_arrays_grow_when_they_fill_them() -> None:
     assert rows[:, 0].tolist() == [float(i - i % 100) for i in range(len(ids))]
 
 
+def test_refilling_expired_rows_of_a_full_cache_with_a_few_new_ones_fits() -> None:
+    cache = ItemFeatureCache(ttl_s=1.0, n_columns=3, dim=2)
+    expired = [f"e{i}" for i in range(INITIAL_CAPACITY - 24)]
+    _put(cache, expired, 1.0, now=0.0)
+    _put(cache, [f"f{i}" for i in range(24)], 2.0, now=9.5)  # full now; these stay fresh
+    _put(cache, [*expired, "n1", "n2"], 3.0, now=10.0)
+    rows, _, _ = cache.gather(cache.slots([*expired, "n1", "f0"]))
+    assert rows[:, 0].tolist() == [3.0] * (len(expired) + 1) + [2.0]
+
+
 def test_negative_ttl_is_refused() -> None:
     with pytest.raises(ValueError, match="ttl_s"):
         ItemFeatureCache(ttl_s=-1.0, n_columns=1, dim=1)

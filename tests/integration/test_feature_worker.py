@@ -150,6 +150,9 @@ async def test_reader_reuses_item_features_for_the_ttl_and_users_never(
     assert within.items[0, item_clicks] == first.items[0, item_clicks]
     assert after.items[0, item_clicks] > within.items[0, item_clicks]
     assert within.user[user_clicks] > first.user[user_clicks]  # users are read fresh
+    repeated = await reader.fetch("u1", ["i1", "never-seen", "i1"], now=NOW + 3.0)
+    assert repeated.known.tolist() == [True, False, True]
+    assert repeated.items[0, item_clicks] == repeated.items[2, item_clicks] > 0
     await _cleanup(store)
 
 
