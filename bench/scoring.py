@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,11 +113,12 @@ def parse_candidates(text: str, limit: int) -> tuple[int, ...]:
 
 def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = None
                       ) -> dict[str, Any]:
-    """Each candidates size runs on its own fresh broker, topics, store, worker and echo.
+    """Each candidates size is measured in two fresh environments (broker, topics, store,
+    worker, echo): one for the maximum load, then one for the latencies at half of it.
 
     The embedded broker gets slower as it holds more data: in one run that shared a broker,
     the echo's own p99 grew from 15 to 111 ms across the passes, and the last size lost
-    answers. Sizes measured one after another on one broker would measure that instead.
+    answers. Measured on one broker, later figures would measure that instead.
     """
     config = config or ScoringBenchConfig()
     run_id = uuid.uuid4().hex[:8]
@@ -127,24 +128,41 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
     check_store(settings)
     load_before = os.getloadavg()
     by_candidates: dict[str, dict[str, Any]] = {}
-    prefixes = {c: f"bench-scoring-{run_id}-c{c}" for c in config.candidates}
+    prefixes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="streamrank-bench-scoring-") as tmp:
         manifest = export_untrained_model(Path(tmp), f"bench-{run_id}")
+
+        def environment(candidates: int, phase: str) -> contextlib.AbstractContextManager[_Bench]:
+            prefixes.append(f"bench-scoring-{run_id}-c{candidates}-{phase}")
+            return _environment(settings.model_copy(update={"topic_prefix": prefixes[-1]}),
+                                config, manifest)
+
         for candidates in config.candidates:
-            size_settings = settings.model_copy(update={"topic_prefix": prefixes[candidates]})
-            with broker(size_settings) as bootstrap:
-                _create_topics(bootstrap, size_settings, ECHO_TOPICS)
-                try:
-                    report = _run(size_settings, bootstrap, config, manifest, candidates)
-                finally:
-                    asyncio.run(_drop_store(size_settings))
-                    _delete_topics(size_settings, bootstrap)
-            by_candidates[str(candidates)] = report.pop("result")
-    return report | {
+            with environment(candidates, "max") as bench:
+                maximum = asyncio.run(bench.maximum(candidates))
+                max_log = str(bench.worker.log_path)
+            with environment(candidates, "latency") as bench:
+                figures = asyncio.run(bench.latency(candidates, maximum))
+                worker = bench.describe_worker()
+            by_candidates[str(candidates)] = figures | {
+                "worker_logs": {"max": max_log, "latency": str(bench.worker.log_path)}}
+    return worker | {
         "by_candidates": by_candidates,
+        "bare_provider": CPU,
+        "result_n": RESULT_N,
+        "http_clients": HTTP_CLIENTS,
+        "partitions": settings.partitions,
+        "scoring_wait_ms": settings.scoring_wait_ms,
+        "bench_fetch_wait_ms": BENCH_FETCH_WAIT_MS,
+        "scoring_batch_max_requests": settings.scoring_batch_max_requests,
+        "in_flight_at_max": _in_flight_at_max(settings),
+        "latency_rate": "half of max_candidates_per_s, in requests/s (latency_rate_per_s)",
+        "repeats": config.repeats,
+        "idle_path_paused": config.pause_idle,
+        "catalogue": {"items": config.items, "users": config.users, "events": config.events},
         "run_id": run_id,
-        "topic_prefixes": list(prefixes.values()),
-        "broker": "configured" if settings.broker_url else "embedded tansu, fresh per size",
+        "topic_prefixes": prefixes,
+        "broker": "configured" if settings.broker_url else "embedded tansu, fresh per phase",
         "store": "redis",
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
@@ -163,37 +181,28 @@ def export_untrained_model(out_dir: Path, version: str) -> Path:
                        {"untrained": 1.0})
 
 
-def _run(settings: Settings, bootstrap: str, config: ScoringBenchConfig,
-         manifest: Path, candidates: int) -> dict[str, Any]:
-    catalogue = asyncio.run(populate_store(settings, config))
-    version = Manifest.load(manifest).version
-    worker = _worker_process(settings, bootstrap, manifest)
-    with EchoProcess(settings, bootstrap) as echo, worker:
-        worker.wait_for(lambda s: s["model_version"] == version, timeout_s=60.0)
-        provider, threads = _worker_model(Path(worker.log_path), version, settings)
-        bench = _Bench(settings, bootstrap, config, catalogue, Manifest.load(manifest),
-                       worker, echo)
-        result = asyncio.run(bench.run(candidates))
-        worker_torch = _maps_torch(worker.process.pid if worker.process else None)
-    return {
-        "result": result | {"worker_log": str(worker.log_path)},
-        "model_version": version,
-        "provider": provider,
-        "intra_op_threads": threads,
-        "bare_provider": CPU,
-        "worker_imports_torch": worker_torch,
-        "result_n": RESULT_N,
-        "http_clients": HTTP_CLIENTS,
-        "partitions": settings.partitions,
-        "scoring_wait_ms": settings.scoring_wait_ms,
-        "bench_fetch_wait_ms": BENCH_FETCH_WAIT_MS,
-        "scoring_batch_max_requests": settings.scoring_batch_max_requests,
-        "in_flight_at_max": bench.window,
-        "latency_rate": "half of max_candidates_per_s, in requests/s (latency_rate_per_s)",
-        "repeats": config.repeats,
-        "idle_path_paused": config.pause_idle,
-        "catalogue": {"items": config.items, "users": config.users, "events": config.events},
-    }
+@contextlib.contextmanager
+def _environment(settings: Settings, config: ScoringBenchConfig, manifest: Path
+                 ) -> Iterator[_Bench]:
+    """A fresh broker (unless one is configured), this prefix's topics and store, a worker
+    serving ``manifest`` and an echo; all of it removed afterwards."""
+    with broker(settings) as bootstrap:
+        _create_topics(bootstrap, settings, ECHO_TOPICS)
+        try:
+            catalogue = asyncio.run(populate_store(settings, config))
+            version = Manifest.load(manifest).version
+            worker = _worker_process(settings, bootstrap, manifest)
+            with EchoProcess(settings, bootstrap) as echo, worker:
+                worker.wait_for(lambda s: s["model_version"] == version, timeout_s=60.0)
+                yield _Bench(settings, bootstrap, config, catalogue, Manifest.load(manifest),
+                             worker, echo)
+        finally:
+            asyncio.run(_drop_store(settings))
+            _delete_topics(settings, bootstrap)
+
+
+def _in_flight_at_max(settings: Settings) -> int:
+    return 4 * settings.scoring_batch_max_requests
 
 
 def _worker_process(settings: Settings, bootstrap: str, manifest: Path) -> WorkerProcess:
@@ -536,6 +545,18 @@ class _Requests:
         return request_id, key, body.replace(_PLACEHOLDER.encode(), request_id.encode(), 1)
 
 
+@dataclass(frozen=True)
+class _Maximum:
+    """The maximum-load figures of one size, measured in their own environment."""
+
+    maxima: list[float]  # end-to-end candidates/s, per pass
+    micro_batch: float  # median requests per worker micro-batch at maximum load
+    sent: list[int]  # requests sent, per pass
+    bare: list[float]  # bare onnxruntime candidates/s on one request's shape, per pass
+    bare_batched: list[float]  # ... on the micro-batch's shape
+    batched_rows: int
+
+
 class _Bench:
     def __init__(self, settings: Settings, bootstrap: str, config: ScoringBenchConfig,
                  catalogue: Catalogue, manifest: Manifest, worker: WorkerProcess,
@@ -547,7 +568,7 @@ class _Bench:
         self.manifest = manifest
         self.worker = worker
         self.echo = echo
-        self.window = 4 * settings.scoring_batch_max_requests
+        self.window = _in_flight_at_max(settings)
         self.rng = np.random.default_rng(config.seed + 1)
 
     def _worker_alive(self) -> None:
@@ -555,48 +576,64 @@ class _Bench:
         if process is None or process.poll() is not None:
             raise BenchFailed(f"the worker exited; see {self.worker.log_path}")
 
-    async def run(self, candidates: int) -> dict[str, Any]:
+    def describe_worker(self) -> dict[str, Any]:
+        """What the worker really ran: provider and threads from its log, and no torch."""
+        version = self.manifest.version
+        provider, threads = _worker_model(Path(self.worker.log_path), version, self.settings)
+        pid = self.worker.process.pid if self.worker.process else None
+        return {"model_version": version, "provider": provider, "intra_op_threads": threads,
+                "worker_imports_torch": _maps_torch(pid)}
+
+    @contextlib.asynccontextmanager
+    async def _producing(self) -> AsyncIterator[None]:
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0,
                                          max_request_size=8 * 1024 * 1024)
         await self.producer.start()
-        connector = aiohttp.TCPConnector(limit=HTTP_CLIENTS)
         try:
-            async with aiohttp.ClientSession(connector=connector) as http:
-                return await self._size(http, candidates)
+            yield
         finally:
             await self.producer.stop()
 
-    async def _size(self, http: aiohttp.ClientSession, candidates: int) -> dict[str, Any]:
+    async def maximum(self, candidates: int) -> _Maximum:
+        """End-to-end candidates/s with ``window`` requests in flight, and the bare bounds."""
+        cfg = self.config
+        requests = _Requests.build(self.catalogue, candidates, self.rng, f"c{candidates}")
+        requests_topic = self.settings.topic("requests")
+        # Built by the worker's own code: same options, intra-op threads and model file.
+        session = OnnxScorer(self.manifest, CPU, self.settings.scorer_threads).session
+        bare = [self._bare(session, candidates) for _ in range(cfg.repeats)]
+        worker_results = _Results(self.bootstrap, self.settings.topic("rankings"), _request_id,
+                                  self._worker_alive)
+        maxima: list[float] = []
+        batch_sizes: list[float] = []
+        sent: list[int] = []
+        async with self._producing():
+            with _paused(self.echo.process, cfg.pause_idle):
+                async with worker_results:
+                    await self._warm(worker_results, requests_topic, requests)
+                    for _ in range(cfg.repeats):
+                        rate, mean_batch, count = await self._saturate(
+                            worker_results, requests_topic, requests)
+                        maxima.append(rate)
+                        batch_sizes.append(mean_batch)
+                        sent.append(count)
+        micro_batch = statistics.median(batch_sizes)
+        batched_rows = max(round(micro_batch * candidates), candidates)
+        bare_batched = [self._bare(session, batched_rows) for _ in range(cfg.repeats)]
+        return _Maximum(maxima, micro_batch, sent, bare, bare_batched, batched_rows)
+
+    async def latency(self, candidates: int, maximum: _Maximum) -> dict[str, Any]:
+        """Round trips at half of ``maximum``, through the worker and through the echo, then
+        ``POST /rank``; with ``maximum``'s figures, the whole entry for this size."""
         cfg = self.config
         requests = _Requests.build(self.catalogue, candidates, self.rng, f"c{candidates}")
         requests_topic = self.settings.topic("requests")
         echo_requests = echo_topic(self.settings, ECHO_TOPICS[0])
-        # Built by the worker's own code: same options, intra-op threads and model file.
-        session = OnnxScorer(self.manifest, CPU, self.settings.scorer_threads).session
-        bare = [self._bare(session, candidates) for _ in range(cfg.repeats)]
-
         worker_results = _Results(self.bootstrap, self.settings.topic("rankings"), _request_id,
                                   self._worker_alive)
         echo_results = _Results(self.bootstrap, echo_topic(self.settings, ECHO_TOPICS[1]),
                                 _echoed_id, self.echo.check)
-        maxima: list[float] = []
-        batch_sizes: list[float] = []
-        max_requests: list[int] = []
-        with _paused(self.echo.process, cfg.pause_idle):
-            async with worker_results:
-                await self._warm(worker_results, requests_topic, requests)
-                for _ in range(cfg.repeats):
-                    rate, mean_batch, sent = await self._saturate(
-                        worker_results, requests_topic, requests)
-                    maxima.append(rate)
-                    batch_sizes.append(mean_batch)
-                    max_requests.append(sent)
-        max_per_s = statistics.median(maxima)
-        micro_batch = statistics.median(batch_sizes)
-        batched_rows = max(round(micro_batch * candidates), candidates)
-        bare_batched = [self._bare(session, batched_rows) for _ in range(cfg.repeats)]
-        del session  # its thread pool stays out of the measurements that follow
-
+        max_per_s = statistics.median(maximum.maxima)
         rate = max_per_s / candidates / 2
         # The worker is paused during each echo pass: well inside its consumer session timeout.
         longest_s = self.settings.consumer_session_timeout_ms / 2000
@@ -606,27 +643,28 @@ class _Bench:
         echo_ms: list[list[float]] = []
         stages: list[tuple[float, float, float]] = []
         latency_batches: list[float] = []
-        for _ in range(cfg.repeats):
+        connector = aiohttp.TCPConnector(limit=HTTP_CLIENTS)
+        async with self._producing(), aiohttp.ClientSession(connector=connector) as http:
+            for _ in range(cfg.repeats):
+                with _paused(self.echo.process, cfg.pause_idle):
+                    async with worker_results:
+                        await self._warm(worker_results, requests_topic, requests)
+                        worker_ms.append(await self._paced(worker_results, requests_topic,
+                                                           requests, rate, count))
+                        stages += worker_results.stages
+                        latency_batches.append(_mean_batch(worker_results.results))
+                with _paused(self.worker.process, cfg.pause_idle):
+                    async with echo_results:
+                        await self._warm(echo_results, echo_requests, requests)
+                        echo_ms.append(await self._paced(echo_results, echo_requests,
+                                                         requests, rate, count))
             with _paused(self.echo.process, cfg.pause_idle):
-                async with worker_results:
-                    await self._warm(worker_results, requests_topic, requests)
-                    worker_ms.append(await self._paced(worker_results, requests_topic,
-                                                       requests, rate, count))
-                    stages += worker_results.stages
-                    latency_batches.append(_mean_batch(worker_results.results))
-            with _paused(self.worker.process, cfg.pause_idle):
-                async with echo_results:
-                    await self._warm(echo_results, echo_requests, requests)
-                    echo_ms.append(await self._paced(echo_results, echo_requests, requests,
-                                                     rate, count))
-
-        with _paused(self.echo.process, cfg.pause_idle):
-            http_ms = await self._http(http, requests)
+                http_ms = await self._http(http, requests)
 
         pooled, echo_pooled = np.concatenate(worker_ms), np.concatenate(echo_ms)
         p99, echo_p99 = _pct(pooled, 99), _pct(echo_pooled, 99)
         max_cands = round(max_per_s, 1)
-        bare_cands = round(statistics.median(bare), 1)
+        bare_cands = round(statistics.median(maximum.bare), 1)
         return {
             "p50_ms": _pct(pooled, 50),
             "p99_ms": p99,
@@ -638,23 +676,23 @@ class _Bench:
             "max_candidates_per_s": max_cands,
             "max_requests_per_s": round(max_per_s / candidates, 1),
             "bare_candidates_per_s": bare_cands,
-            "bare_batched_candidates_per_s": round(statistics.median(bare_batched), 1),
-            "bare_batched_rows": batched_rows,
+            "bare_batched_candidates_per_s": round(statistics.median(maximum.bare_batched), 1),
+            "bare_batched_rows": maximum.batched_rows,
             "ratio": round(max_cands / bare_cands, 4),
             "stages_ms": _stages(stages),
-            "micro_batch_requests": {"at_max": round(micro_batch, 1),
+            "micro_batch_requests": {"at_max": round(maximum.micro_batch, 1),
                                      "at_half_load": round(statistics.median(latency_batches),
                                                            2)},
             "latency_rate_per_s": round(rate, 1),
             "latency_requests": len(pooled),
             "echo_requests": len(echo_pooled),
             "http_requests": len(http_ms),
-            "max_load_requests": max_requests,
+            "max_load_requests": maximum.sent,
             "passes": {
-                "max_candidates_per_s": [round(r, 1) for r in maxima],
+                "max_candidates_per_s": [round(r, 1) for r in maximum.maxima],
                 "p99_ms": [_pct(np.asarray(p), 99) for p in worker_ms],
                 "echo_p99_ms": [_pct(np.asarray(p), 99) for p in echo_ms],
-                "bare_candidates_per_s": [round(r, 1) for r in bare],
+                "bare_candidates_per_s": [round(r, 1) for r in maximum.bare],
             },
         }
 

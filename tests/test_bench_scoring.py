@@ -50,8 +50,10 @@ def test_tiny_scoring_bench_reports_every_figure(bootstrap: str, redis_url: str)
     assert report["worker_imports_torch"] is False
     client = redis.Redis.from_url(redis_url)
     try:
-        assert report["topic_prefixes"] == [f"bench-scoring-{report['run_id']}-c40"]
-        assert not list(client.scan_iter(match=f"{report['topic_prefixes'][0]}:*", count=1000))
+        assert report["topic_prefixes"] == [f"bench-scoring-{report['run_id']}-c40-{phase}"
+                                            for phase in ("max", "latency")]
+        for prefix in report["topic_prefixes"]:
+            assert not list(client.scan_iter(match=f"{prefix}:*", count=1000))
     finally:
         client.close()
 
