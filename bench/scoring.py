@@ -7,15 +7,16 @@ worker as a child process (``stream.demo.WorkerProcess``, which never imports to
 *echo* process: the same batch consumer with the same fetch wait, which only copies each request
 into a results topic. The echo's round trip is the broker's own floor.
 
-Per candidates size, in this order:
+Per candidates size, each pass in a fresh environment (see ``run_scoring_bench`` for why):
 
-- bare: plain ``session.run`` on the CPU provider, the session built by the worker's own
-  ``OnnxScorer`` (same model file, options and intra-op threads), on one request's rows and on
-  the micro-batch the worker was seen to run;
-- max: open loop with many requests in flight, results counted from the first one back;
-- latency: paced at half of max, alternating passes of the worker and of the echo at the same
-  rate, round trip from produce to the result consumed, matched by request id;
-- http: ``POST /rank`` from 8 concurrent clients.
+- max (``repeats`` passes): open loop with many requests in flight, results counted from the
+  first one back; and bare: plain ``session.run`` on the CPU provider, the session built by the
+  worker's own ``OnnxScorer`` (same model file, options and intra-op threads), on one request's
+  rows and on the micro-batch the worker was seen to run;
+- latency (``repeats`` passes): paced at half of the median max, a pass of the worker and then
+  one of the echo at the same rate, round trip from produce to the result consumed, matched by
+  request id;
+- http (in the last latency environment): ``POST /rank`` from 8 concurrent clients.
 
 The machine is small and shared by broker, Redis, worker and this process, so each figure is a
 median over passes (latency percentiles pool the passes), and the path not being measured is
@@ -113,12 +114,15 @@ def parse_candidates(text: str, limit: int) -> tuple[int, ...]:
 
 def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = None
                       ) -> dict[str, Any]:
-    """Each candidates size is measured in two fresh environments (broker, topics, store,
-    worker, echo): one for the maximum load, then one for the latencies at half of it.
+    """Every pass runs in a fresh environment (broker, topics, store, worker, echo): per
+    candidates size, ``repeats`` maximum-load passes, then ``repeats`` latency passes at half of
+    their median, the last of which also measures ``POST /rank``.
 
-    The embedded broker gets slower as it holds more data: in one run that shared a broker,
-    the echo's own p99 grew from 15 to 111 ms across the passes, and the last size lost
-    answers. Measured on one broker, later figures would measure that instead.
+    The embedded broker's work per fetch grows with the record batches its partitions hold
+    (tansu has no offset index, and no DeleteRecords): at 300 single-record produces/s, its CPU
+    went from 32% to 91% of a core in 20 s. Measured on one broker, later passes would measure
+    that growth instead of streamrank: in one run that shared a broker, the echo's own p99 grew
+    from 15 to 111 ms across the passes, and the last size lost answers.
     """
     config = config or ScoringBenchConfig()
     run_id = uuid.uuid4().hex[:8]
@@ -138,14 +142,23 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
                                 config, manifest)
 
         for candidates in config.candidates:
-            with environment(candidates, "max") as bench:
-                maximum = asyncio.run(bench.maximum(candidates))
-                max_log = str(bench.worker.log_path)
-            with environment(candidates, "latency") as bench:
-                figures = asyncio.run(bench.latency(candidates, maximum))
-                worker = bench.describe_worker()
-            by_candidates[str(candidates)] = figures | {
-                "worker_logs": {"max": max_log, "latency": str(bench.worker.log_path)}}
+            logs: dict[str, str] = {}
+            maxima: list[_MaxPass] = []
+            for k in range(config.repeats):
+                with environment(candidates, f"max{k}") as bench:
+                    maxima.append(asyncio.run(bench.maximum(candidates)))
+                    logs[f"max{k}"] = str(bench.worker.log_path)
+            rate = statistics.median(m.candidates_per_s for m in maxima) / candidates / 2
+            passes: list[_LatencyPass] = []
+            for k in range(config.repeats):
+                with environment(candidates, f"latency{k}") as bench:
+                    passes.append(asyncio.run(bench.latency(candidates, rate)))
+                    logs[f"latency{k}"] = str(bench.worker.log_path)
+                    if k == config.repeats - 1:
+                        http_ms = asyncio.run(bench.http(candidates))
+                        worker = bench.describe_worker()
+            by_candidates[str(candidates)] = _figures(maxima, passes, http_ms, rate) | {
+                "worker_logs": logs}
     return worker | {
         "by_candidates": by_candidates,
         "bare_provider": CPU,
@@ -162,10 +175,53 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
         "catalogue": {"items": config.items, "users": config.users, "events": config.events},
         "run_id": run_id,
         "topic_prefixes": prefixes,
-        "broker": "configured" if settings.broker_url else "embedded tansu, fresh per phase",
+        "broker": "configured" if settings.broker_url else "embedded tansu, fresh per pass",
         "store": "redis",
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
+    }
+
+
+def _figures(maxima: Sequence[_MaxPass], passes: Sequence[_LatencyPass], http_ms: Sequence[float],
+             rate: float) -> dict[str, Any]:
+    """One candidates size's entry: medians over the maximum-load passes, latency percentiles
+    pooled over the latency passes."""
+    pooled = np.concatenate([p.worker_ms for p in passes])
+    echo_pooled = np.concatenate([p.echo_ms for p in passes])
+    p99, echo_p99 = _pct(pooled, 99), _pct(echo_pooled, 99)
+    max_cands = round(statistics.median(m.candidates_per_s for m in maxima), 1)
+    bare_cands = round(statistics.median(m.bare for m in maxima), 1)
+    batched_rows = max(m.batched_rows for m in maxima)
+    return {
+        "p50_ms": _pct(pooled, 50),
+        "p99_ms": p99,
+        "echo_p50_ms": _pct(echo_pooled, 50),
+        "echo_p99_ms": echo_p99,
+        "added_p99_ms": round(p99 - echo_p99, 3),
+        "http_p50_ms": _pct(np.asarray(http_ms), 50),
+        "http_p99_ms": _pct(np.asarray(http_ms), 99),
+        "max_candidates_per_s": max_cands,
+        "max_requests_per_s": round(max_cands / maxima[0].candidates, 1),
+        "bare_candidates_per_s": bare_cands,
+        "bare_batched_candidates_per_s": round(statistics.median(m.bare_batched
+                                                                 for m in maxima), 1),
+        "bare_batched_rows": batched_rows,
+        "ratio": round(max_cands / bare_cands, 4),
+        "stages_ms": _stages([stage for p in passes for stage in p.stages]),
+        "micro_batch_requests": {
+            "at_max": round(statistics.median(m.micro_batch for m in maxima), 1),
+            "at_half_load": round(statistics.median(p.micro_batch for p in passes), 2)},
+        "latency_rate_per_s": round(rate, 1),
+        "latency_requests": len(pooled),
+        "echo_requests": len(echo_pooled),
+        "http_requests": len(http_ms),
+        "max_load_requests": [m.sent for m in maxima],
+        "passes": {
+            "max_candidates_per_s": [round(m.candidates_per_s, 1) for m in maxima],
+            "p99_ms": [_pct(np.asarray(p.worker_ms), 99) for p in passes],
+            "echo_p99_ms": [_pct(np.asarray(p.echo_ms), 99) for p in passes],
+            "bare_candidates_per_s": [round(m.bare, 1) for m in maxima],
+        },
     }
 
 
@@ -546,15 +602,26 @@ class _Requests:
 
 
 @dataclass(frozen=True)
-class _Maximum:
-    """The maximum-load figures of one size, measured in their own environment."""
+class _MaxPass:
+    """One maximum-load pass, in its own environment."""
 
-    maxima: list[float]  # end-to-end candidates/s, per pass
-    micro_batch: float  # median requests per worker micro-batch at maximum load
-    sent: list[int]  # requests sent, per pass
-    bare: list[float]  # bare onnxruntime candidates/s on one request's shape, per pass
-    bare_batched: list[float]  # ... on the micro-batch's shape
+    candidates: int
+    candidates_per_s: float  # end to end
+    micro_batch: float  # mean requests per worker micro-batch
+    sent: int  # requests sent
+    bare: float  # bare onnxruntime candidates/s on one request's shape
+    bare_batched: float  # ... on the micro-batch's shape
     batched_rows: int
+
+
+@dataclass(frozen=True)
+class _LatencyPass:
+    """One latency pass at a fixed rate, in its own environment: the worker, then the echo."""
+
+    worker_ms: list[float]
+    echo_ms: list[float]
+    stages: list[tuple[float, float, float]]  # see _Results.stages
+    micro_batch: float  # mean requests per worker micro-batch
 
 
 class _Bench:
@@ -594,107 +661,85 @@ class _Bench:
         finally:
             await self.producer.stop()
 
-    async def maximum(self, candidates: int) -> _Maximum:
+    async def maximum(self, candidates: int) -> _MaxPass:
         """End-to-end candidates/s with ``window`` requests in flight, and the bare bounds."""
-        cfg = self.config
         requests = _Requests.build(self.catalogue, candidates, self.rng, f"c{candidates}")
         requests_topic = self.settings.topic("requests")
         # Built by the worker's own code: same options, intra-op threads and model file.
         session = OnnxScorer(self.manifest, CPU, self.settings.scorer_threads).session
-        bare = [self._bare(session, candidates) for _ in range(cfg.repeats)]
+        bare = self._bare(session, candidates)
         worker_results = _Results(self.bootstrap, self.settings.topic("rankings"), _request_id,
                                   self._worker_alive)
-        maxima: list[float] = []
-        batch_sizes: list[float] = []
-        sent: list[int] = []
         async with self._producing():
-            with _paused(self.echo.process, cfg.pause_idle):
+            with _paused(self.echo.process, self.config.pause_idle):
                 async with worker_results:
                     await self._warm(worker_results, requests_topic, requests)
-                    for _ in range(cfg.repeats):
-                        rate, mean_batch, count = await self._saturate(
-                            worker_results, requests_topic, requests)
-                        maxima.append(rate)
-                        batch_sizes.append(mean_batch)
-                        sent.append(count)
-        micro_batch = statistics.median(batch_sizes)
+                    rate, micro_batch, sent = await self._saturate(
+                        worker_results, requests_topic, requests)
         batched_rows = max(round(micro_batch * candidates), candidates)
-        bare_batched = [self._bare(session, batched_rows) for _ in range(cfg.repeats)]
-        return _Maximum(maxima, micro_batch, sent, bare, bare_batched, batched_rows)
+        return _MaxPass(candidates, rate, micro_batch, sent, bare,
+                        self._bare(session, batched_rows), batched_rows)
 
-    async def latency(self, candidates: int, maximum: _Maximum) -> dict[str, Any]:
-        """Round trips at half of ``maximum``, through the worker and through the echo, then
-        ``POST /rank``; with ``maximum``'s figures, the whole entry for this size."""
+    async def latency(self, candidates: int, rate: float) -> _LatencyPass:
+        """Round trips at ``rate`` requests/s through the worker, then through the echo."""
         cfg = self.config
         requests = _Requests.build(self.catalogue, candidates, self.rng, f"c{candidates}")
-        requests_topic = self.settings.topic("requests")
-        echo_requests = echo_topic(self.settings, ECHO_TOPICS[0])
         worker_results = _Results(self.bootstrap, self.settings.topic("rankings"), _request_id,
                                   self._worker_alive)
         echo_results = _Results(self.bootstrap, echo_topic(self.settings, ECHO_TOPICS[1]),
                                 _echoed_id, self.echo.check)
-        max_per_s = statistics.median(maximum.maxima)
-        rate = max_per_s / candidates / 2
-        # The worker is paused during each echo pass: well inside its consumer session timeout.
+        # The worker is paused during the echo pass: well inside its consumer session timeout.
         longest_s = self.settings.consumer_session_timeout_ms / 2000
         count = max(1, int(min(max(rate * cfg.latency_seconds, cfg.min_latency_requests),
                                cfg.max_latency_requests, rate * longest_s)))
-        worker_ms: list[list[float]] = []
-        echo_ms: list[list[float]] = []
-        stages: list[tuple[float, float, float]] = []
-        latency_batches: list[float] = []
-        connector = aiohttp.TCPConnector(limit=HTTP_CLIENTS)
-        async with self._producing(), aiohttp.ClientSession(connector=connector) as http:
-            for _ in range(cfg.repeats):
-                with _paused(self.echo.process, cfg.pause_idle):
-                    async with worker_results:
-                        await self._warm(worker_results, requests_topic, requests)
-                        worker_ms.append(await self._paced(worker_results, requests_topic,
-                                                           requests, rate, count))
-                        stages += worker_results.stages
-                        latency_batches.append(_mean_batch(worker_results.results))
-                with _paused(self.worker.process, cfg.pause_idle):
-                    async with echo_results:
-                        await self._warm(echo_results, echo_requests, requests)
-                        echo_ms.append(await self._paced(echo_results, echo_requests,
-                                                         requests, rate, count))
+        async with self._producing():
             with _paused(self.echo.process, cfg.pause_idle):
-                http_ms = await self._http(http, requests)
+                async with worker_results:
+                    await self._warm(worker_results, self.settings.topic("requests"), requests)
+                    worker_ms = await self._paced(worker_results, self.settings.topic("requests"),
+                                                  requests, rate, count)
+            with _paused(self.worker.process, cfg.pause_idle):
+                async with echo_results:
+                    echo_requests = echo_topic(self.settings, ECHO_TOPICS[0])
+                    await self._warm(echo_results, echo_requests, requests)
+                    echo_ms = await self._paced(echo_results, echo_requests, requests, rate,
+                                                count)
+        return _LatencyPass(worker_ms, echo_ms, list(worker_results.stages),
+                            _mean_batch(worker_results.results))
 
-        pooled, echo_pooled = np.concatenate(worker_ms), np.concatenate(echo_ms)
-        p99, echo_p99 = _pct(pooled, 99), _pct(echo_pooled, 99)
-        max_cands = round(max_per_s, 1)
-        bare_cands = round(statistics.median(maximum.bare), 1)
-        return {
-            "p50_ms": _pct(pooled, 50),
-            "p99_ms": p99,
-            "echo_p50_ms": _pct(echo_pooled, 50),
-            "echo_p99_ms": echo_p99,
-            "added_p99_ms": round(p99 - echo_p99, 3),
-            "http_p50_ms": _pct(np.asarray(http_ms), 50),
-            "http_p99_ms": _pct(np.asarray(http_ms), 99),
-            "max_candidates_per_s": max_cands,
-            "max_requests_per_s": round(max_per_s / candidates, 1),
-            "bare_candidates_per_s": bare_cands,
-            "bare_batched_candidates_per_s": round(statistics.median(maximum.bare_batched), 1),
-            "bare_batched_rows": maximum.batched_rows,
-            "ratio": round(max_cands / bare_cands, 4),
-            "stages_ms": _stages(stages),
-            "micro_batch_requests": {"at_max": round(maximum.micro_batch, 1),
-                                     "at_half_load": round(statistics.median(latency_batches),
-                                                           2)},
-            "latency_rate_per_s": round(rate, 1),
-            "latency_requests": len(pooled),
-            "echo_requests": len(echo_pooled),
-            "http_requests": len(http_ms),
-            "max_load_requests": maximum.sent,
-            "passes": {
-                "max_candidates_per_s": [round(r, 1) for r in maximum.maxima],
-                "p99_ms": [_pct(np.asarray(p), 99) for p in worker_ms],
-                "echo_p99_ms": [_pct(np.asarray(p), 99) for p in echo_ms],
-                "bare_candidates_per_s": [round(r, 1) for r in maximum.bare],
-            },
-        }
+    async def http(self, candidates: int) -> list[float]:
+        """``POST /rank`` from ``HTTP_CLIENTS`` concurrent clients, closed loop, bounded; ms."""
+        requests = _Requests.build(self.catalogue, candidates, self.rng, f"c{candidates}")
+        url = f"http://127.0.0.1:{self.worker.port}/rank"
+        headers = {"content-type": "application/json"}
+        latencies: list[float] = []
+        issued = itertools.count()
+        deadline = time.perf_counter() + self.config.http_seconds
+        connector = aiohttp.TCPConnector(limit=HTTP_CLIENTS)
+
+        async def post(http: aiohttp.ClientSession, record: bool) -> None:
+            _, _, body = requests.next()
+            started = time.perf_counter()
+            async with http.post(url, data=body, headers=headers) as response:
+                payload = await response.read()
+            took = (time.perf_counter() - started) * 1000.0
+            if response.status != 200:
+                raise BenchFailed(f"POST /rank answered {response.status}: {payload[:200]!r}")
+            result = decode(payload, RankingResult)
+            assert len(result.items) == min(RESULT_N, requests.candidates)
+            if record:
+                latencies.append(took)
+
+        async def client(http: aiohttp.ClientSession) -> None:
+            while next(issued) < self.config.http_requests and time.perf_counter() < deadline:
+                await post(http, record=True)
+
+        with _paused(self.echo.process, self.config.pause_idle):
+            async with aiohttp.ClientSession(connector=connector) as http:
+                await asyncio.gather(*(post(http, record=False)
+                                       for _ in range(HTTP_CLIENTS)))  # warm-up
+                await asyncio.gather(*(client(http) for _ in range(HTTP_CLIENTS)))
+        return latencies
 
     def _bare(self, session: ort.InferenceSession, rows: int) -> float:
         """Candidates/s of plain ``session.run`` on ``[rows, F]``."""
@@ -760,35 +805,6 @@ class _Bench:
             await self._send(results, topic, requests)
         await results.wait_all(60.0)
         return list(results.latencies_ms)
-
-    async def _http(self, http: aiohttp.ClientSession, requests: _Requests) -> list[float]:
-        """``POST /rank`` from ``HTTP_CLIENTS`` concurrent clients, closed loop, bounded."""
-        url = f"http://127.0.0.1:{self.worker.port}/rank"
-        headers = {"content-type": "application/json"}
-        latencies: list[float] = []
-        issued = itertools.count()
-        deadline = time.perf_counter() + self.config.http_seconds
-
-        async def post(record: bool) -> None:
-            _, _, body = requests.next()
-            started = time.perf_counter()
-            async with http.post(url, data=body, headers=headers) as response:
-                payload = await response.read()
-            took = (time.perf_counter() - started) * 1000.0
-            if response.status != 200:
-                raise BenchFailed(f"POST /rank answered {response.status}: {payload[:200]!r}")
-            result = decode(payload, RankingResult)
-            assert len(result.items) == min(RESULT_N, requests.candidates)
-            if record:
-                latencies.append(took)
-
-        async def client() -> None:
-            while next(issued) < self.config.http_requests and time.perf_counter() < deadline:
-                await post(record=True)
-
-        await asyncio.gather(*(post(record=False) for _ in range(HTTP_CLIENTS)))  # warm-up
-        await asyncio.gather(*(client() for _ in range(HTTP_CLIENTS)))
-        return latencies
 
 
 def _mean_batch(results: Sequence[RankingResult]) -> float:

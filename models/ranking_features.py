@@ -6,6 +6,7 @@ feature store code), so the two cannot drift apart.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,22 +46,28 @@ class CandidateFeatures:
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    rows = rows.astype(np.float32, copy=False)
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))[:, None]
     return np.asarray(rows / np.maximum(norms, 1e-12))
 
 
-def similarity_features(features: CandidateFeatures, now: float) -> np.ndarray:
-    """Cosine similarity of each candidate to what the user engaged with: ``[n, 4]``."""
-    n, k = len(features.embeddings), len(features.history)
+# The products below are laid out [other, candidate], so that every reduction runs over whole
+# contiguous rows: at 500 candidates that made max, mean and the neighbour count ~4x faster.
+
+
+def similarity_features(unit: np.ndarray, features: CandidateFeatures, now: float) -> np.ndarray:
+    """Cosine similarity of each candidate (``unit``: its embeddings, unit length) to what the
+    user engaged with: ``[n, 4]``."""
+    n, k = len(unit), len(features.history)
     out = np.zeros((n, len(SIMILARITY_NAMES)), dtype=np.float32)
     out[:, 3] = np.log1p(k)
     if k == 0 or n == 0:
         return out
-    sims = _unit(features.embeddings) @ _unit(features.history).T
+    sims = _unit(features.history) @ unit.T
     weights = np.exp(-np.maximum(now - features.history_ts, 0.0) / RECENCY_SCALE_S)
-    out[:, 0] = sims.max(axis=1)
-    out[:, 1] = sims.mean(axis=1)
-    out[:, 2] = sims @ weights / max(weights.sum(), 1e-12)
+    out[:, 0] = sims.max(axis=0)
+    out[:, 1] = sims.sum(axis=0) / k
+    out[:, 2] = weights.astype(np.float32) @ sims / max(float(weights.sum()), 1e-12)
     return out
 
 
@@ -74,17 +81,20 @@ def candidate_set_features(embeddings: np.ndarray) -> np.ndarray:
     Above ``NEIGHBOUR_SAMPLE`` candidates the share is taken over that many evenly spaced ones,
     so its cost grows as ``n``, not ``n²``.
     """
-    n = len(embeddings)
+    return _candidate_set(_unit(embeddings))
+
+
+def _candidate_set(unit: np.ndarray) -> np.ndarray:
+    n = len(unit)
     out = np.zeros((n, len(CANDIDATE_SET_NAMES)), dtype=np.float32)
     if n < 2:
         return out
-    unit = _unit(embeddings.astype(np.float32, copy=False))
     reference = np.arange(0, n, -(-n // NEIGHBOUR_SAMPLE))
-    neighbours = unit @ unit[reference].T > NEIGHBOUR_COSINE
-    neighbours[reference, np.arange(len(reference))] = False  # a candidate is not its own
+    neighbours = unit[reference] @ unit.T > NEIGHBOUR_COSINE
+    neighbours[np.arange(len(reference)), reference] = False  # a candidate is not its own
     others = np.full(n, len(reference), dtype=np.float32)
     others[reference] -= 1.0
-    out[:, 0] = neighbours.sum(axis=1) / others
+    out[:, 0] = neighbours.sum(axis=0, dtype=np.float32) / others
     centroid = unit.sum(axis=0)
     out[:, 1] = unit @ (centroid / max(float(np.linalg.norm(centroid)), 1e-12))
     return out
@@ -97,17 +107,24 @@ def context_features(context: Context) -> np.ndarray:
     return row
 
 
+# Where each block of columns sits in the matrix, in RANKER_FEATURE_NAMES order.
+_BLOCK_COLUMNS = [slice(start, stop) for start, stop in itertools.pairwise(np.cumsum(
+    [0, len(USER_FEATURE_NAMES), len(ITEM_FEATURE_NAMES), len(CONTEXT_NAMES),
+     len(SIMILARITY_NAMES), len(CANDIDATE_SET_NAMES)]).tolist())]
+
+
 def ranking_matrix(features: CandidateFeatures, context: Context, now: float) -> np.ndarray:
     """float32 ``[n, len(RANKER_FEATURE_NAMES)]``, columns in that order.
 
     ``features`` must hold the request's whole candidate set, also in training, where only the
     shown rows are kept afterwards: the candidate-set columns depend on all of it.
     """
-    n = len(features.items)
-    return np.concatenate([
-        np.broadcast_to(features.user, (n, len(features.user))),
-        features.items,
-        np.broadcast_to(context_features(context), (n, len(CONTEXT_NAMES))),
-        similarity_features(features, now),
-        candidate_set_features(features.embeddings),
-    ], axis=1).astype(np.float32, copy=False)
+    unit = _unit(features.embeddings)
+    user, items, context_columns, similarity, candidate_set = _BLOCK_COLUMNS
+    out = np.empty((len(features.items), len(RANKER_FEATURE_NAMES)), dtype=np.float32)
+    out[:, user] = features.user
+    out[:, items] = features.items
+    out[:, context_columns] = context_features(context)
+    out[:, similarity] = similarity_features(unit, features, now)
+    out[:, candidate_set] = _candidate_set(unit)
+    return out

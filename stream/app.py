@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from threadpoolctl import threadpool_limits
 
 from models.value import ValueModel
-from schemas import RankingRequest, Rejection, decode, encode
+from schemas import RankingRequest, Rejection, decode
 from stream.feature_reader import FeatureReader
 from stream.features_service import FeatureService
 from stream.metrics import WorkerMetrics
@@ -138,7 +138,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             except (RedisError, OSError) as exc:
                 return self.json({"error": "unavailable",
                                   "detail": f"feature store unavailable: {exc}"}, status=503)
-            worker.metrics.observe_ranking(result)
-            return self.bytes(encode(result), content_type="application/json")
+            worker.metrics.observe_ranking(result.model_version, result.latency_ms)
+            return self.bytes(result.encode(), content_type="application/json")
 
     return app

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from schemas import RankingResult
-
 
 class WorkerMetrics:
     def __init__(self) -> None:
@@ -23,7 +21,9 @@ class WorkerMetrics:
             "streamrank_rejected", "Messages sent to the dead-letter topic.",
             ["topic", "reason"], registry=self.registry)
         self.batch_seconds = Histogram(
-            "streamrank_feature_write_seconds", "Combine, store write and commit per micro-batch.",
+            "streamrank_feature_write_seconds",
+            "Combine and store write per micro-batch; its offsets are then committed within "
+            "STREAMRANK_COMMIT_INTERVAL_MS.",
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 
@@ -39,9 +39,9 @@ class WorkerMetrics:
             "streamrank_model_load_failures", "Published models that could not be served.",
             registry=self.registry)
 
-    def observe_ranking(self, result: RankingResult) -> None:
-        self.requests.labels(result.model_version).inc()
-        self.ranking_ms.observe(result.latency_ms)
+    def observe_ranking(self, model_version: str, latency_ms: float) -> None:
+        self.requests.labels(model_version).inc()
+        self.ranking_ms.observe(latency_ms)
 
     def total(self, name: str) -> float:
         """Sum of a counter over all its labels (e.g. ``"streamrank_rejected"``)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from schemas import RankingRequest, Rejection, decode, encode
+from schemas import RankingRequest, Rejection, decode
 from stream.consumer import Batch, BatchConsumer, next_offsets
 from stream.metrics import WorkerMetrics
 from stream.ranker import Ranker, Received, check_rankable
@@ -49,8 +49,8 @@ class ScoringService(BatchConsumer):
                                             "feature fetch for scoring")
             for result in results:
                 pending.append(await self.producer.send(
-                    self._rankings_topic, encode(result), key=result.user_id.encode()))
-                self.metrics.observe_ranking(result)
+                    self._rankings_topic, result.encode(), key=result.user_id.encode()))
+                self.metrics.observe_ranking(result.model_version, result.latency_ms)
         # Fetch the next batch while this one's sends are acknowledged; commits stay in order.
         self._acking = asyncio.ensure_future(
             self._ack_then_commit(self._acking, pending, next_offsets(batch)))

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     history_length: int = Field(50, ge=1, le=1000, description="Engagements kept per user.")
     consumer_session_timeout_ms: int = Field(10_000, ge=1000)
     consumer_rebalance_timeout_ms: int = Field(3_000, ge=500)
+    commit_interval_ms: int = Field(
+        100, ge=0, le=60_000, description="Longest a consumed offset waits to be committed "
+        "once its effects are durable; a crash replays at most this much (idempotently).")
 
     scoring_group: str = "streamrank-scoring"
     scoring_batch_max_requests: int = Field(64, ge=1, description="Requests per micro-batch.")

@@ -51,7 +51,7 @@ def test_tiny_scoring_bench_reports_every_figure(bootstrap: str, redis_url: str)
     client = redis.Redis.from_url(redis_url)
     try:
         assert report["topic_prefixes"] == [f"bench-scoring-{report['run_id']}-c40-{phase}"
-                                            for phase in ("max", "latency")]
+                                            for phase in ("max0", "latency0")]
         for prefix in report["topic_prefixes"]:
             assert not list(client.scan_iter(match=f"{prefix}:*", count=1000))
     finally:

@@ -1,9 +1,48 @@
-"""The candidate-set columns of the ranker's matrix, and their value on the world's truth."""
+"""The ranker's matrix: its column layout, the similarity and candidate-set columns in closed
+form, and the candidate-set columns' value on the world's truth."""
 
 import numpy as np
+import pytest
 
-from models.ranking_features import CANDIDATE_SET_NAMES, candidate_set_features
+from models.features import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
+from models.ranking_features import (
+    CANDIDATE_SET_NAMES,
+    RANKER_FEATURE_NAMES,
+    RECENCY_SCALE_S,
+    CandidateFeatures,
+    candidate_set_features,
+    ranking_matrix,
+)
 from models.world import World, WorldConfig
+from schemas import Context
+
+NOW = 1_790_000_000.0
+
+
+def test_matrix_columns_hold_each_block_where_its_names_say() -> None:
+    axis = np.eye(3, dtype=np.float32)
+    user = np.arange(len(USER_FEATURE_NAMES), dtype=np.float32)
+    items = np.arange(2 * len(ITEM_FEATURE_NAMES), dtype=np.float32).reshape(2, -1)
+    # Candidate 0 is the user's newest engagement, candidate 1 is orthogonal to both (length 2,
+    # which the cosine ignores). Engagements: axis 0 now, axis 1 a day ago.
+    features = CandidateFeatures(user, items, np.stack([axis[0], 2 * axis[2]]),
+                                 np.ones(2, dtype=bool), np.array([NOW, NOW - RECENCY_SCALE_S]),
+                                 np.stack([axis[0], axis[1]]))
+    matrix = ranking_matrix(features, Context(device="tablet", surface="search"), NOW)
+
+    assert matrix.shape == (2, len(RANKER_FEATURE_NAMES)) and matrix.dtype == np.float32
+    column = {name: matrix[:, k] for k, name in enumerate(RANKER_FEATURE_NAMES)}
+    assert all(column[name].tolist() == [k, k]
+               for k, name in enumerate(USER_FEATURE_NAMES[:3]))
+    assert column[ITEM_FEATURE_NAMES[1]].tolist() == [1, len(ITEM_FEATURE_NAMES) + 1]
+    assert column["device_tablet"].tolist() == column["surface_search"].tolist() == [1, 1]
+    assert column["device_mobile"].tolist() == [0, 0]
+    recent = 1 / (1 + np.exp(-1))  # weights 1 and 1/e
+    assert column["sim_max"] == pytest.approx([1, 0])
+    assert column["sim_mean"] == pytest.approx([0.5, 0])
+    assert column["sim_recent"] == pytest.approx([recent, 0], rel=1e-6)
+    assert column["log_history_len"] == pytest.approx([np.log(3), np.log(3)])
+    assert column["cand_density"].tolist() == [0, 0]  # orthogonal: not neighbours
 
 
 def test_a_clustered_candidate_has_more_neighbours_than_an_isolated_one() -> None:

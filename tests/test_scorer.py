@@ -22,7 +22,7 @@ from models.scorer import (
     load_scorer,
 )
 from models.value import ValueModel
-from schemas import RankingRequest
+from schemas import RankingRequest, RankingResult, decode, encode
 
 
 def test_cpu_machine_gets_the_cpu_provider_and_prints_no_cuda_noise(
@@ -125,6 +125,24 @@ def test_serving_path_never_imports_torch() -> None:
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_direct_result_encoding_is_the_schema_codecs_encoding() -> None:
+    from stream.ranker import Ranked
+
+    ranked = Ranked(
+        request_id="r1", user_id="u1",
+        items=[{"schema_version": 1, "item_id": f"i{k}", "value": 0.5 - k / 10,
+                "probs": dict(zip(TASK_NAMES, (0.1 * k, 0.2, 0.3, 0.01), strict=True))}
+               for k in range(3)],
+        model_version="v7", stats_version="v7/trained", latency_ms=1.25, ts=time.time())
+
+    result = decode(ranked.encode(), RankingResult)  # strict: every field known and valid
+
+    assert [item.item_id for item in result.items] == ["i0", "i1", "i2"]
+    assert result.items[1].probs["click"] == pytest.approx(0.1)
+    assert (result.model_version, result.latency_ms) == ("v7", 1.25)
+    assert encode(result) == ranked.encode()  # byte for byte, field order included
 
 
 async def test_concurrent_http_callers_share_one_model_run() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from models.features import (
     CHANNEL_INDEX,
@@ -262,3 +264,44 @@ async def test_bad_input_goes_to_dlq_and_leaves_state_untouched(settings: Settin
     features = await FeatureReader(store, settings.embedding_dim).fetch("u1", ["i1"])
     np.testing.assert_allclose(features.embeddings[0], 0.25)  # the good upsert, not a bad one
     await _cleanup(store)
+
+
+async def test_commits_are_merged_across_batches_and_flushed_on_stop(settings: Settings) -> None:
+    events = [event(f"c{n}", f"u{n % 5}", f"i{n % 7}", "impression", T0 + n) for n in range(60)]
+    store = await open_test_store(settings, "memory")
+    settings = settings.model_copy(update={"commit_interval_ms": 300})
+    batches = commits = 0
+    async with feature_service(settings, store) as (service, metrics):
+        consumer = service._consumer
+        assert consumer is not None
+        real_commit, real_handle = consumer.commit, service.handle
+
+        async def counting_commit(*args: Any, **kwargs: Any) -> None:
+            nonlocal commits
+            commits += 1
+            await real_commit(*args, **kwargs)
+
+        async def counting_handle(*args: Any, **kwargs: Any) -> None:
+            nonlocal batches
+            batches += 1
+            await real_handle(*args, **kwargs)
+
+        consumer.commit = counting_commit  # type: ignore[method-assign]
+        service.handle = counting_handle  # type: ignore[method-assign]
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker_url)
+        await producer.start()
+        try:
+            for key, value in events:  # one at a time: many small batches
+                await (await producer.send(settings.topic("events"), value, key=key.encode()))
+                await asyncio.sleep(0.005)
+        finally:
+            await producer.stop()
+        await wait_until(lambda: metrics.total("streamrank_events_processed") == len(events))
+    assert batches >= 10
+    assert commits <= batches / 2
+
+    # Stopping committed the rest: the same group resumes at the end and replays nothing.
+    async with feature_service(settings, store) as (_, metrics):
+        await publish(settings, "events", [event("after", "u1", "i1", "click", T0 + 100)])
+        await wait_until(lambda: metrics.total("streamrank_events_processed") == 1)
+        assert metrics.total("streamrank_duplicate_events") == 0
