@@ -113,15 +113,18 @@ _BLOCK_COLUMNS = [slice(start, stop) for start, stop in itertools.pairwise(np.cu
      len(SIMILARITY_NAMES), len(CANDIDATE_SET_NAMES)]).tolist())]
 
 
-def ranking_matrix(features: CandidateFeatures, context: Context, now: float) -> np.ndarray:
-    """float32 ``[n, len(RANKER_FEATURE_NAMES)]``, columns in that order.
+def ranking_matrix(features: CandidateFeatures, context: Context, now: float,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """float32 ``[n, len(RANKER_FEATURE_NAMES)]``, columns in that order, written into ``out``
+    when given (a micro-batch's rows for this request).
 
     ``features`` must hold the request's whole candidate set, also in training, where only the
     shown rows are kept afterwards: the candidate-set columns depend on all of it.
     """
     unit = _unit(features.embeddings)
     user, items, context_columns, similarity, candidate_set = _BLOCK_COLUMNS
-    out = np.empty((len(features.items), len(RANKER_FEATURE_NAMES)), dtype=np.float32)
+    if out is None:
+        out = np.empty((len(features.items), len(RANKER_FEATURE_NAMES)), dtype=np.float32)
     out[:, user] = features.user
     out[:, items] = features.items
     out[:, context_columns] = context_features(context)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,18 +83,17 @@ class Ranker:
         now = time.time()
         features = await self.reader.fetch_many(
             [(r.request.user_id, r.request.candidates) for r in received], now)
-        matrices = [ranking_matrix(f, r.request.context, now)
-                    for f, r in zip(features, received, strict=True)]
+        # Each request's rows are written straight into the batch's matrix: no second copy.
+        bounds = np.cumsum([0, *(len(f.items) for f in features)]).tolist()
+        batch = np.empty((bounds[-1], len(RANKER_FEATURE_NAMES)), dtype=np.float32)
+        rows = [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
+        for f, r, request_rows in zip(features, received, rows, strict=True):
+            ranking_matrix(f, r.request.context, now, out=batch[request_rows])
         scorer = self.models.current
-        probs = scorer.score(np.concatenate(matrices))
+        probs = scorer.score(batch)
         values = self.value.values(probs, scorer.task_names)
-        results = []
-        start = 0
-        for r, matrix in zip(received, matrices, strict=True):
-            stop = start + len(matrix)
-            results.append(self._result(r, scorer, probs[start:stop], values[start:stop]))
-            start = stop
-        return results
+        return [self._result(r, scorer, probs[request_rows], values[request_rows])
+                for r, request_rows in zip(received, rows, strict=True)]
 
     def _result(self, received: Received, scorer: Scorer, probs: np.ndarray,
                 values: np.ndarray) -> Ranked:

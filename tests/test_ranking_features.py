@@ -44,6 +44,12 @@ def test_matrix_columns_hold_each_block_where_its_names_say() -> None:
     assert column["log_history_len"] == pytest.approx([np.log(3), np.log(3)])
     assert column["cand_density"].tolist() == [0, 0]  # orthogonal: not neighbours
 
+    batch = np.full((4, len(RANKER_FEATURE_NAMES)), np.nan, dtype=np.float32)
+    written = ranking_matrix(features, Context(device="tablet", surface="search"), NOW,
+                             out=batch[1:3])
+    assert written.base is batch and np.array_equal(batch[1:3], matrix)
+    assert np.isnan(batch[[0, 3]]).all()  # rows of other requests untouched
+
 
 def test_a_clustered_candidate_has_more_neighbours_than_an_isolated_one() -> None:
     axis = np.eye(4, dtype=np.float32)
