@@ -10,9 +10,10 @@ into a results topic. The echo's round trip is the broker's own floor.
 Per candidates size, each pass in a fresh environment (see ``run_scoring_bench`` for why):
 
 - max (``repeats`` passes): open loop with many requests in flight, results counted from the
-  first one back; and bare: plain ``session.run`` on the CPU provider, the session built by the
-  worker's own ``OnnxScorer`` (same model file, options and intra-op threads), on one request's
-  rows and on the micro-batch the worker was seen to run;
+  first one back; and bare: plain ``session.run`` on the provider the worker chose (CPU, or
+  CUDA where usable), the session built by the worker's own ``OnnxScorer`` (same model file,
+  options and intra-op threads), on one request's rows and on the micro-batch the worker was
+  seen to run;
 - latency (``repeats`` passes): paced at half of the median max, a pass of the worker and then
   one of the echo at the same rate, round trip from produce to the result consumed, matched by
   request id;
@@ -53,7 +54,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from models.features import ItemMeta
 from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
-from models.scorer import CPU, Manifest, OnnxScorer, choose_provider
+from models.scorer import Manifest, OnnxScorer, choose_provider
 from schemas import Event, RankingRequest, RankingResult, encode
 from schemas.codec import decode
 from stream.consumer import Batch, BatchConsumer, next_offsets
@@ -161,7 +162,7 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
                 "worker_logs": logs}
     return worker | {
         "by_candidates": by_candidates,
-        "bare_provider": CPU,
+        "bare_provider": choose_provider(settings.scorer_device),
         "result_n": RESULT_N,
         "http_clients": HTTP_CLIENTS,
         "partitions": settings.partitions,
@@ -665,8 +666,9 @@ class _Bench:
         """End-to-end candidates/s with ``window`` requests in flight, and the bare bounds."""
         requests = _Requests.build(self.catalogue, candidates, self.rng, f"c{candidates}")
         requests_topic = self.settings.topic("requests")
-        # Built by the worker's own code: same options, intra-op threads and model file.
-        session = OnnxScorer(self.manifest, CPU, self.settings.scorer_threads).session
+        # Built by the worker's own code: same provider, options, threads and model file.
+        provider = choose_provider(self.settings.scorer_device)
+        session = OnnxScorer(self.manifest, provider, self.settings.scorer_threads).session
         bare = self._bare(session, candidates)
         worker_results = _Results(self.bootstrap, self.settings.topic("rankings"), _request_id,
                                   self._worker_alive)

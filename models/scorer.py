@@ -82,6 +82,10 @@ def choose_provider(device: Device) -> str:
     if device == "cpu":
         return CPU
     if cuda_usable():
+        # onnxruntime-gpu[cuda,cudnn] puts the CUDA libraries in site-packages/nvidia, where the
+        # CUDA EP's own loader does not look; system-wide installs are found as well.
+        # directory="": those packages first, never a co-installed torch's (never imported here).
+        ort.preload_dlls(directory="")
         return CUDA
     if device == "cuda":
         raise ModelError("STREAMRANK_SCORER_DEVICE=cuda but no usable CUDA device was found")

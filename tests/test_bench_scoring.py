@@ -47,6 +47,7 @@ def test_tiny_scoring_bench_reports_every_figure(bootstrap: str, redis_url: str)
 
     assert report["model_version"].startswith("bench-")
     assert report["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert report["bare_provider"] == report["provider"]  # the bound runs where the worker does
     assert report["worker_imports_torch"] is False
     client = redis.Redis.from_url(redis_url)
     try:

@@ -16,33 +16,63 @@ from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
 from models.scorer import (
     CPU,
     CPU_ROWS_PER_RUN,
+    CUDA,
     ModelError,
     PopularityScorer,
     choose_provider,
+    cuda_usable,
     load_scorer,
 )
 from models.value import ValueModel
 from schemas import RankingRequest, RankingResult, decode, encode
 
+requires_cuda = pytest.mark.skipif(not cuda_usable(), reason="no usable CUDA device")
 
-def test_cpu_machine_gets_the_cpu_provider_and_prints_no_cuda_noise(
-        serving_models: tuple[Path, Path]) -> None:
+
+def _auto_choice_in_a_fresh_process(manifest: Path) -> tuple[str, str]:
+    """What a new process gets from ``STREAMRANK_SCORER_DEVICE=auto``: its providers and
+    output shape, and everything it printed (where onnxruntime's load errors would show)."""
     script = (
-        "import numpy as np, sys\n"
+        "import numpy as np\n"
         "from pathlib import Path\n"
-        "from models.scorer import load_scorer, choose_provider, cuda_usable\n"
+        "from models.scorer import load_scorer\n"
         "from models.ranking_features import RANKER_FEATURE_NAMES\n"
-        f"s = load_scorer(Path({str(serving_models[0])!r}), RANKER_FEATURE_NAMES, 'auto')\n"
+        f"s = load_scorer(Path({str(manifest)!r}), RANKER_FEATURE_NAMES, 'auto')\n"
         "p = s.score(np.zeros((3, len(RANKER_FEATURE_NAMES)), np.float32))\n"
-        "print(cuda_usable(), s.session.get_providers(), p.shape)\n"
+        "print(s.session.get_providers(), p.shape)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=120)
     assert result.returncode == 0, result.stderr
-    if "True" in result.stdout.split()[0]:
-        pytest.skip("this machine has a usable CUDA device")
-    assert result.stdout.strip() == "False ['CPUExecutionProvider'] (3, 4)"
-    assert "cuda" not in (result.stdout + result.stderr).lower().replace("false", "")
+    return result.stdout.splitlines()[-1], result.stdout + result.stderr
+
+
+@pytest.mark.skipif(cuda_usable(), reason="this machine has a usable CUDA device")
+def test_cpu_machine_gets_the_cpu_provider_and_prints_no_cuda_noise(
+        serving_models: tuple[Path, Path]) -> None:
+    choice, output = _auto_choice_in_a_fresh_process(serving_models[0])
+    assert choice == "['CPUExecutionProvider'] (3, 4)"
+    assert "cuda" not in output.lower()
+
+
+@requires_cuda
+def test_a_gpu_machine_gets_cuda_with_no_load_errors(serving_models: tuple[Path, Path]) -> None:
+    choice, output = _auto_choice_in_a_fresh_process(serving_models[0])
+    assert choice == f"['{CUDA}', '{CPU}'] (3, 4)"
+    assert "fail" not in output.lower()
+
+
+@requires_cuda
+def test_cuda_scores_equal_cpu_scores(serving_models: tuple[Path, Path]) -> None:
+    gpu = load_scorer(serving_models[0], RANKER_FEATURE_NAMES, "cuda")
+    cpu = load_scorer(serving_models[0], RANKER_FEATURE_NAMES, "cpu")
+    assert gpu.session.get_providers()[0] == CUDA
+    rng = np.random.default_rng(3)
+    for rows in (1, 100, 2 * CPU_ROWS_PER_RUN + 7, 20_000):
+        features = rng.standard_normal((rows, len(RANKER_FEATURE_NAMES))).astype(np.float32)
+        on_gpu = gpu.score(features)
+        assert on_gpu.shape == (rows, len(TASK_NAMES))
+        np.testing.assert_allclose(on_gpu, cpu.score(features), rtol=1e-4, atol=1e-5)
 
 
 def test_a_large_batch_scored_in_slices_equals_row_by_row(
