@@ -9,6 +9,7 @@ and the caller retries without the duplicates. Replays after a crash are therefo
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import string
 import time
@@ -16,10 +17,11 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError, RedisError
 
 from models.features import (
     HALF_LIVES_S,
@@ -249,8 +251,8 @@ class RedisStore(FeatureStore):
         self._ns = namespace
         self._dedup_ttl_s = dedup_ttl_s
         self._history_length = history_length
-        self._merge = client.register_script(_MERGE_LUA)
-        self._read_items = client.register_script(_READ_ITEMS_LUA)
+        self._merge_sha = _sha1(_MERGE_LUA)
+        self._read_items_sha = _sha1(_READ_ITEMS_LUA)
         self._users_index = f"{namespace}:idx:users"
         self._items_index = f"{namespace}:idx:items"
         self.description = "redis"
@@ -295,26 +297,30 @@ class RedisStore(FeatureStore):
                 "\0".join(item for _, item, _ in update.history),
                 b"".join(HISTORY_TS.pack(ts) for _, _, ts in update.history),
                 self._history_length]
-        async with self._client.pipeline(transaction=False) as pipe:
+
+        def commands(pipe: Pipeline) -> None:
             if update.item_meta:
                 pipe.mset({self.meta_key(i): v for i, v in update.item_meta.items()})
                 pipe.sadd(self._items_index, *update.item_meta)
-            await self._merge(keys=keys, args=args, client=pipe)
-            results = await pipe.execute()
+            pipe.evalsha(self._merge_sha, len(keys), *keys, *args)
+
+        results = await self._pipeline(commands)
         return list({update.event_ids[int(i)] for i in results[-1]})
 
     async def fetch_many(self, lookups: Sequence[Lookup]) -> list[FetchedFeatures]:
         # Candidates overlap across a micro-batch: ask for each item once.
         users = list(dict.fromkeys(user for user, _ in lookups))
         items = list(dict.fromkeys(item for _, ids in lookups for item in ids))
-        async with self._client.pipeline(transaction=False) as pipe:
+
+        def commands(pipe: Pipeline) -> None:
             pipe.mget(list(map(self.user_key, users)))
             for user in users:
                 pipe.lrange(self.history_key(user), 0, -1)
             if items:
-                await self._read_items(
-                    args=[self.item_key(""), self.meta_key(""), "\0".join(items)], client=pipe)
-            replies = await pipe.execute()
+                pipe.evalsha(self._read_items_sha, 0, self.item_key(""), self.meta_key(""),
+                             "\0".join(items))
+
+        replies = await self._pipeline(commands)
         n_users, n_items = len(users), len(items)
         user_values = dict(zip(users, cast(list[bytes | None], replies[0]), strict=True))
         histories = replies[1:1 + n_users]
@@ -327,6 +333,24 @@ class RedisStore(FeatureStore):
                             [metas[i] for i in ids], history[user])
             for user, ids in lookups
         ]
+
+    async def _pipeline(self, commands: Callable[[Pipeline], None]) -> list[Any]:
+        """One round trip. Scripts go by SHA alone: redis-py's registered scripts ask
+        ``SCRIPT EXISTS`` before every pipeline that uses one, a second round trip on each
+        feature fetch and write. A Redis that lost them (a restart) gets them loaded, and the
+        pipeline runs again: nothing in it changes state twice, since a script that was
+        missing did not run, and the other commands (MSET, SADD, reads) are idempotent."""
+        try:
+            return await self._execute(commands)
+        except NoScriptError:
+            for script in (_MERGE_LUA, _READ_ITEMS_LUA):
+                await self._client.script_load(script)
+            return await self._execute(commands)
+
+    async def _execute(self, commands: Callable[[Pipeline], None]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            commands(pipe)
+            return cast(list[Any], await pipe.execute())
 
     async def counts(self) -> dict[str, int]:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -359,3 +383,8 @@ async def through_outages(call: Callable[[], Awaitable[T]], what: str) -> T:
             log.warning("%s failed, retrying in %.2fs: %s", what, backoff, exc)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+
+def _sha1(script: str) -> str:
+    """The SHA that Redis files ``script`` under, as ``SCRIPT LOAD`` answers it."""
+    return hashlib.sha1(script.encode()).hexdigest()

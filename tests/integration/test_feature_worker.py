@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from models.features import (
@@ -156,6 +157,41 @@ async def test_reader_reuses_item_features_for_the_ttl_and_users_never(
     assert repeated.known.tolist() == [True, False, True]
     assert repeated.items[0, item_clicks] == repeated.items[2, item_clicks] > 0
     await _cleanup(store)
+
+
+async def test_scripts_cost_no_extra_round_trip_and_survive_a_redis_that_lost_them(
+        settings: Settings) -> None:
+    """The store calls its Lua scripts by SHA: no ``SCRIPT EXISTS`` before each pipeline,
+    and after a ``SCRIPT FLUSH`` (what a restarted Redis looks like) writes and reads still
+    work, each write counted exactly once."""
+    assert settings.redis_url is not None
+    admin = aioredis.Redis.from_url(settings.redis_url)
+    store = await open_test_store(settings, "redis")
+    memory = await open_test_store(settings, "memory")
+
+    async def script_checks() -> int:
+        stats = await admin.info("commandstats")
+        return int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
+
+    state = EntityState(ref_ts=NOW, first_ts=NOW, last_ts=NOW, last_click_ts=NOW,
+                        counters=EntityState.empty().counters + 1.0)
+    update = FeatureUpdate(event_ids=["s1"], users={"u1": state.pack()},
+                           items={"i1": state.pack()}, history=[("u1", "i1", NOW)])
+    try:
+        await admin.script_flush()
+        checks = await script_checks()
+        assert await store.apply(update) == []
+        assert await memory.apply(update) == []
+        fetched = await store.fetch("u1", ["i1"])
+        assert await store.apply(update) == ["s1"]  # the dedup marker was written once, too
+        assert await script_checks() == checks
+        expected = await memory.fetch("u1", ["i1"])
+        assert (fetched.user, fetched.items, fetched.history) == (
+            expected.user, expected.items, expected.history)
+    finally:
+        await admin.aclose()
+        await memory.close()
+        await _cleanup(store)
 
 
 async def _cleanup(store: FeatureStore) -> None:
