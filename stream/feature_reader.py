@@ -47,8 +47,8 @@ class FeatureReader:
             claimed.update(missing)
             wanted.append((user_id, missing))
         fetched = await self._store.fetch_many(wanted)
-        # Users and refilled items decoded in one call: per-call overhead dominates (~0.13 ms
-        # a call, the same for one row as for forty).
+        # Users and refilled items decoded in one call: per-call overhead dominates (one call
+        # of 34 rows took 58 us, two of 1 and 33 rows 95 us).
         counters = [v for f in fetched for v in f.items]
         rows = entity_features([*(f.user for f in fetched), *counters], now)
         users = rows[:len(fetched)]
