@@ -162,7 +162,7 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
                 "worker_logs": logs}
     return worker | {
         "by_candidates": by_candidates,
-        "bare_provider": choose_provider(settings.scorer_device),
+        "bare_provider": worker["provider"],
         "result_n": RESULT_N,
         "http_clients": HTTP_CLIENTS,
         "partitions": settings.partitions,
@@ -666,8 +666,9 @@ class _Bench:
         """End-to-end candidates/s with ``window`` requests in flight, and the bare bounds."""
         requests = _Requests.build(self.catalogue, candidates, self.rng, f"c{candidates}")
         requests_topic = self.settings.topic("requests")
-        # Built by the worker's own code: same provider, options, threads and model file.
-        provider = choose_provider(self.settings.scorer_device)
+        # Built by the worker's own code: the provider it got, same options, threads and model.
+        provider, _ = _worker_model(Path(self.worker.log_path), self.manifest.version,
+                                    self.settings)
         session = OnnxScorer(self.manifest, provider, self.settings.scorer_threads).session
         bare = self._bare(session, candidates)
         worker_results = _Results(self.bootstrap, self.settings.topic("rankings"), _request_id,

@@ -6,6 +6,7 @@ This module is on the serving path and must never import torch.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -82,14 +83,20 @@ def choose_provider(device: Device) -> str:
     if device == "cpu":
         return CPU
     if cuda_usable():
-        # onnxruntime-gpu[cuda,cudnn] puts the CUDA libraries in site-packages/nvidia, where the
-        # CUDA EP's own loader does not look; system-wide installs are found as well.
-        # directory="": those packages first, never a co-installed torch's (never imported here).
-        ort.preload_dlls(directory="")
+        _preload_cuda_libraries()
         return CUDA
     if device == "cuda":
         raise ModelError("STREAMRANK_SCORER_DEVICE=cuda but no usable CUDA device was found")
     return CPU
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Once per process, not per model load. onnxruntime-gpu[cuda,cudnn] puts the CUDA
+    libraries in site-packages/nvidia, where the CUDA EP's own loader does not look; system-wide
+    installs are found as well. directory="": those packages first, never a co-installed
+    torch's (never imported here)."""
+    ort.preload_dlls(directory="")
 
 
 # A large micro-batch runs on the CPU in slices of this many rows: each slice's activations stay
