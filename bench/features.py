@@ -19,11 +19,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.errors import BenchFailed
-from stream.features_service import FeatureService
-from stream.metrics import WorkerMetrics
-from stream.runtime import broker
+from stream.features.role import FeatureService
+from stream.features.store import RedisStore
+from stream.runtime.environment import broker
+from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
-from stream.store import RedisStore
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 EVENT_MIX = {"impression": 0.70, "click": 0.12, "dwell": 0.08, "like": 0.04, "hide": 0.03,

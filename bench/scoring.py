@@ -57,14 +57,14 @@ from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
 from models.scorer import Manifest, OnnxScorer, choose_provider
 from schemas import Event, RankingRequest, RankingResult, encode
 from schemas.codec import decode
-from stream.consumer import Batch, BatchConsumer, next_offsets
 from stream.errors import BenchFailed
-from stream.features_service import feature_update
-from stream.metrics import WorkerMetrics
-from stream.processes import stop_process
-from stream.runtime import broker, check_store
+from stream.features.role import feature_update
+from stream.features.store import FeatureUpdate, RedisStore
+from stream.runtime.consumer import Batch, BatchConsumer, next_offsets
+from stream.runtime.environment import broker, check_store
+from stream.runtime.metrics import WorkerMetrics
+from stream.runtime.processes import stop_process
 from stream.settings import Settings
-from stream.store import FeatureUpdate, RedisStore
 
 if TYPE_CHECKING:
     from stream.demo import WorkerProcess

@@ -75,7 +75,7 @@ class EntityState:
 
 
 def merge(stored: EntityState, delta: EntityState) -> EntityState:
-    """Exact sum of two decayed states. Mirrored by the Redis Lua script in ``stream.store``."""
+    """Exact sum of two decayed states. Mirrored by the Lua script in ``stream.features.store``."""
     if stored.ref_ts == _NO_TS:
         return delta
     ref = max(stored.ref_ts, delta.ref_ts)

@@ -17,15 +17,15 @@ from threadpoolctl import threadpool_limits
 
 from models.value import ValueModel
 from schemas import RankingRequest, Rejection, decode
-from stream.feature_reader import FeatureReader
-from stream.features_service import FeatureService
-from stream.metrics import WorkerMetrics
-from stream.model_updates import ModelUpdatesService
-from stream.ranker import MicroBatcher, ModelSlot, Ranker, Received, check_rankable
-from stream.runtime import open_store
-from stream.scoring_service import ScoringService
+from stream.features.reader import FeatureReader
+from stream.features.role import FeatureService
+from stream.features.store import FeatureStore
+from stream.runtime.environment import open_store
+from stream.runtime.metrics import WorkerMetrics
+from stream.runtime.model_updates import ModelUpdatesService
+from stream.scoring.ranker import MicroBatcher, ModelSlot, Ranker, Received, check_rankable
+from stream.scoring.role import ScoringService
 from stream.settings import Settings
-from stream.store import FeatureStore
 
 log = logging.getLogger(__name__)
 

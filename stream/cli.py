@@ -75,7 +75,7 @@ def worker() -> None:
     import faust
 
     from stream.app import create_app
-    from stream.runtime import broker, check_store, describe
+    from stream.runtime.environment import broker, check_store, describe
 
     settings = _settings()
     check_store(settings)
@@ -99,7 +99,7 @@ def simulate(
 ) -> None:
     """Play the synthetic world's users against the running system."""
     from models.world import World, WorldConfig
-    from stream.runtime import broker, describe
+    from stream.runtime.environment import broker, describe
     from stream.simulator import Simulator
 
     if policy not in ("random", "served"):
@@ -178,8 +178,8 @@ def model_publish(
     manifest: Annotated[Path, typer.Argument(help="manifest.json of a trained model.")],
 ) -> None:
     """Announce a trained model on model-updates; every worker hot-swaps to it."""
-    from stream.model_updates import publish_model
-    from stream.runtime import broker
+    from stream.runtime.environment import broker
+    from stream.runtime.model_updates import publish_model
 
     Manifest.load(manifest)  # a missing or broken model fails before the broker is touched
     settings = _settings()

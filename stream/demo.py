@@ -18,11 +18,11 @@ import orjson
 
 from models.training import DEFAULT_EPOCHS, Dataset, train
 from models.world import World, WorldConfig
-from stream.broker import free_port
 from stream.errors import WorkerFailed
-from stream.model_updates import publish_model
-from stream.processes import stop_process
-from stream.runtime import broker, check_store, describe
+from stream.runtime.broker import free_port
+from stream.runtime.environment import broker, check_store, describe
+from stream.runtime.model_updates import publish_model
+from stream.runtime.processes import stop_process
 from stream.settings import Settings
 from stream.simulator import Simulator
 from stream.training_data import LogReplay

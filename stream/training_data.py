@@ -18,10 +18,10 @@ from models.training import Dataset
 from schemas import Event, ItemUpsert, RankingRequest, Rejection
 from schemas.codec import validate
 from stream.errors import StreamrankError
-from stream.feature_reader import FeatureReader
-from stream.features_service import feature_update
+from stream.features.reader import FeatureReader
+from stream.features.role import feature_update
+from stream.features.store import FeatureUpdate, MemoryStore
 from stream.settings import Settings
-from stream.store import FeatureUpdate, MemoryStore
 
 
 class LogError(StreamrankError):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from stream.broker import embedded_broker
+from stream.runtime.broker import embedded_broker
 from stream.settings import Settings
 
 REDIS_URL = os.environ.get("STREAMRANK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stream.item_cache import INITIAL_CAPACITY, ItemFeatureCache
+from stream.features.item_cache import INITIAL_CAPACITY, ItemFeatureCache
 
 
 def _put(cache: ItemFeatureCache, ids: list[str], value: float, now: float) -> None:

@@ -144,8 +144,8 @@ def test_popularity_fallback_reads_the_item_rates() -> None:
 def test_serving_path_never_imports_torch() -> None:
     script = (
         "import sys\n"
-        "import stream.cli, stream.app, stream.scoring_service, stream.ranker\n"
-        "import stream.model_updates, stream.features_service, models.scorer\n"
+        "import stream.cli, stream.app, stream.scoring.role, stream.scoring.ranker\n"
+        "import stream.runtime.model_updates, stream.features.role, models.scorer\n"
         "from stream.settings import Settings\n"
         "from stream.app import create_app\n"
         "create_app(Settings(), '127.0.0.1:9')\n"
@@ -158,7 +158,7 @@ def test_serving_path_never_imports_torch() -> None:
 
 
 def test_direct_result_encoding_is_the_schema_codecs_encoding() -> None:
-    from stream.ranker import Ranked
+    from stream.scoring.ranker import Ranked
 
     ranked = Ranked(
         request_id="r1", user_id="u1",
@@ -176,7 +176,7 @@ def test_direct_result_encoding_is_the_schema_codecs_encoding() -> None:
 
 
 async def test_concurrent_http_callers_share_one_model_run() -> None:
-    from stream.ranker import MicroBatcher, Received
+    from stream.scoring.ranker import MicroBatcher, Received
 
     calls: list[int] = []
 
@@ -198,7 +198,7 @@ async def test_concurrent_http_callers_share_one_model_run() -> None:
 async def test_store_calls_wait_out_an_outage() -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from stream.store import through_outages
+    from stream.features.store import through_outages
 
     calls = 0
 

@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas import DeadLetter, decode
-from stream.features_service import FeatureService
-from stream.metrics import WorkerMetrics
-from stream.runtime import ensure_topics
+from stream.features.role import FeatureService
+from stream.features.store import FeatureStore, MemoryStore, RedisStore
+from stream.runtime.environment import ensure_topics
+from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
-from stream.store import FeatureStore, MemoryStore, RedisStore
 
 
 async def open_test_store(settings: Settings, kind: str) -> FeatureStore:

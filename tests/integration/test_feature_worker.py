@@ -23,9 +23,9 @@ from models.features import (
     USER_FEATURE_NAMES,
     EntityState,
 )
-from stream.feature_reader import FeatureReader
+from stream.features.reader import FeatureReader
+from stream.features.store import FeatureStore, FeatureUpdate, RedisStore
 from stream.settings import Settings
-from stream.store import FeatureStore, FeatureUpdate, RedisStore
 from tests.integration.harness import (
     feature_service,
     open_test_store,

@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import DeadLetter, RankingResult, decode
 from stream.demo import WorkerProcess
-from stream.model_updates import publish_model
-from stream.runtime import ensure_topics
+from stream.runtime.environment import ensure_topics
+from stream.runtime.model_updates import publish_model
 from stream.settings import Settings
 from tests.integration.harness import publish, read_dead_letters, wait_until
 

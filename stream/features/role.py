@@ -16,10 +16,10 @@ from aiokafka import TopicPartition
 
 from models.features import ItemMeta, engagement_history, event_deltas
 from schemas import Event, ItemUpsert, Rejection, decode
-from stream.consumer import Batch, BatchConsumer, next_offsets
-from stream.metrics import WorkerMetrics
+from stream.features.store import FeatureStore, FeatureUpdate, through_outages
+from stream.runtime.consumer import Batch, BatchConsumer, next_offsets
+from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
-from stream.store import FeatureStore, FeatureUpdate, through_outages
 
 
 @dataclass

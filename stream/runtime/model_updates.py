@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaProducer
 
 from models.scorer import Manifest, ModelError
 from schemas import ModelUpdate, Rejection, decode, encode
-from stream.consumer import Batch, BatchConsumer
-from stream.metrics import WorkerMetrics
-from stream.ranker import ModelSlot
+from stream.runtime.consumer import Batch, BatchConsumer
+from stream.runtime.metrics import WorkerMetrics
+from stream.scoring.ranker import ModelSlot
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES, ranking_ma
 from models.scorer import PopularityScorer, Scorer, load_scorer
 from models.value import ValueModel
 from schemas import SCHEMA_VERSION, RankingRequest, Rejection
-from stream.feature_reader import FeatureReader
+from stream.features.reader import FeatureReader
 from stream.settings import Settings
 
 

@@ -14,8 +14,8 @@ from models.features import (
     unpack_history,
 )
 from models.ranking_features import CandidateFeatures
-from stream.item_cache import ItemFeatureCache
-from stream.store import FeatureStore, Lookup
+from stream.features.item_cache import ItemFeatureCache
+from stream.features.store import FeatureStore, Lookup
 
 
 class FeatureReader:

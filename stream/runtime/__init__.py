@@ -1,0 +1,1 @@
+"""The backbone every role shares: supervised consumers, producers, health, versioned state."""
