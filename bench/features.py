@@ -19,8 +19,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.errors import BenchFailed
+from stream.features.redis_store import RedisStore
 from stream.features.role import FeatureService
-from stream.features.store import RedisStore
 from stream.runtime.environment import broker
 from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
@@ -132,8 +132,9 @@ async def _raw_pass(settings: Settings, bootstrap: str, n_events: int, group: st
 
 async def _feature_pass(settings: Settings, bootstrap: str, n_events: int, group: str) -> float:
     assert settings.redis_url is not None
-    store = await RedisStore.connect(settings.redis_url, f"bench:{group}", settings.dedup_ttl_s,
-                                     settings.history_length)
+    store = await RedisStore.connect(
+        settings.redis_url, f"bench:{group}", dedup_ttl_s=settings.dedup_ttl_s,
+        history_length=settings.history_length, ttl_s=settings.feature_ttl_s)
     metrics = WorkerMetrics()
     service = FeatureService(settings.model_copy(update={"features_group": group}),
                              bootstrap, store, metrics)

@@ -58,11 +58,11 @@ from models.scorer import Manifest, OnnxScorer, choose_provider
 from schemas import Event, RankingRequest, RankingResult, encode
 from schemas.codec import decode
 from stream.errors import BenchFailed
-from stream.features.role import feature_update
-from stream.features.store import FeatureUpdate, RedisStore
-from stream.runtime.consumer import Batch, BatchConsumer, next_offsets
-from stream.runtime.environment import broker, check_store
-from stream.runtime.metrics import WorkerMetrics
+from stream.features.redis_store import RedisStore
+from stream.features.store import EventBatch
+from stream.features.watermarks import Origin
+from stream.runtime.clients import kafka_consumer, kafka_producer
+from stream.runtime.environment import broker, check_store, open_store
 from stream.runtime.processes import stop_process
 from stream.settings import Settings
 
@@ -127,7 +127,9 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
     """
     config = config or ScoringBenchConfig()
     run_id = uuid.uuid4().hex[:8]
-    settings = settings.model_copy(update={"redis_url": settings.redis_url or DEFAULT_REDIS})
+    # The request pool's bodies are built once, with their ts: none may expire mid-pass.
+    settings = settings.model_copy(update={"redis_url": settings.redis_url or DEFAULT_REDIS,
+                                           "request_ttl_s": 86_400.0})
     if max(config.candidates) > min(settings.max_candidates, config.items):
         raise ValueError("more candidates per request than the catalogue or the limit allows")
     check_store(settings)
@@ -323,13 +325,14 @@ async def populate_store(settings: Settings, config: ScoringBenchConfig) -> Cata
               dwell_s=12.5 if types[k] == "dwell" else None)
         for k in range(config.events)
     ]
-    store = await RedisStore.connect(settings.redis_url, settings.topic_prefix,
-                                     settings.dedup_ttl_s, settings.history_length)
+    store = await open_store(settings)
     try:
-        await store.apply(FeatureUpdate(item_meta=metas))
+        await store.apply(EventBatch(metas=metas))
         for start in range(0, len(events), 5000):
-            duplicates = await store.apply(feature_update(events[start:start + 5000], {}))
-            assert not duplicates, "event ids of a fresh namespace were seen before"
+            chunk = events[start:start + 5000]
+            applied = await store.apply(EventBatch(
+                chunk, [Origin(0, start + k) for k in range(len(chunk))]))
+            assert not applied.duplicates, "event ids of a fresh namespace were seen before"
     finally:
         await store.close()
     return Catalogue(item_ids, user_ids)
@@ -337,8 +340,8 @@ async def populate_store(settings: Settings, config: ScoringBenchConfig) -> Cata
 
 async def _drop_store(settings: Settings) -> None:
     assert settings.redis_url is not None
-    store = await RedisStore.connect(settings.redis_url, settings.topic_prefix,
-                                     settings.dedup_ttl_s, settings.history_length)
+    store = await open_store(settings)
+    assert isinstance(store, RedisStore)
     try:
         await store.drop()
     finally:
@@ -381,30 +384,43 @@ def _delete_topics(settings: Settings, bootstrap: str) -> None:
 # -- the echo: the broker's floor ------------------------------------------------------------
 
 
-class EchoService(BatchConsumer):
-    """The scoring service's consumer, fetch wait, produce and commit, minus decode and
-    scoring: each request's bytes go straight to the echo results topic.
+class EchoService:
+    """The scoring role's fetch wait, produce and commit, minus decode and scoring: each
+    request's bytes go straight to the echo results topic, and offsets commit once the copies
+    are acknowledged, as the worker's do.
 
     It takes every partition by manual assignment and commits to its group as a standalone
     consumer: no group membership, so it can be paused for any length of time without a
     rebalance. The worker keeps the usual membership and is paused for a few seconds at most."""
 
-    def __init__(self, settings: Settings, bootstrap: str, **kwargs: Any) -> None:
-        super().__init__(
-            settings, bootstrap, WorkerMetrics(),
-            topics=(echo_topic(settings, ECHO_TOPICS[0]),),
-            group_id=f"{settings.topic_prefix}-echo",
-            fetch_wait_ms=settings.scoring_wait_ms,
-            max_records=settings.scoring_batch_max_requests,
-            assign_all=True,
-            **kwargs)
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self._in = echo_topic(settings, ECHO_TOPICS[0])
         self._out = echo_topic(settings, ECHO_TOPICS[1])
+        self._max_records = settings.scoring_batch_max_requests
+        self._consumer = kafka_consumer(settings, bootstrap,
+                                        group_id=f"{settings.topic_prefix}-echo",
+                                        auto_offset_reset="earliest",
+                                        fetch_max_wait_ms=settings.scoring_wait_ms)
+        self._producer = kafka_producer(settings, bootstrap, linger_ms=1)
 
-    async def handle(self, batch: Batch) -> None:
-        pending = [await self.producer.send(self._out, record.value, key=record.key)
-                   for records in batch.values() for record in records]
-        await asyncio.gather(*pending)
-        await self.commit(next_offsets(batch))
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._producer.start()
+        await self._consumer.start()
+        try:
+            partitions = self._consumer.partitions_for_topic(self._in) or {0}
+            self._consumer.assign([TopicPartition(self._in, p) for p in sorted(partitions)])
+            while not stop.is_set():
+                batch = await self._consumer.getmany(timeout_ms=200,
+                                                     max_records=self._max_records)
+                pending = [await self._producer.send(self._out, record.value, key=record.key)
+                           for records in batch.values() for record in records]
+                await asyncio.gather(*pending)
+                if batch:
+                    await self._consumer.commit(
+                        {tp: records[-1].offset + 1 for tp, records in batch.items()})
+        finally:
+            await self._consumer.stop()
+            await self._producer.stop()
 
 
 class EchoProcess:
@@ -443,15 +459,10 @@ def _echo_main(argv: Sequence[str]) -> None:
                         partitions=int(partitions))
 
     async def serve() -> None:
-        service = EchoService(settings, bootstrap)
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        await service.start()
-        try:
-            await stop.wait()
-        finally:
-            await service.stop()
+        await EchoService(settings, bootstrap).run(stop)
 
     asyncio.run(serve())
 

@@ -12,6 +12,7 @@ Value layout (little-endian): ``ref_ts, first_ts, last_ts, last_click_ts`` as fl
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -225,6 +226,11 @@ Deltas = dict[str, EntityState]
 # Engagements that reveal interest; each appends the item's embedding to the user's history.
 POSITIVE_TYPES = frozenset({"click", "like", "share"})
 HISTORY_TS = struct.Struct("<d")
+
+# Derived from the definitions above, never bumped by hand: stores name their keys after it, so
+# values of another layout are never read (nor merged) as this one's.
+LAYOUT_ID = hashlib.sha1(repr((CHANNELS, HALF_LIVES_S, HEADER.format, ItemMeta.HEAD.format,
+                               HISTORY_TS.format)).encode()).hexdigest()[:8]
 
 
 def engagement_history(events: Sequence[Event]) -> list[tuple[str, str, float]]:

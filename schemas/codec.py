@@ -27,11 +27,16 @@ _REASONS = {
 _VALUE_ERRORS = {"greater_than_equal", "less_than_equal", "string_too_short", "string_too_long",
                  "string_pattern_mismatch", "union_tag_invalid", "value_error"}
 
-REASONS: tuple[str, ...] = (
+# What decoding a message can refuse it for ...
+DECODE_REASONS: tuple[str, ...] = (
     "not_json", "wrong_type", "missing_field", "unknown_field", "non_finite",
     "embedding_length", "absurd_timestamp", "list_too_long", "unknown_event_type",
     "unsupported_version", "invalid_value",
 )
+# ... and what a role can refuse a well-formed one for: a request with nothing to rank, one
+# nobody waits for any more, and a record whose handler kept failing.
+ROLE_REASONS: tuple[str, ...] = ("no_candidates", "expired", "handler_error")
+REASONS: tuple[str, ...] = DECODE_REASONS + ROLE_REASONS
 
 
 class Rejection(ValueError):

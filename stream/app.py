@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -20,7 +21,9 @@ from schemas import RankingRequest, Rejection, decode
 from stream.features.reader import FeatureReader
 from stream.features.role import FeatureService
 from stream.features.store import FeatureStore
+from stream.runtime.consumer import SupervisedConsumer
 from stream.runtime.environment import open_store
+from stream.runtime.failures import LoopFailed
 from stream.runtime.metrics import WorkerMetrics
 from stream.runtime.model_updates import ModelUpdatesService
 from stream.scoring.ranker import MicroBatcher, ModelSlot, Ranker, Received, check_rankable
@@ -28,6 +31,12 @@ from stream.scoring.role import ScoringService
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+# A worker whose loop met a failure it cannot survive exits with this code, after a moment in
+# which /health already answers 503 with the reason, so a probe sees why before it is gone.
+EXIT_LOOP_FAILED = 3
+FAILED_EXIT_DELAY_S = 2.0
 
 
 @dataclass
@@ -38,13 +47,23 @@ class Worker:
     models: ModelSlot
     store: FeatureStore | None = None
     ranker: MicroBatcher | None = None
-    features: FeatureService | None = None
-    scoring: ScoringService | None = None
+    consumers: list[SupervisedConsumer] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
-        services = (self.features, self.scoring)
-        return all(s is not None and s.started and not s.should_stop for s in services)
+        return bool(self.consumers) and all(c.health.ready for c in self.consumers)
+
+    def health(self) -> dict[str, Any]:
+        return {"ready": self.ready,
+                "consumers": {c.health.name: c.health.report() for c in self.consumers}}
+
+
+def exit_on_loop_failure(failure: LoopFailed) -> None:
+    """Stop the whole worker, non-zero, so that the orchestrator restarts it."""
+    def leave() -> None:
+        logging.shutdown()
+        os._exit(EXIT_LOOP_FAILED)
+    asyncio.get_running_loop().call_later(FAILED_EXIT_DELAY_S, leave)
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
@@ -69,31 +88,34 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     @app.task
     async def start_services() -> None:
         store = await open_store(settings)
-        reader = FeatureReader(store, settings.embedding_dim, settings.item_cache_ttl_s)
-        ranker = Ranker(reader, worker.models,
-                        ValueModel(settings.value_weights))
         worker.store = store
-        worker.ranker = MicroBatcher(ranker, settings.scoring_batch_max_requests)
-        worker.features = FeatureService(settings, bootstrap, store, worker.metrics,
-                                         loop=app.loop)
-        worker.scoring = ScoringService(settings, bootstrap, ranker, worker.metrics,
-                                        loop=app.loop)
-        updates = ModelUpdatesService(settings, bootstrap, worker.models, worker.metrics,
-                                      loop=app.loop)
+        supervision: dict[str, Any] = {"loop": app.loop, "on_fatal": exit_on_loop_failure}
+        roles = settings.role_names
+        if "features" in roles:
+            worker.consumers.append(
+                FeatureService(settings, bootstrap, store, worker.metrics, **supervision))
+        if "scoring" in roles:
+            reader = FeatureReader(store, settings.embedding_dim, settings.item_cache_ttl_s)
+            ranker = Ranker(reader, worker.models, ValueModel(settings.value_weights))
+            worker.ranker = MicroBatcher(ranker, settings.scoring_batch_max_requests)
+            worker.consumers += [
+                ModelUpdatesService(settings, bootstrap, worker.models, worker.metrics,
+                                    **supervision),
+                ScoringService(settings, bootstrap, ranker, worker.metrics, **supervision)]
         # Concurrently: each consumer-group join waits out the broker's rebalance delay.
-        await asyncio.gather(*(app.add_runtime_dependency(s)
-                               for s in (updates, worker.features, worker.scoring)))
+        await asyncio.gather(*(app.add_runtime_dependency(c) for c in worker.consumers))
         # Everything loaded so far (Faust, aiokafka, pydantic schemas, the model) lives as long
         # as the worker: out of the collector's reach, a full collection no longer walks its
         # ~110k objects. Measured on the development machine: 82 ms a full collection, a
         # pause of the serving loop, against under 0.1 ms after the freeze.
         gc.collect()
         gc.freeze()
-        log.info("streamrank worker ready, serving model %s", worker.models.current.version)
+        log.info("streamrank worker ready: roles %s, serving model %s", ",".join(roles),
+                 worker.models.current.version)
 
     @app.page("/health")
     async def health(web: Any, request: Request) -> Response:
-        return web.json({"ready": worker.ready}, status=200 if worker.ready else 503)
+        return web.json(worker.health(), status=200 if worker.ready else 503)
 
     @app.page("/stats")
     async def stats(web: Any, request: Request) -> Response:

@@ -1,5 +1,7 @@
 """Operational failures that the CLI reports as one clear line, never as a traceback."""
 
+import re
+
 
 class StreamrankError(RuntimeError):
     pass
@@ -19,3 +21,11 @@ class WorkerFailed(StreamrankError):
 
 class BenchFailed(StreamrankError):
     """A benchmark could not measure what it set out to (lost answers, a dead process)."""
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``redis://:***@host``)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)

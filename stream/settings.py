@@ -13,6 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from models.ranking_features import TASK_NAMES
 from schemas import Limits, topic_name
 
+# Every role is a consumer group of its own, so a deployment can scale each apart.
+ROLES = ("features", "scoring")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMRANK_", frozen=True)
@@ -36,10 +39,23 @@ class Settings(BaseSettings):
     features_group: str = "streamrank-features"
     batch_max_records: int = Field(20_000, ge=1)
     batch_wait_ms: int = Field(20, ge=0)
-    dedup_ttl_s: int = Field(86_400, ge=60, description="How long event_ids are remembered.")
+    dedup_ttl_s: int = Field(
+        86_400, ge=60, description="How long event_ids are remembered, to drop duplicates that "
+        "a producer sent; replays are recognised by offset whatever their age.")
+    feature_ttl_s: int = Field(
+        30 * 86_400, ge=60, description="Feature keys (counters, metas, histories) expire this "
+        "long after their entity's last write; the store's entity indexes are trimmed to it.")
+    redis_cluster: bool = Field(False, description="STREAMRANK_REDIS_URL names a Redis Cluster.")
+    redis_key_slots: int = Field(
+        1, ge=1, le=16384, description="Hash tags the feature keys are spread over; every "
+        "atomic write stays within one. 1 suits one Redis; on a cluster use 64 or more. "
+        "Changing it starts on new keys.")
     history_length: int = Field(50, ge=1, le=1000, description="Engagements kept per user.")
     consumer_session_timeout_ms: int = Field(10_000, ge=1000)
     consumer_rebalance_timeout_ms: int = Field(3_000, ge=500)
+    handler_attempts: int = Field(
+        3, ge=1, le=100, description="Times a record is tried before it goes to the DLQ as "
+        "handler_error.")
     commit_interval_ms: int = Field(
         100, ge=0, le=60_000, description="Longest a consumed offset waits to be committed "
         "once its effects are durable; a crash replays at most this much (idempotently).")
@@ -47,6 +63,9 @@ class Settings(BaseSettings):
     scoring_group: str = "streamrank-scoring"
     scoring_batch_max_requests: int = Field(64, ge=1, description="Requests per micro-batch.")
     scoring_wait_ms: int = Field(1, ge=0, description="Fetch wait on the latency path.")
+    request_ttl_s: float = Field(
+        30.0, gt=0, description="A ranking request older than this (by its ts) is not scored: "
+        "it goes to the DLQ as expired. The scoring group also starts at the latest offset.")
     item_cache_ttl_s: float = Field(
         1.0, ge=0, description="How long a worker reuses an item's features before re-reading "
         "them; 0 reads every candidate from the store on every request.")
@@ -57,9 +76,25 @@ class Settings(BaseSettings):
         default_factory=lambda: {"click": 1.0, "like": 0.5, "share": 1.0, "hide": -2.0},
         description="Value model: weight per task; negative weights push items down.")
 
+    roles: str = Field(
+        "features,scoring", pattern=r"^[a-z]+(,[a-z]+)*$",
+        description="Roles this worker runs, comma-separated; each is its own consumer group.")
+
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
     log_level: str = "info"
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, roles: str) -> str:
+        unknown = set(roles.split(",")) - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown roles {sorted(unknown)}; roles are {list(ROLES)}")
+        return roles
+
+    @property
+    def role_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.roles.split(",")))
 
     @field_validator("value_weights")
     @classmethod

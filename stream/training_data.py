@@ -19,8 +19,8 @@ from schemas import Event, ItemUpsert, RankingRequest, Rejection
 from schemas.codec import validate
 from stream.errors import StreamrankError
 from stream.features.reader import FeatureReader
-from stream.features.role import feature_update
-from stream.features.store import FeatureUpdate, MemoryStore
+from stream.features.store import EventBatch, MemoryStore
+from stream.features.watermarks import Origin
 from stream.settings import Settings
 
 
@@ -38,6 +38,7 @@ class LogReplay:
         self._reader = FeatureReader(self._store, settings.embedding_dim)
         self._offset = 0
         self._lines = 0
+        self._events = 0
         self._matrices: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._item_ids: list[str] = []
@@ -64,8 +65,8 @@ class LogReplay:
         limits = self.settings.limits
         if "item" in record:
             item = validate(record["item"], ItemUpsert, limits)
-            await self._store.apply(FeatureUpdate(
-                item_meta={item.item_id: ItemMeta.from_upsert(item).pack()}))
+            await self._store.apply(EventBatch(
+                metas={item.item_id: ItemMeta.from_upsert(item).pack()}))
             return
         request = validate(record["request"], RankingRequest, limits)
         served = record["served"]
@@ -83,7 +84,10 @@ class LogReplay:
             self._labels.append(_labels(shown, events))
             self._item_ids += shown
             self._request_index += [len(self._matrices) - 1] * len(shown)
-        await self._store.apply(feature_update(events, {}))
+        # The log is one stream: its events take consecutive offsets of one partition.
+        origins = [Origin(0, self._events + k) for k in range(len(events))]
+        self._events += len(events)
+        await self._store.apply(EventBatch(events, origins))
 
     def dataset(self) -> Dataset:
         if not self._matrices:

@@ -23,6 +23,7 @@ from schemas import (
     decode,
     encode,
 )
+from schemas.codec import DECODE_REASONS
 from schemas.examples import EXAMPLES, SUBSCRIPTION_EXAMPLE
 from schemas.export import EXPORTED, export_schemas
 
@@ -85,8 +86,14 @@ def test_bad_message_is_rejected_with_its_reason(
     assert reason_of(data, record_type) == reason
 
 
-def test_every_reason_code_is_exercised() -> None:
-    assert {m[3] for m in BAD_MESSAGES} == set(REASONS)
+def test_every_decode_reason_is_exercised() -> None:
+    assert {m[3] for m in BAD_MESSAGES} == set(DECODE_REASONS)
+
+
+def test_readme_documents_every_reason() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("### Rejections", 1)[1].split("\n## ", 1)[0]
+    assert {reason for reason in REASONS if f"`{reason}`" not in table} == set()
 
 
 def test_limits_come_from_configuration() -> None:

@@ -193,21 +193,3 @@ async def test_concurrent_http_callers_share_one_model_run() -> None:
     assert results == [f"r{n}" for n in range(9)]  # each caller gets its own answer
     # All nine are waiting before the first run starts: runs of at most four, none alone.
     assert calls == [4, 4, 1]
-
-
-async def test_store_calls_wait_out_an_outage() -> None:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    from stream.features.store import through_outages
-
-    calls = 0
-
-    async def flaky_fetch() -> str:
-        nonlocal calls
-        calls += 1
-        if calls < 3:
-            raise RedisConnectionError("connection refused")
-        return "ranked"
-
-    assert await through_outages(flaky_fetch, "feature fetch") == "ranked"
-    assert calls == 3

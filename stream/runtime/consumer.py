@@ -1,8 +1,22 @@
-"""A batch-consuming service of the Faust app: one aiokafka consumer, a producer, commits.
+"""The supervised consumer: one mechanism that every role's consume loop runs on.
+
+A role declares the topics it reads (with the record each carries) and a handler for one
+decoded batch. The runtime does the rest, the same way for every role:
+
+- it decodes every record once; a record that fails to decode (or the role's ``check``) goes
+  to the DLQ with its reason;
+- it runs the handler under the rules of :mod:`stream.runtime.failures`: transient failures
+  retry with backoff (``/health`` says why), a batch that fails otherwise is retried record by
+  record, and a record that keeps failing goes to the DLQ as ``handler_error``; a fatal failure
+  stops the loop and calls ``on_fatal``;
+- it commits a batch's offsets only once its effects (state, results, dead letters) are
+  durable. When a produce fails, it seeks every partition back to its last durable offset and
+  reads again, so no later commit skips past the lost sends.
 
 DESIGN.md measured Faust's per-event stream machinery at ~10k events/s on this broker, against
-~300k/s for aiokafka ``getmany()``. So the high-volume paths (features, scoring) subclass this
-and handle whole batches; Faust still hosts them for lifecycle and web views.
+~300k/s for aiokafka ``getmany()``, so the loop consumes whole batches with aiokafka; Faust
+hosts the services for lifecycle and web views. Batch k+1 is fetched and decoded while batch k
+is handled, and commits stay in order.
 """
 
 from __future__ import annotations
@@ -10,139 +24,322 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from mode import Service
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from schemas import Rejection
+from schemas import Record, Rejection, decode
+from stream.runtime.clients import kafka_consumer, started_producer
 from stream.runtime.dlq import dead_letter
+from stream.runtime.failures import Failure, LoopFailed, classify
+from stream.runtime.health import ConsumerHealth
 from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-PRODUCER_BATCH_BYTES = 256 * 1024
+R = TypeVar("R", bound=Record)
+RawRecord: TypeAlias = "ConsumerRecord[bytes, bytes]"
+Sends = list[asyncio.Future[Any]]
 
 
-def next_offsets(batch: Batch) -> dict[TopicPartition, int]:
-    return {tp: records[-1].offset + 1 for tp, records in batch.items()}
+@dataclass(frozen=True)
+class Decoded(Generic[R]):
+    record: RawRecord
+    value: R
 
 
-class BatchConsumer(Service):
-    """Subclasses say what to consume and implement :meth:`handle` for one batch.
+@dataclass
+class _Batch:
+    decoded: list[Decoded[Any]] = field(default_factory=list)
+    rejected: list[tuple[RawRecord, Rejection]] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
-    ``assign_all=True`` takes every partition by manual assignment instead of joining the
-    group: offsets still commit to ``group_id`` when there is one, and with ``group_id=None``
-    nothing is committed and every worker reads every message from the start (a broadcast,
-    for model updates).
+
+def _on_retry(health: ConsumerHealth, what: str) -> Callable[[RetryCallState], None]:
+    def note(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        health.retrying(f"{what}: {type(error).__name__}: {error}")
+        log.warning("%s: %s failed (attempt %d), retrying: %s", health.name, what,
+                    state.attempt_number, error)
+    return note
+
+
+class SupervisedConsumer(Service):
+    """Subclasses declare ``topics`` and implement :meth:`handle` for one decoded batch.
+
+    ``group_id=None`` makes a broadcast reader: it takes every partition by manual assignment,
+    reads from the start and commits nothing, so every worker sees every message (versioned
+    state). ``replay_from_start`` makes a group member read its partitions from the earliest
+    retained offset whatever it committed, which is how state kept in process is rebuilt.
     """
 
     def __init__(self, settings: Settings, bootstrap: str, metrics: WorkerMetrics, *,
-                 topics: tuple[str, ...], group_id: str | None, fetch_wait_ms: int,
-                 max_records: int, assign_all: bool = False, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+                 name: str, topics: Mapping[str, type[Record]], group_id: str | None,
+                 fetch_wait_ms: int, max_records: int,
+                 offset_reset: Literal["earliest", "latest"] = "earliest",
+                 replay_from_start: bool = False,
+                 on_fatal: Callable[[LoopFailed], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.settings = settings
         self.bootstrap = bootstrap
         self.metrics = metrics
-        self._topics = topics
+        self.health = ConsumerHealth(name)
+        self._topics = dict(topics)
         self._group_id = group_id
-        self._assign_all = assign_all or group_id is None
         self._fetch_wait_ms = fetch_wait_ms
         self._max_records = max_records
+        self._offset_reset = offset_reset
+        self._replay_from_start = replay_from_start
+        self._on_fatal = on_fatal
         self._dlq_topic = settings.topic("dlq")
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Task[None] | None = None
         self._stopping = False
+        self._durable: dict[TopicPartition, int] = {}  # next offset after durable effects
+        self._rewinds = 0  # consecutive rewinds, for their backoff
         self._commit_interval_s = settings.commit_interval_ms / 1000
         self._to_commit: dict[TopicPartition, int] = {}
         self._committer: asyncio.Task[None] | None = None
+        self._commit_lock = asyncio.Lock()
 
     @property
     def producer(self) -> AIOKafkaProducer:
         assert self._producer is not None, "service not started"
         return self._producer
 
+    # -- what a role provides ----------------------------------------------------------------
+
+    def check(self, decoded: Decoded[Any]) -> None:
+        """Refuse a well-formed record the role cannot use (raise :class:`Rejection`)."""
+
+    @abstractmethod
+    async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
+        """Apply one batch's effects; return the sends that must be acknowledged before its
+        offsets commit. Must be idempotent: after a failure the same records come again."""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
     async def on_start(self) -> None:
         s = self.settings
-        self._consumer = AIOKafkaConsumer(
-            *(() if self._assign_all else self._topics),
-            bootstrap_servers=self.bootstrap,
+        broadcast = self._group_id is None
+        self._consumer = kafka_consumer(
+            s, self.bootstrap,
             group_id=self._group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="earliest" if broadcast else self._offset_reset,
             fetch_max_wait_ms=self._fetch_wait_ms,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             session_timeout_ms=s.consumer_session_timeout_ms,
             rebalance_timeout_ms=s.consumer_rebalance_timeout_ms,
             heartbeat_interval_ms=max(s.consumer_session_timeout_ms // 10, 100),
         )
-        # A full batch waits for the previous produce request to its broker to be answered;
-        # aiokafka's 16 KB default filled several times per scoring micro-batch (64 results of
-        # ~2.2 KB). 256 KB holds a whole micro-batch even on one partition, and stays under
-        # Kafka's default 1 MB message.max.bytes.
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=1,
-                                          max_batch_size=PRODUCER_BATCH_BYTES)
-        await self._producer.start()
+        self._producer = await started_producer(s, self.bootstrap, linger_ms=1)
+        if not broadcast:  # before start(), which then joins the group before it returns
+            self._consumer.subscribe(list(self._topics), listener=_Rebalance(self))
         await self._consumer.start()
-        if self._assign_all:
+        if broadcast:
             await self._consumer.topics()  # loads metadata, so the partitions are known
             self._consumer.assign([
                 TopicPartition(topic, partition) for topic in self._topics
                 for partition in sorted(self._consumer.partitions_for_topic(topic) or {0})])
-        self._loop_task = asyncio.ensure_future(self._consume())
+        self._loop_task = asyncio.ensure_future(self._supervise())
 
     async def on_stop(self) -> None:
         # Let the loop finish its batch (and commit) before the clients it uses go away.
         self._stopping = True
         if self._loop_task is not None:
             await self._loop_task
+        await self._flush_commits()
         if self._committer is not None:
             await self._committer
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
+        self.health.stopped()
+
+    async def _supervise(self) -> None:
+        """The loop never ends quietly: a failure it cannot survive is reported, loudly."""
+        try:
+            await self._consume()
+        except Exception as exc:  # everything not retried or dead-lettered ends up here
+            failure = exc if isinstance(exc, LoopFailed) else LoopFailed(
+                f"{self.health.name} consumer failed: {type(exc).__name__}: {exc}")
+            self.health.failed(str(failure))
+            log.critical("%s", failure)
+            if self._on_fatal is not None:
+                self._on_fatal(failure)
 
     async def _consume(self) -> None:
+        while not self._stopping:
+            batch = await self._poll()
+            if not await self._settle():
+                continue  # rewound: what was just fetched is read again
+            if batch.offsets:
+                self._in_flight = asyncio.ensure_future(self._process(batch))
+        await self._settle()
+
+    async def _poll(self) -> _Batch:
         assert self._consumer is not None
+        records: dict[TopicPartition, list[RawRecord]] = await self._retrying(
+            lambda: self._consumer.getmany(  # type: ignore[union-attr]
+                timeout_ms=200, max_records=self._max_records), "poll")
+        self.health.polled(self._lag())
+        batch = _Batch(offsets={tp: rs[-1].offset + 1 for tp, rs in records.items() if rs})
+        for partition_records in records.values():
+            for record in partition_records:
+                try:
+                    decoded = Decoded(record, decode(record.value or b"",
+                                                     self._topics[record.topic],
+                                                     self.settings.limits))
+                    self.check(decoded)
+                    batch.decoded.append(decoded)
+                except Rejection as rejection:
+                    batch.rejected.append((record, rejection))
+        return batch
+
+    async def _settle(self) -> bool:
+        """Wait for the batch in flight. False when a produce failed and the loop rewound."""
+        if self._in_flight is None:
+            return True
+        in_flight, self._in_flight = self._in_flight, None
         try:
-            while not self._stopping:
-                batch: Batch = await self._consumer.getmany(
-                    timeout_ms=200, max_records=self._max_records)
-                if batch:
-                    await self.handle(batch)
-        finally:
-            await self.drain()
+            await in_flight
+        except Exception as exc:
+            if classify(exc) is not Failure.TRANSIENT:
+                raise
+            self.health.retrying(f"send failed: {type(exc).__name__}: {exc}")
+            log.warning("%s: a send failed, reading again from the last durable offsets: %s",
+                        self.health.name, exc)
+            await self._rewind()
+            return False
+        return True
 
-    @abstractmethod
-    async def handle(self, batch: Batch) -> None:
-        """Process one batch; :meth:`commit` its offsets once its effects are durable."""
+    async def _rewind(self) -> None:
+        assert self._consumer is not None
+        for tp in self._consumer.assignment():
+            offset = self._durable.get(tp)
+            if offset is None and self._group_id is not None:
+                offset = await self._consumer.committed(tp)
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+            elif self._offset_reset == "latest" and self._group_id is not None:
+                await self._consumer.seek_to_end(tp)
+            else:
+                await self._consumer.seek_to_beginning(tp)
+        await asyncio.sleep(self._backoff_s())
 
-    async def drain(self) -> None:
-        """Finish work still in flight when the service stops."""
+    def _backoff_s(self) -> float:
+        self._rewinds += 1
+        return float(min(0.05 * 2 ** min(self._rewinds, 7), 5.0))
 
-    async def dead_letter(self, record: ConsumerRecord[bytes, bytes],
-                          rejection: Rejection) -> asyncio.Future[object]:
-        """Send ``record`` to the DLQ; await the returned future before committing past it."""
+    async def _process(self, batch: _Batch) -> None:
+        sends: Sends = [self._dead_letter(record, rejection)
+                        for record, rejection in batch.rejected]
+        if batch.decoded:
+            sends += await self._handle_batch(batch.decoded)
+        await asyncio.gather(*sends)
+        self._rewinds = 0
+        self._durable.update(batch.offsets)
+        self._commit(batch.offsets)
+
+    async def _handle_batch(self, decoded: list[Decoded[Any]]) -> Sends:
+        if len(decoded) == 1:
+            return await self._handle_one(decoded[0])
+        try:
+            return await self._attempt(decoded)
+        except LoopFailed:
+            raise
+        except Exception as exc:
+            log.warning("%s: a batch of %d failed (%s: %s); handling its records one by one",
+                        self.health.name, len(decoded), type(exc).__name__, exc)
+        sends: Sends = []
+        for one in decoded:
+            sends += await self._handle_one(one)
+        return sends
+
+    async def _handle_one(self, decoded: Decoded[Any]) -> Sends:
+        attempts = self.settings.handler_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._attempt([decoded])
+            except LoopFailed:
+                raise
+            except Exception as exc:
+                if attempt == attempts:
+                    detail = f"failed {attempts} times: {type(exc).__name__}: {exc}"
+                    record = decoded.record
+                    log.error("%s: %s@%d/%d to the DLQ: %s", self.health.name, record.topic,
+                              record.partition, record.offset, detail)
+                    return [self._dead_letter(record, Rejection("handler_error", detail[:2000]))]
+        raise AssertionError("handler_attempts is at least 1")
+
+    async def _attempt(self, decoded: list[Decoded[Any]]) -> Sends:
+        """:meth:`handle` with transient failures retried; a fatal one ends the loop."""
+        try:
+            sends: Sends = await self._retrying(lambda: self.handle(decoded), "handler")
+        except Exception as exc:
+            if classify(exc) is Failure.FATAL:
+                raise LoopFailed(f"{self.health.name} consumer stopped: the store refused a "
+                                 f"command ({type(exc).__name__}: {exc})") from exc
+            raise
+        return sends
+
+    async def _retrying(self, call: Callable[[], Any], what: str) -> Any:
+        """``call()`` until it succeeds or fails with something not transient. The first try
+        runs bare: this wraps every poll, and a retry policy object per poll costs CPU."""
+        try:
+            return await call()
+        except Exception as exc:
+            if classify(exc) is not Failure.TRANSIENT:
+                raise
+            self.health.retrying(f"{what}: {type(exc).__name__}: {exc}")
+            log.warning("%s: %s failed, retrying: %s", self.health.name, what, exc)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: classify(e) is Failure.TRANSIENT),
+            wait=wait_exponential_jitter(initial=0.05, max=5.0),
+            before_sleep=_on_retry(self.health, what), reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                result = await call()
+        self.health.recovered()
+        return result
+
+    def _dead_letter(self, record: RawRecord, rejection: Rejection) -> asyncio.Future[Any]:
         self.metrics.rejected.labels(record.topic, rejection.reason).inc()
         log.debug("rejected %s@%s/%s: %s", record.topic, record.partition, record.offset,
                   rejection)
-        return await self.producer.send(
-            self._dlq_topic, dead_letter(record, rejection), key=record.key)
+        return asyncio.ensure_future(self.producer.send_and_wait(
+            self._dlq_topic, dead_letter(record, rejection), key=record.key))
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def _lag(self) -> dict[str, int]:
+        assert self._consumer is not None
+        lag = {}
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is not None:
+                lag[f"{tp.topic}/{tp.partition}"] = max(end - self._durable.get(tp, end), 0)
+        return lag
+
+    # -- commits ---------------------------------------------------------------------------
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets``, whose effects are durable, within ``commit_interval_ms``.
 
         Offsets that arrive while a commit is in flight or resting are merged into the next
         one, so a busy service sends one commit request per interval instead of one per batch:
         on Kafka each commit is a replicated write to ``__consumer_offsets``. In a bare
         consumer on the embedded broker at 300 single-record batches/s, committing every batch
-        cost ~6% of a core in the client and ~5% in the broker. Stopping commits what is left
-        before the consumer closes.
+        cost ~6% of a core in the client and ~5% in the broker.
         """
         if self._group_id is None:
             return
@@ -151,8 +348,14 @@ class BatchConsumer(Service):
             self._committer = asyncio.ensure_future(self._commit_pending())
 
     async def _commit_pending(self) -> None:
-        assert self._consumer is not None
         while self._to_commit:
+            await self._commit_now()
+            if not self._stopping:
+                await asyncio.sleep(self._commit_interval_s)
+
+    async def _commit_now(self) -> None:
+        assert self._consumer is not None
+        async with self._commit_lock:  # one at a time, so a late older commit never wins
             offsets, self._to_commit = self._to_commit, {}
             # Partitions given away since: their new owner commits them.
             owned = self._consumer.assignment()
@@ -161,9 +364,39 @@ class BatchConsumer(Service):
                 if offsets:
                     await self._consumer.commit(offsets)
             except (CommitFailedError, KafkaError) as exc:
-                # Partitions moved meanwhile: the new owner replays from its last commit. Every
-                # handler is idempotent under replay (dedup for features, same request id for
-                # scoring).
-                log.warning("offset commit failed after a rebalance: %s", exc)
-            if not self._stopping:
-                await asyncio.sleep(self._commit_interval_s)
+                # Partitions moved meanwhile: the new owner replays from its last commit, and
+                # every handler is idempotent under replay.
+                log.warning("%s: offset commit failed: %s", self.health.name, exc)
+
+    async def _flush_commits(self) -> None:
+        if self._to_commit:
+            await self._commit_now()
+
+    async def _partitions_revoked(self) -> None:
+        """Finish and commit what is in flight before the partitions change hands."""
+        try:
+            await self._settle()
+        except Exception as exc:  # the loop sees it again on its next settle or poll
+            log.warning("%s: batch in flight failed during a rebalance: %s", self.health.name,
+                        exc)
+        await self._flush_commits()
+        self._durable.clear()
+
+    async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._replay_from_start and assigned:
+            assert self._consumer is not None
+            await self._consumer.seek_to_beginning(*assigned)
+            log.info("%s: state is kept in memory, so it is rebuilt by replaying %d "
+                     "partition(s) from the earliest retained offset", self.health.name,
+                     len(assigned))
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, consumer: SupervisedConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._consumer._partitions_revoked()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._consumer._partitions_assigned(assigned)

@@ -12,7 +12,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas import TOPIC_RECORDS
 from stream.errors import BrokerUnavailable, StoreUnavailable
-from stream.features.store import FeatureStore, MemoryStore, RedisStore
+from stream.features.redis_store import RedisStore
+from stream.features.store import FeatureStore, MemoryStore
 from stream.runtime.broker import check_reachable, embedded_broker
 from stream.settings import Settings
 
@@ -65,8 +66,10 @@ def check_store(settings: Settings) -> None:
 
 async def open_store(settings: Settings) -> FeatureStore:
     if settings.redis_url:
-        return await RedisStore.connect(settings.redis_url, settings.topic_prefix,
-                                        settings.dedup_ttl_s, settings.history_length)
+        return await RedisStore.connect(
+            settings.redis_url, settings.topic_prefix, cluster=settings.redis_cluster,
+            dedup_ttl_s=settings.dedup_ttl_s, history_length=settings.history_length,
+            ttl_s=settings.feature_ttl_s, slots=settings.redis_key_slots)
     return MemoryStore(settings.dedup_ttl_s, settings.history_length)
 
 

@@ -17,6 +17,10 @@ class WorkerMetrics:
         self.duplicates = Counter(
             "streamrank_duplicate_events", "Events skipped because their event_id was seen.",
             registry=self.registry)
+        self.replayed = Counter(
+            "streamrank_events_replayed", "Events read again after a restart or a rewind and "
+            "skipped, because the store's offset marks show them applied already.",
+            registry=self.registry)
         self.rejected = Counter(
             "streamrank_rejected", "Messages sent to the dead-letter topic.",
             ["topic", "reason"], registry=self.registry)

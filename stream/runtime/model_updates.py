@@ -6,9 +6,9 @@ whole topic from the start: at start-up the latest valid update wins.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -16,8 +16,8 @@ from urllib.parse import unquote, urlsplit
 from aiokafka import AIOKafkaProducer
 
 from models.scorer import Manifest, ModelError
-from schemas import ModelUpdate, Rejection, decode, encode
-from stream.runtime.consumer import Batch, BatchConsumer
+from schemas import ModelUpdate, encode
+from stream.runtime.consumer import Decoded, Sends, SupervisedConsumer
 from stream.runtime.metrics import WorkerMetrics
 from stream.scoring.ranker import ModelSlot
 from stream.settings import Settings
@@ -34,10 +34,11 @@ def manifest_path(update: ModelUpdate) -> Path:
     return (path if path.is_dir() else path.parent) / "manifest.json"
 
 
-class ModelUpdatesService(BatchConsumer):
+class ModelUpdatesService(SupervisedConsumer):
     def __init__(self, settings: Settings, bootstrap: str, slot: ModelSlot,
                  metrics: WorkerMetrics, **kwargs: Any) -> None:
-        super().__init__(settings, bootstrap, metrics, topics=(settings.topic("model-updates"),),
+        super().__init__(settings, bootstrap, metrics, name="model-updates",
+                         topics={settings.topic("model-updates"): ModelUpdate},
                          group_id=None, fetch_wait_ms=100, max_records=1000, **kwargs)
         self.slot = slot
 
@@ -46,21 +47,11 @@ class ModelUpdatesService(BatchConsumer):
             await self.slot.load(self.settings.model_manifest)
         await super().on_start()
 
-    async def handle(self, batch: Batch) -> None:
-        latest: ModelUpdate | None = None
-        rejected = []
-        for records in batch.values():
-            for record in records:
-                try:
-                    update = decode(record.value or b"", ModelUpdate, self.settings.limits)
-                except Rejection as rejection:
-                    rejected.append(await self.dead_letter(record, rejection))
-                    continue
-                if update.kind == "model":
-                    latest = update
-        await asyncio.gather(*rejected)
-        if latest is not None:
-            await self._swap(latest)
+    async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
+        models = [d.value for d in batch if d.value.kind == "model"]
+        if models:
+            await self._swap(models[-1])
+        return []
 
     async def _swap(self, update: ModelUpdate) -> None:
         try:

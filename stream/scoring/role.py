@@ -1,69 +1,53 @@
-"""The scoring agent: ranking requests in, ranked results out, micro-batched under load."""
+"""The scoring role: ranking requests in, ranked results out, micro-batched under load.
+
+Its group starts at the latest offset, and a request older than ``STREAMRANK_REQUEST_TTL_S``
+goes to the DLQ as ``expired``: an answer nobody waits for any more is load, not service, and a
+new scoring group must not re-score every request the topic retains.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import TopicPartition
-
-from schemas import RankingRequest, Rejection, decode
-from stream.features.store import through_outages
-from stream.runtime.consumer import Batch, BatchConsumer, next_offsets
+from schemas import RankingRequest, Rejection
+from stream.runtime.consumer import Decoded, Sends, SupervisedConsumer
 from stream.runtime.metrics import WorkerMetrics
 from stream.scoring.ranker import Ranker, Received, check_rankable
 from stream.settings import Settings
 
 
-class ScoringService(BatchConsumer):
+class ScoringService(SupervisedConsumer):
     """Whatever requests arrived since the last poll are scored together in one model run."""
 
     def __init__(self, settings: Settings, bootstrap: str, ranker: Ranker,
                  metrics: WorkerMetrics, **kwargs: Any) -> None:
         super().__init__(
-            settings, bootstrap, metrics,
-            topics=(settings.topic("requests"),),
+            settings, bootstrap, metrics, name="scoring",
+            topics={settings.topic("requests"): RankingRequest},
             group_id=settings.scoring_group,
             fetch_wait_ms=settings.scoring_wait_ms,
             max_records=settings.scoring_batch_max_requests,
+            offset_reset="latest",
             **kwargs)
         self.ranker = ranker
         self._rankings_topic = settings.topic("rankings")
-        self._acking: asyncio.Task[None] | None = None
 
-    async def handle(self, batch: Batch) -> None:
+    def check(self, decoded: Decoded[Any]) -> None:
+        request: RankingRequest = decoded.value
+        check_rankable(request)
+        age = time.time() - request.ts
+        if age > self.settings.request_ttl_s:
+            raise Rejection("expired", f"the request waited {age:.1f} s, longer than "
+                            f"STREAMRANK_REQUEST_TTL_S={self.settings.request_ttl_s:g}")
+
+    async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
         arrived = time.perf_counter()
-        received: list[Received] = []
-        pending: list[asyncio.Future[object]] = []
-        for records in batch.values():
-            for record in records:
-                try:
-                    request = decode(record.value or b"", RankingRequest, self.settings.limits)
-                    check_rankable(request)
-                    received.append(Received(request, arrived))
-                except Rejection as rejection:
-                    pending.append(await self.dead_letter(record, rejection))
-        if received:
-            results = await through_outages(lambda: self.ranker.rank(received),
-                                            "feature fetch for scoring")
-            for result in results:
-                pending.append(await self.producer.send(
-                    self._rankings_topic, result.encode(), key=result.user_id.encode()))
-                self.metrics.observe_ranking(result.model_version, result.latency_ms)
-        # Fetch the next batch while this one's sends are acknowledged; commits stay in order.
-        self._acking = asyncio.ensure_future(
-            self._ack_then_commit(self._acking, pending, next_offsets(batch)))
-
-    async def _ack_then_commit(self, previous: asyncio.Task[None] | None,
-                               pending: list[asyncio.Future[object]],
-                               offsets: dict[TopicPartition, int]) -> None:
-        await asyncio.gather(*pending)
-        if previous is not None:
-            await previous
-        await self.commit(offsets)
-
-    async def drain(self) -> None:
-        if self._acking is not None:
-            await self._acking
-            self._acking = None
+        results = await self.ranker.rank([Received(d.value, arrived) for d in batch])
+        sends: Sends = []
+        for result in results:
+            sends.append(await self.producer.send(
+                self._rankings_topic, result.encode(), key=result.user_id.encode()))
+            self.metrics.observe_ranking(result.model_version, result.latency_ms)
+        return sends

@@ -10,8 +10,9 @@ from contextlib import asynccontextmanager
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas import DeadLetter, decode
+from stream.features.redis_store import RedisStore
 from stream.features.role import FeatureService
-from stream.features.store import FeatureStore, MemoryStore, RedisStore
+from stream.features.store import FeatureStore, MemoryStore
 from stream.runtime.environment import ensure_topics
 from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
@@ -21,8 +22,10 @@ async def open_test_store(settings: Settings, kind: str) -> FeatureStore:
     if kind == "memory":
         return MemoryStore(settings.dedup_ttl_s, settings.history_length)
     assert settings.redis_url is not None
-    return await RedisStore.connect(settings.redis_url, settings.topic_prefix,
-                                    settings.dedup_ttl_s, settings.history_length)
+    return await RedisStore.connect(
+        settings.redis_url, settings.topic_prefix, dedup_ttl_s=settings.dedup_ttl_s,
+        history_length=settings.history_length, ttl_s=settings.feature_ttl_s,
+        slots=settings.redis_key_slots)
 
 
 @asynccontextmanager

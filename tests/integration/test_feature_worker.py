@@ -22,9 +22,13 @@ from models.features import (
     PRIOR_RATES,
     USER_FEATURE_NAMES,
     EntityState,
+    ItemMeta,
 )
+from schemas import Event
 from stream.features.reader import FeatureReader
-from stream.features.store import FeatureStore, FeatureUpdate, RedisStore
+from stream.features.redis_store import RedisStore
+from stream.features.store import Applied, EventBatch, FeatureStore
+from stream.features.watermarks import Origin
 from stream.settings import Settings
 from tests.integration.harness import (
     feature_service,
@@ -135,19 +139,20 @@ async def test_reader_reuses_item_features_for_the_ttl_and_users_never(
     store = await open_test_store(settings, "redis")
     reader = FeatureReader(store, settings.embedding_dim, item_cache_ttl_s=1.0)
 
-    async def write(clicks: float) -> None:
-        counters = EntityState.empty().counters.copy()
-        counters[CHANNEL_INDEX["click"]] = clicks
-        state = EntityState(ref_ts=NOW, first_ts=NOW, last_ts=NOW, last_click_ts=NOW,
-                            counters=counters)
-        assert await store.apply(FeatureUpdate(users={"u1": state.pack()},
-                                               items={"i1": state.pack()})) == []
+    offsets = iter(range(100))
+
+    async def write(clicks: int) -> None:
+        events = [Event(event_id=f"w{next(offsets)}", user_id="u1", item_id="i1", type="click",
+                        ts=NOW) for _ in range(clicks)]
+        applied = await store.apply(EventBatch(events, [Origin(0, int(e.event_id[1:]))
+                                                        for e in events]))
+        assert (applied.events, applied.duplicates) == (clicks, [])
 
     item_clicks = ITEM_FEATURE_NAMES.index("item_log_click_1h")
     user_clicks = USER_FEATURE_NAMES.index("user_log_click_1h")
-    await write(1.0)
+    await write(1)
     first = await reader.fetch("u1", ["i1"], now=NOW)
-    await write(2.0)  # merged: 3 clicks now
+    await write(2)  # merged: 3 clicks now
     within = await reader.fetch("u1", ["i1"], now=NOW + 0.5)
     after = await reader.fetch("u1", ["i1"], now=NOW + 1.5)
     assert within.items[0, item_clicks] == first.items[0, item_clicks]
@@ -173,17 +178,20 @@ async def test_scripts_cost_no_extra_round_trip_and_survive_a_redis_that_lost_th
         stats = await admin.info("commandstats")
         return int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
 
-    state = EntityState(ref_ts=NOW, first_ts=NOW, last_ts=NOW, last_click_ts=NOW,
-                        counters=EntityState.empty().counters + 1.0)
-    update = FeatureUpdate(event_ids=["s1"], users={"u1": state.pack()},
-                           items={"i1": state.pack()}, history=[("u1", "i1", NOW)])
+    meta = EventBatch(metas={"i1": ItemMeta(NOW, 0.0, False, np.ones(32, np.float32)).pack()})
+    click = Event(event_id="s1", user_id="u1", item_id="i1", type="click", ts=NOW)
+    update = EventBatch([click], [Origin(0, 7)])
     try:
         await admin.script_flush()
         checks = await script_checks()
-        assert await store.apply(update) == []
-        assert await memory.apply(update) == []
+        for target in (store, memory):
+            await target.apply(meta)
+            assert await target.apply(update) == Applied(1, 0, [])
         fetched = await store.fetch("u1", ["i1"])
-        assert await store.apply(update) == ["s1"]  # the dedup marker was written once, too
+        assert len(fetched.history) == 1
+        # Read again from the same offset: a replay, skipped; from another: a duplicate.
+        assert await store.apply(update) == Applied(0, 1, [])
+        assert await store.apply(EventBatch([click], [Origin(0, 8)])) == Applied(0, 0, ["s1"])
         assert await script_checks() == checks
         expected = await memory.fetch("u1", ["i1"])
         assert (fetched.user, fetched.items, fetched.history) == (
@@ -228,10 +236,10 @@ async def test_replay_after_restart_changes_nothing(settings: Settings) -> None:
     # Offsets lost (a new group starts from the beginning): every event replays, none counts.
     replaying = settings.model_copy(update={"features_group": "replayer"})
     async with feature_service(replaying, store) as (_, metrics):
-        await wait_until(lambda: metrics.total("streamrank_duplicate_events") == 300)
-        # The same events published again (a producer retry) are duplicates as well.
+        await wait_until(lambda: metrics.total("streamrank_events_replayed") == 300)
+        # The same events published again (a producer retry) are duplicates.
         await publish(settings, "events", events[:50])
-        await wait_until(lambda: metrics.total("streamrank_duplicate_events") == 350)
+        await wait_until(lambda: metrics.total("streamrank_duplicate_events") == 50)
         assert metrics.total("streamrank_events_processed") == 0
     assert await _snapshot(store, users, items) == before
     await _cleanup(store)
@@ -304,7 +312,7 @@ async def test_bad_input_goes_to_dlq_and_leaves_state_untouched(settings: Settin
 
 async def test_commits_are_merged_across_batches_and_flushed_on_stop(settings: Settings) -> None:
     events = [event(f"c{n}", f"u{n % 5}", f"i{n % 7}", "impression", T0 + n) for n in range(60)]
-    store = await open_test_store(settings, "memory")
+    store = await open_test_store(settings, "redis")
     settings = settings.model_copy(update={"commit_interval_ms": 300})
     batches = commits = 0
     async with feature_service(settings, store) as (service, metrics):
@@ -317,10 +325,10 @@ async def test_commits_are_merged_across_batches_and_flushed_on_stop(settings: S
             commits += 1
             await real_commit(*args, **kwargs)
 
-        async def counting_handle(*args: Any, **kwargs: Any) -> None:
+        async def counting_handle(*args: Any, **kwargs: Any) -> Any:
             nonlocal batches
             batches += 1
-            await real_handle(*args, **kwargs)
+            return await real_handle(*args, **kwargs)
 
         consumer.commit = counting_commit  # type: ignore[method-assign]
         service.handle = counting_handle  # type: ignore[method-assign]
@@ -340,4 +348,6 @@ async def test_commits_are_merged_across_batches_and_flushed_on_stop(settings: S
     async with feature_service(settings, store) as (_, metrics):
         await publish(settings, "events", [event("after", "u1", "i1", "click", T0 + 100)])
         await wait_until(lambda: metrics.total("streamrank_events_processed") == 1)
+        assert metrics.total("streamrank_events_replayed") == 0
         assert metrics.total("streamrank_duplicate_events") == 0
+    await _cleanup(store)

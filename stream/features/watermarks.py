@@ -1,0 +1,84 @@
+"""Applied offsets carried inside each entity's stored value: the exactly-once rule of the store.
+
+Every stored entity value ends in a trailer of ``(partition, offset)`` marks: the highest offset
+of each events partition whose events it already holds. A write names, per partition, the
+lowest and highest offset of the events in its delta; the store then
+
+- applies it when every mark lies below the delta's lowest offset (``FRESH``),
+- skips it when every mark has reached the delta's highest offset (``APPLIED``: a replay),
+- and otherwise reports a ``CONFLICT``: a replay whose batch boundaries differ from the first
+  run's, so part of the delta is in the value already. The caller rebuilds that entity's delta
+  from its events above the marks and writes again.
+
+Marks live in the entity's own value, so each atomic write stays within one key (and one Redis
+Cluster hash slot) whatever the retention or the consumer group's reset policy. Mirrored by
+the Lua merge script in :mod:`stream.features.redis_store`.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Offsets are float64 in the value because Redis's Lua numbers are doubles: exact to 2**53.
+MARK = struct.Struct("<id")
+RANGE = struct.Struct("<idd")
+
+Marks = dict[int, int]
+Ranges = dict[int, tuple[int, int]]  # partition -> (lowest, highest) offset in a delta
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a record was read; a replay of the same record carries the same origin."""
+
+    partition: int
+    offset: int
+
+    def token(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+class Verdict(enum.Enum):
+    FRESH = "fresh"
+    APPLIED = "applied"
+    CONFLICT = "conflict"
+
+
+def judge(marks: Mapping[int, int], ranges: Mapping[int, tuple[int, int]]) -> Verdict:
+    if all(marks.get(p, -1) >= high for p, (_, high) in ranges.items()):
+        return Verdict.APPLIED
+    if all(marks.get(p, -1) < low for p, (low, _) in ranges.items()):
+        return Verdict.FRESH
+    return Verdict.CONFLICT
+
+
+def advanced(marks: Mapping[int, int], ranges: Mapping[int, tuple[int, int]]) -> Marks:
+    return {**marks, **{p: high for p, (_, high) in ranges.items()}}
+
+
+def offset_ranges(keys: Sequence[str], origins: Sequence[Origin]) -> dict[str, Ranges]:
+    """Per key, the lowest and highest offset per partition among the records that touch it."""
+    ranges: dict[str, Ranges] = {}
+    for key, origin in zip(keys, origins, strict=True):
+        per_key = ranges.setdefault(key, {})
+        low, high = per_key.get(origin.partition, (origin.offset, origin.offset))
+        per_key[origin.partition] = (min(low, origin.offset), max(high, origin.offset))
+    return ranges
+
+
+def pack_marks(marks: Mapping[int, int]) -> bytes:
+    return b"".join(MARK.pack(p, float(o)) for p, o in sorted(marks.items()))
+
+
+def unpack_marks(trailer: bytes) -> Marks:
+    if len(trailer) % MARK.size:
+        raise ValueError(f"offset marks of {len(trailer)} bytes are not whole {MARK.size}-byte "
+                         "entries")
+    return {p: int(o) for p, o in MARK.iter_unpack(trailer)}
+
+
+def pack_ranges(ranges: Mapping[int, tuple[int, int]]) -> bytes:
+    return b"".join(RANGE.pack(p, float(lo), float(hi)) for p, (lo, hi) in ranges.items())
