@@ -244,11 +244,11 @@ class RedisStore(FeatureStore):
 
         def commands(pipe: Any) -> None:
             for tag, indices in events.items():
-                pipe.evalsha(self._claim_sha, 2, *self._seen(tag, now), 2 * self._dedup_ttl_s,
+                _evalsha(pipe, self._claim_sha, 2, *self._seen(tag, now), 2 * self._dedup_ttl_s,
                              "\0".join(batch.events[k].event_id for k in indices),
                              "\0".join(batch.origins[k].token() for k in indices))
             for tag, ids in wanted.items():
-                pipe.evalsha(self._read_sha, 1, self._index(tag, "i"), "\0".join(ids), "",
+                _evalsha(pipe, self._read_sha, 1, self._index(tag, "i"), "\0".join(ids), "",
                              self.prefix(tag, "m"))
 
         replies = await self._pipeline(commands)
@@ -293,7 +293,7 @@ class RedisStore(FeatureStore):
                                    len(writes), prefix]
                 for write in writes:
                     args += [write.delta, pack_ranges(write.ranges), b"".join(write.history)]
-                pipe.evalsha(self._merge_sha, len(keys), *keys, *args)
+                _evalsha(pipe, self._merge_sha, len(keys), *keys, *args)
 
         written = Written([], [])
         for (kind, _, writes), (conflicts, replayed) in zip(calls, await self._pipeline(commands),
@@ -313,11 +313,12 @@ class RedisStore(FeatureStore):
         def commands(pipe: Any) -> None:
             for tag, ids in users.items():
                 user_prefix, history_prefix = self.prefix(tag, "u"), self.prefix(tag, "h")
-                pipe.mget([user_prefix + user for user in ids])
+                # One tag: one slot, so the cluster pipeline may route the raw MGET.
+                pipe.execute_command("MGET", *(user_prefix + user for user in ids))
                 for user in ids:
                     pipe.lrange(history_prefix + user, 0, -1)
             for tag, ids in items.items():
-                pipe.evalsha(self._read_sha, 1, self._index(tag, "i"), "\0".join(ids),
+                _evalsha(pipe, self._read_sha, 1, self._index(tag, "i"), "\0".join(ids),
                              self.prefix(tag, "i"), self.prefix(tag, "m"))
 
         replies = iter(await self._pipeline(commands))
@@ -381,6 +382,12 @@ class RedisStore(FeatureStore):
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _evalsha(pipe: Any, sha: str, numkeys: int, *args: Any) -> None:
+    """Queue a script call; redis-py's cluster pipeline blocks its ``evalsha`` method but
+    routes the raw command by the keys it names."""
+    pipe.execute_command("EVALSHA", sha, numkeys, *args)
 
 
 def _sha1(script: str) -> str:
