@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -70,7 +72,7 @@ async def test_replays_with_other_batch_boundaries_apply_each_event_once(cuts: l
     await once.apply(batch(events, 0, 40))
 
     replayed = MemoryStore(86_400, 50)
-    for start, stop in zip(cuts, cuts[1:], strict=False):
+    for start, stop in itertools.pairwise(cuts):
         await replayed.apply(batch(events, start, stop))
     # Replay from 4 in batches of 7: each overlaps what was applied in a different place.
     results = [await replayed.apply(batch(events, s, min(s + 7, 40))) for s in range(4, 40, 7)]
