@@ -52,8 +52,9 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _settings() -> Settings:
-    settings = Settings()
+def _settings(**overrides: Any) -> Settings:
+    """Settings from the environment, where a command-line option overrides its variable."""
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("kafka", "aiokafka"):  # connection-level chatter drowns our own lines
@@ -70,14 +71,18 @@ def _report(report: dict[str, Any], json_out: Path | None) -> None:
 
 @app.command()
 @_clear_errors
-def worker() -> None:
-    """Run a worker: feature consumer and web views (/health, /stats, /metrics)."""
+def worker(
+    roles: Annotated[str | None, typer.Option(
+        help="Roles to run, comma-separated (features, scoring); default STREAMRANK_ROLES, "
+             "all of them.")] = None,
+) -> None:
+    """Run a worker: its roles' consumers and the web views (/health, /stats, /metrics)."""
     import faust
 
     from stream.app import create_app
     from stream.runtime.environment import broker, check_store, describe
 
-    settings = _settings()
+    settings = _settings(roles=roles)
     check_store(settings)
     with broker(settings) as bootstrap:
         log.info(describe(bootstrap, settings))
