@@ -175,6 +175,31 @@ def test_direct_result_encoding_is_the_schema_codecs_encoding() -> None:
     assert encode(result) == ranked.encode()  # byte for byte, field order included
 
 
+async def test_non_finite_scores_never_go_out() -> None:
+    """A NaN score must fail its request (the runtime dead-letters it), not go out as null."""
+    from models.value import ValueModel
+    from stream.features.reader import FeatureReader
+    from stream.features.store import MemoryStore
+    from stream.scoring.ranker import ModelSlot, NonFiniteScores, Ranker, Received
+    from stream.settings import Settings
+
+    class NaNScorer(PopularityScorer):
+        def score(self, features: np.ndarray) -> np.ndarray:
+            scores = super().score(features)
+            if len(scores) == 6:  # three requests of two: the third one's last row
+                scores[5, 0] = np.nan
+            return scores
+
+    slot = ModelSlot(Settings())
+    slot.current = NaNScorer(RANKER_FEATURE_NAMES, TASK_NAMES)
+    ranker = Ranker(FeatureReader(MemoryStore(60, 5), 32), slot, ValueModel({"click": 1.0}))
+    requests = [Received(RankingRequest(request_id=f"r{n}", user_id="u", ts=time.time(),
+                                        candidates=["i1", "i2"]), 0.0) for n in range(3)]
+    with pytest.raises(NonFiniteScores, match="r2"):
+        await ranker.rank(requests)
+    assert len(await ranker.rank(requests[:2])) == 2  # scored alone, the others go out
+
+
 async def test_concurrent_http_callers_share_one_model_run() -> None:
     from stream.scoring.ranker import MicroBatcher, Received
 

@@ -92,6 +92,7 @@ class Ranker:
         scorer = self.models.current
         probs = scorer.score(batch)
         values = self.value.values(probs, scorer.task_names)
+        _refuse_non_finite(received, rows, probs, values)
         return [self._result(r, scorer, probs[request_rows], values[request_rows])
                 for r, request_rows in zip(received, rows, strict=True)]
 
@@ -111,6 +112,21 @@ class Ranker:
         return Ranked(request.request_id, request.user_id, items, scorer.version,
                       scorer.stats_version, (time.perf_counter() - received.at) * 1000.0,
                       time.time())
+
+
+class NonFiniteScores(ValueError):
+    """The model scored a request NaN or infinite: a result that must not go out, since
+    :meth:`Ranked.encode` writes plain floats (orjson turns NaN into ``null``)."""
+
+
+def _refuse_non_finite(received: Sequence[Received], rows: Sequence[slice], probs: np.ndarray,
+                       values: np.ndarray) -> None:
+    if np.isfinite(probs).all() and np.isfinite(values).all():
+        return
+    bad = [r.request.request_id for r, request_rows in zip(received, rows, strict=True)
+           if not (np.isfinite(probs[request_rows]).all()
+                   and np.isfinite(values[request_rows]).all())]
+    raise NonFiniteScores(f"non-finite scores for request(s) {', '.join(bad[:5])}")
 
 
 class MicroBatcher:
