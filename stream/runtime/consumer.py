@@ -383,12 +383,27 @@ class SupervisedConsumer(Service):
         self._durable.clear()
 
     async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        assert self._consumer is not None
+        if self._offset_reset == "latest":
+            await self._pin_start(assigned)
         if self._replay_from_start and assigned:
-            assert self._consumer is not None
             await self._consumer.seek_to_beginning(*assigned)
             log.info("%s: state is kept in memory, so it is rebuilt by replaying %d "
                      "partition(s) from the earliest retained offset", self.health.name,
                      len(assigned))
+
+
+    async def _pin_start(self, assigned: set[TopicPartition]) -> None:
+        """Commit where a group that starts at the latest offset starts, before it reads:
+        otherwise a crash before its first commit would restart at a later "latest" and
+        skip what arrived in between."""
+        assert self._consumer is not None
+        start = {}
+        for tp in assigned:
+            if await self._consumer.committed(tp) is None:
+                start[tp] = await self._consumer.position(tp)
+        if start:
+            await self._consumer.commit(start)
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -190,3 +190,21 @@ def test_a_worker_whose_loop_fails_answers_503_then_exits_non_zero(settings: Set
     finally:
         client.delete(key)
         client.close()
+
+
+async def test_a_group_that_starts_at_latest_commits_its_start_before_reading(
+        settings: Settings) -> None:
+    """Else a kill -9 before its first commit would restart at a later 'latest' and skip the
+    requests that arrived in between."""
+    ensure_topics(str(settings.broker_url), settings)
+    recorder = Recorder(settings, offset_reset="latest")
+    await recorder.start()
+    try:
+        assert recorder._consumer is not None
+        await wait_until(lambda: recorder.health.ready)  # the assignment callback has run
+        for tp in recorder._consumer.assignment():
+            assert await recorder._consumer.committed(tp) is not None
+        await publish(settings, "events", events(3))
+        await wait_until(lambda: len(recorder.handled) == 3)
+    finally:
+        await recorder.stop()
