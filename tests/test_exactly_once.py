@@ -13,8 +13,9 @@ from stream.features.store import Applied, EventBatch, MemoryStore
 from stream.features.watermarks import (
     Origin,
     Verdict,
+    above,
+    batch_ranges,
     judge,
-    offset_ranges,
     pack_marks,
     unpack_marks,
 )
@@ -60,8 +61,8 @@ def test_marks_round_trip_and_ranges() -> None:
     with pytest.raises(ValueError, match="whole"):
         unpack_marks(b"\x00" * 5)
     origins = [Origin(0, 4), Origin(1, 7), Origin(0, 2), Origin(0, 9)]
-    assert offset_ranges(["a", "a", "a", "b"], origins) == {"a": {0: (2, 4), 1: (7, 7)},
-                                                           "b": {0: (9, 9)}}
+    assert batch_ranges(origins) == {0: (2, 9), 1: (7, 7)}
+    assert above({0: (2, 9), 1: (7, 7)}, {0: 5, 1: 7}) == {0: (6, 9)}
 
 
 @pytest.mark.parametrize("cuts", [[0, 10, 25, 40], [0, 17, 40], [0, 3, 5, 31, 40]])

@@ -34,9 +34,10 @@ from stream.features.watermarks import (
     Origin,
     Ranges,
     Verdict,
+    above,
     advanced,
+    batch_ranges,
     judge,
-    offset_ranges,
 )
 
 
@@ -108,16 +109,18 @@ class FeatureStore(ABC):
         kept = [k for k in range(len(batch.events)) if k not in duplicates]
         events = [batch.events[k] for k in kept]
         origins = [batch.origins[k] for k in kept]
-        users, items = entity_writes(events, origins, metas)
+        ranges = batch_ranges(origins)
+        users, items = entity_writes(events, ranges, metas)
         replayed = 0
         while users or items:
             written = await self._write(users, items)
             sizes = {w.entity_id: w.events for w in users}
             replayed += sum(sizes[user_id] for user_id in written.replayed)
-            conflicts = written.conflicts
-            users = [_rebuilt(c, events, origins, metas) for c in conflicts if c.kind == "user"]
-            items = [_rebuilt(c, events, origins, metas) for c in conflicts if c.kind == "item"]
-            replayed += sum(sizes[w.entity_id] - w.events for w in users)
+            rebuilt = [_rebuilt(c, events, origins, ranges, metas) for c in written.conflicts]
+            users = [w for kind, w in rebuilt if kind == "user" and w.events]
+            items = [w for kind, w in rebuilt if kind == "item" and w.events]
+            replayed += sum(sizes[w.entity_id] - w.events for kind, w in rebuilt
+                            if kind == "user")
         return Applied(len(kept) - replayed, replayed,
                        [batch.events[k].event_id for k in sorted(duplicates)])
 
@@ -150,12 +153,10 @@ class FeatureStore(ABC):
         return None
 
 
-def entity_writes(events: Sequence[Event], origins: Sequence[Origin],
-                  metas: Mapping[str, bytes]) -> tuple[list[EntityWrite], list[EntityWrite]]:
-    """One write per user and per item touched by ``events``."""
+def entity_writes(events: Sequence[Event], ranges: Ranges, metas: Mapping[str, bytes]
+                  ) -> tuple[list[EntityWrite], list[EntityWrite]]:
+    """One write per user and per item touched by ``events``, all for offsets ``ranges``."""
     users, items = event_deltas(events)
-    user_ranges = offset_ranges([e.user_id for e in events], origins)
-    item_ranges = offset_ranges([e.item_id for e in events], origins)
     user_events = Counter(e.user_id for e in events)
     item_events = Counter(e.item_id for e in events)
     histories: dict[str, list[bytes]] = {}
@@ -163,21 +164,23 @@ def entity_writes(events: Sequence[Event], origins: Sequence[Origin],
         meta = metas.get(item_id)
         if meta is not None:  # an engagement with an item not yet upserted has no embedding
             histories.setdefault(user_id, []).append(history_entry(ts, meta))
-    return ([EntityWrite(k, d.pack(), user_ranges[k], user_events[k], tuple(histories.get(k, ())))
+    return ([EntityWrite(k, d.pack(), ranges, user_events[k], tuple(histories.get(k, ())))
              for k, d in users.items()],
-            [EntityWrite(k, d.pack(), item_ranges[k], item_events[k])
-             for k, d in items.items()])
+            [EntityWrite(k, d.pack(), ranges, item_events[k]) for k, d in items.items()])
 
 
 def _rebuilt(conflict: Conflict, events: Sequence[Event], origins: Sequence[Origin],
-             metas: Mapping[str, bytes]) -> EntityWrite:
-    """The conflicting entity's write, from its events above its marks only."""
+             ranges: Ranges, metas: Mapping[str, bytes]) -> tuple[str, EntityWrite]:
+    """The conflicting entity's write, from its events above its marks only (it may hold
+    none, when the store has all of them already)."""
     attribute = "user_id" if conflict.kind == "user" else "item_id"
-    mine = [(e, o) for e, o in zip(events, origins, strict=True)
+    mine = [e for e, o in zip(events, origins, strict=True)
             if getattr(e, attribute) == conflict.entity_id
             and o.offset > conflict.marks.get(o.partition, -1)]
-    users, items = entity_writes([e for e, _ in mine], [o for _, o in mine], metas)
-    return (users if conflict.kind == "user" else items)[0]
+    users, items = entity_writes(mine, above(ranges, conflict.marks), metas)
+    written = users if conflict.kind == "user" else items
+    empty = EntityWrite(conflict.entity_id, b"", {}, 0)
+    return conflict.kind, written[0] if written else empty
 
 
 class MemoryStore(FeatureStore):

@@ -1,8 +1,8 @@
 """Applied offsets carried inside each entity's stored value: the exactly-once rule of the store.
 
 Every stored entity value ends in a trailer of ``(partition, offset)`` marks: the highest offset
-of each events partition whose events it already holds. A write names, per partition, the
-lowest and highest offset of the events in its delta; the store then
+up to which it holds every event of that partition. A write names, per partition, the
+lowest and highest offset of the batch its delta comes from; the store then
 
 - applies it when every mark lies below the delta's lowest offset (``FRESH``),
 - skips it when every mark has reached the delta's highest offset (``APPLIED``: a replay),
@@ -59,14 +59,24 @@ def advanced(marks: Mapping[int, int], ranges: Mapping[int, tuple[int, int]]) ->
     return {**marks, **{p: high for p, (_, high) in ranges.items()}}
 
 
-def offset_ranges(keys: Sequence[str], origins: Sequence[Origin]) -> dict[str, Ranges]:
-    """Per key, the lowest and highest offset per partition among the records that touch it."""
-    ranges: dict[str, Ranges] = {}
-    for key, origin in zip(keys, origins, strict=True):
-        per_key = ranges.setdefault(key, {})
-        low, high = per_key.get(origin.partition, (origin.offset, origin.offset))
-        per_key[origin.partition] = (min(low, origin.offset), max(high, origin.offset))
+def batch_ranges(origins: Sequence[Origin]) -> Ranges:
+    """The lowest and highest offset per partition of a batch's records.
+
+    Every entity a batch touches is written with the batch's ranges, not with the offsets of
+    its own events: a fetch returns each partition's records as one contiguous run, so "every
+    event of this entity up to the batch's highest offset is in" holds as well, and the ranges
+    cost one pass per batch instead of one per entity."""
+    ranges: Ranges = {}
+    for origin in origins:
+        low, high = ranges.get(origin.partition, (origin.offset, origin.offset))
+        ranges[origin.partition] = (min(low, origin.offset), max(high, origin.offset))
     return ranges
+
+
+def above(ranges: Mapping[int, tuple[int, int]], marks: Mapping[int, int]) -> Ranges:
+    """The part of ``ranges`` that lies above ``marks``: what a conflicting write still owes."""
+    return {p: (max(low, marks.get(p, -1) + 1), high) for p, (low, high) in ranges.items()
+            if high > marks.get(p, -1)}
 
 
 def pack_marks(marks: Mapping[int, int]) -> bytes:
