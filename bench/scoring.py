@@ -49,7 +49,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from models.features import ItemMeta
@@ -60,6 +60,7 @@ from schemas.codec import decode
 from stream.errors import BenchFailed
 from stream.features.role import feature_update
 from stream.features.store import FeatureUpdate, RedisStore
+from stream.runtime.clients import kafka_admin
 from stream.runtime.consumer import Batch, BatchConsumer, next_offsets
 from stream.runtime.environment import broker, check_store
 from stream.runtime.metrics import WorkerMetrics
@@ -352,8 +353,7 @@ def echo_topic(settings: Settings, suffix: str) -> str:
 
 
 def _create_topics(bootstrap: str, settings: Settings, suffixes: Sequence[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                             client_id="streamrank-bench")
+    admin = kafka_admin(settings, bootstrap, client_id="streamrank-bench")
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics([NewTopic(echo_topic(settings, s), settings.partitions,
@@ -367,8 +367,7 @@ def _delete_topics(settings: Settings, bootstrap: str) -> None:
     if not settings.broker_url:
         return
     with contextlib.suppress(KafkaError):
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                                 client_id="streamrank-bench")
+        admin = kafka_admin(settings, bootstrap, client_id="streamrank-bench")
         try:
             ours = [t for t in admin.list_topics()
                     if t.startswith(settings.topic_prefix + ".")]

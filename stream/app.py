@@ -20,6 +20,7 @@ from schemas import RankingRequest, Rejection, decode
 from stream.features.reader import FeatureReader
 from stream.features.role import FeatureService
 from stream.features.store import FeatureStore
+from stream.runtime.clients import faust_credentials
 from stream.runtime.environment import open_store
 from stream.runtime.metrics import WorkerMetrics
 from stream.runtime.model_updates import ModelUpdatesService
@@ -55,6 +56,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     app = faust.App(
         f"{settings.topic_prefix}-worker",
         broker=f"kafka://{bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
         web_host=settings.web_host,

@@ -41,7 +41,8 @@ def _clear_errors(command: F) -> F:
             return command(*args, **kwargs)
         except ValidationError as exc:
             _fail("invalid STREAMRANK_* setting: " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+                for e in exc.errors()))
         except (StreamrankError, ModelError, OSError) as exc:
             _fail(str(exc))
     return wrapper  # type: ignore[return-value]

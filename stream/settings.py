@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import orjson
-from pydantic import Field, field_validator
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.ranking_features import TASK_NAMES
@@ -26,6 +26,17 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("streamrank", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(4, ge=1, description="Partitions for topics that streamrank creates.")
     replication_factor: int = Field(1, ge=1)
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: FilePath | None = Field(
+        None, description="CA bundle that signed the brokers' certificates; unset: system CAs.")
+    kafka_ssl_certfile: FilePath | None = Field(None, description="Client certificate (mTLS).")
+    kafka_ssl_keyfile: FilePath | None = Field(
+        None, description="Client key, unencrypted; unset: the key is in the certificate file.")
 
     embedding_dim: int = Field(32, ge=1, le=4096)
     max_candidates: int = Field(1000, ge=1)
@@ -61,6 +72,25 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=0, le=65535)
     log_level: str = "info"
 
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        """Half-configured security is refused, never ignored: a CA file with PLAINTEXT, or a
+        SASL user without SASL, would leave a deployment believing it is protected."""
+        protocol = self.kafka_security_protocol
+        named = f"STREAMRANK_KAFKA_SECURITY_PROTOCOL={protocol}"
+        sasl = protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(f"{named} needs STREAMRANK_KAFKA_SASL_USERNAME and "
+                             "STREAMRANK_KAFKA_SASL_PASSWORD")
+        if not sasl and (self.kafka_sasl_username or self.kafka_sasl_password):
+            raise ValueError(f"STREAMRANK_KAFKA_SASL_* are set, but {named} does not use SASL")
+        tls_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if not protocol.endswith("SSL") and any(tls_files):
+            raise ValueError(f"STREAMRANK_KAFKA_SSL_* are set, but {named} does not use TLS")
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("STREAMRANK_KAFKA_SSL_KEYFILE needs STREAMRANK_KAFKA_SSL_CERTFILE")
+        return self
+
     @field_validator("value_weights")
     @classmethod
     def _weights_name_tasks(cls, weights: dict[str, float]) -> dict[str, float]:
@@ -70,10 +100,17 @@ class Settings(BaseSettings):
         return weights
 
     def as_env(self) -> dict[str, str]:
-        """These settings as ``STREAMRANK_*`` variables, to start a child process with them."""
+        """These settings as ``STREAMRANK_*`` variables, to start a child process with them:
+        the real values, secrets included (``model_dump`` masks ``SecretStr`` ones)."""
         env = {}
-        for name, value in self.model_dump(exclude_none=True).items():
-            text = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            else:
+                text = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
             env[f"STREAMRANK_{name.upper()}"] = text
         return env
 

@@ -20,11 +20,12 @@ from typing import IO, Any, Literal
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.world import RequestDraw, World
 from schemas import Event, ItemUpsert, Limits, RankingRequest, RankingResult, Record, encode
 from schemas.codec import Rejection, decode, validate
+from stream.runtime.clients import kafka_consumer, kafka_producer
 from stream.settings import Settings
 
 Policy = Literal["random", "served"]
@@ -76,7 +77,10 @@ class Simulator:
         self.result_timeout_s = result_timeout_s
         self.report = SimulationReport()
         self.started = time.monotonic()
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+        # A retried duplicate is harmless (events carry event ids, requests request ids): no
+        # idempotence, which a configured tansu (side-by-side runs) cannot give.
+        self._producer = kafka_producer(settings, bootstrap, linger_ms=2,
+                                        enable_idempotence=False)
         self._rankings: AIOKafkaConsumer | None = None
         self._waiting: dict[str, asyncio.Future[RankingResult]] = {}
         self._log: IO[bytes] | None = None
@@ -150,8 +154,8 @@ class Simulator:
     async def _follow_rankings(self) -> None:
         """Follow results from now on; positions are resolved before the first request."""
         topic = self.settings.topic("rankings")
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                    enable_auto_commit=False, fetch_max_wait_ms=10)
+        consumer = kafka_consumer(self.settings, self.bootstrap, group_id=None,
+                                  fetch_max_wait_ms=10)
         await consumer.start()
         await consumer.topics()
         partitions = [TopicPartition(topic, p)

@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas import TOPIC_RECORDS
 from stream.errors import BrokerUnavailable, StoreUnavailable
 from stream.features.store import FeatureStore, MemoryStore, RedisStore
 from stream.runtime.broker import check_reachable, embedded_broker
+from stream.runtime.clients import kafka_admin
 from stream.settings import Settings
 
 
@@ -33,8 +34,7 @@ def broker(settings: Settings) -> Iterator[str]:
 def ensure_topics(bootstrap: str, settings: Settings) -> None:
     """Create any missing streamrank topic; a broker that cannot be reached is an error."""
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                                 client_id="streamrank-admin")
+        admin = kafka_admin(settings, bootstrap)
     except KafkaError as exc:
         raise BrokerUnavailable(f"Kafka broker at {bootstrap} is not reachable: {exc}") from exc
     try:

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from aiokafka import AIOKafkaProducer
-
 from models.scorer import Manifest, ModelError
 from schemas import ModelUpdate, Rejection, decode, encode
+from stream.runtime.clients import kafka_producer
 from stream.runtime.consumer import Batch, BatchConsumer
 from stream.runtime.metrics import WorkerMetrics
 from stream.scoring.ranker import ModelSlot
@@ -82,7 +81,9 @@ def model_update(manifest: Path) -> ModelUpdate:
 
 async def publish_model(settings: Settings, bootstrap: str, manifest: Path) -> ModelUpdate:
     update = model_update(manifest)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    # One record, and a duplicate of it is harmless (the same version, on a compacted topic):
+    # no idempotence, which a configured tansu (tests, side-by-side runs) cannot give.
+    producer = kafka_producer(settings, bootstrap, enable_idempotence=False)
     await producer.start()
     try:
         await producer.send_and_wait(settings.topic("model-updates"), encode(update),
