@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         default_factory=lambda: {"click": 1.0, "like": 0.5, "share": 1.0, "hide": -2.0},
         description="Value model: weight per task; negative weights push items down.")
 
+    rank_queue_max: int = Field(
+        256, ge=1, description="POST /rank requests waiting for a micro-batch, beyond the one "
+        "being scored; more are refused with 429.")
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
     log_level: str = "info"
