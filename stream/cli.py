@@ -76,9 +76,11 @@ def worker() -> None:
     import faust
 
     from stream.app import create_app
+    from stream.runtime.access import check_exposure
     from stream.runtime.environment import broker, check_store, describe
 
     settings = _settings()
+    check_exposure(settings)
     check_store(settings)
     with broker(settings) as bootstrap:
         log.info(describe(bootstrap, settings))

@@ -19,3 +19,7 @@ class WorkerFailed(StreamrankError):
 
 class BenchFailed(StreamrankError):
     """A benchmark could not measure what it set out to (lost answers, a dead process)."""
+
+
+class UnsafeConfiguration(StreamrankError):
+    """The settings would expose the worker without protection (e.g. no API token)."""

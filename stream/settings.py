@@ -73,7 +73,17 @@ class Settings(BaseSettings):
         "being scored; more are refused with 429.")
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token for POST /rank and every write endpoint; "
+        "required when web_host is not loopback.")
     log_level: str = "info"
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_is_long(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters, e.g. from `openssl rand -hex 16`")
+        return token
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Settings:

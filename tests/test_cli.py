@@ -68,3 +68,18 @@ def test_publishing_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "error: unreadable model manifest" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_web_port_beyond_loopback_needs_a_token() -> None:
+    exposed = streamrank("worker", STREAMRANK_WEB_HOST="0.0.0.0",
+                         STREAMRANK_BROKER_URL="127.0.0.1:1")
+    assert exposed.returncode == 2
+    assert exposed.stderr.strip().splitlines() == [
+        "error: STREAMRANK_WEB_HOST=0.0.0.0 makes POST /rank reachable from other machines: "
+        "set STREAMRANK_API_TOKEN, or bind to 127.0.0.1"]
+    # With a token it goes on to the broker, which is the next thing to fail here.
+    tokened = streamrank("worker", STREAMRANK_WEB_HOST="0.0.0.0",
+                         STREAMRANK_BROKER_URL="127.0.0.1:1",
+                         STREAMRANK_API_TOKEN="tok-0123456789abcdef")
+    assert tokened.returncode == 2
+    assert "error: Kafka broker at 127.0.0.1:1 is not reachable" in tokened.stderr

@@ -1,8 +1,8 @@
 """``POST /rank``: the requests topic's scoring path, answered synchronously over HTTP.
 
 Refusals come as ``{"error": reason, "detail": ...}``: the DLQ's reasons for a bad body (400, or
-422 for ``no_candidates``), and these, which only HTTP has: ``overloaded`` (429, with
-``Retry-After``), ``starting`` and ``unavailable`` (503).
+422 for ``no_candidates``), and these, which only HTTP has: ``unauthorized`` (401),
+``overloaded`` (429, with ``Retry-After``), ``starting`` and ``unavailable`` (503).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from faust.web import Request, Response, View
 from redis.exceptions import RedisError
 
 from schemas import RankingRequest, Rejection, decode
+from stream.runtime.access import authorized
 from stream.runtime.metrics import WorkerMetrics
 from stream.scoring.ranker import MicroBatcher, Overloaded, Received, check_rankable
 from stream.settings import Settings
@@ -30,6 +31,10 @@ def add_rank_view(app: faust.App, settings: Settings, metrics: WorkerMetrics,
     @app.page("/rank")
     class Rank(View):
         async def post(self, request: Request) -> Response:
+            if not authorized(request.headers.get("Authorization"), settings.api_token):
+                return self._refuse(401, "unauthorized", "POST /rank needs the header "
+                                    "'Authorization: Bearer <STREAMRANK_API_TOKEN>'",
+                                    {"WWW-Authenticate": 'Bearer realm="streamrank"'})
             ranker = batcher()
             if ranker is None:
                 return self._refuse(503, "starting", "worker not ready")
