@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from models.scorer import Manifest, ModelError
 from schemas.export import export_schemas
 from stream.errors import StreamrankError
+from stream.redaction import mask, mask_secrets
 from stream.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -49,12 +50,13 @@ def _clear_errors(command: F) -> F:
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {mask(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
 def _settings() -> Settings:
     settings = Settings()
+    mask_secrets(settings.secrets())  # before anything can log or fail
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("kafka", "aiokafka"):  # connection-level chatter drowns our own lines

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
-from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.ranking_features import TASK_NAMES
 from schemas import Limits, topic_name
+from stream.redaction import Redactor, redact_url, url_secrets
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAMRANK_", frozen=True)
+    # Validation errors never echo an input: it may be a token, a password or a URL with one.
+    model_config = SettingsConfigDict(env_prefix="STREAMRANK_", frozen=True,
+                                      hide_input_in_errors=True)
 
     broker_url: str | None = Field(
         None, description="Kafka bootstrap servers (host:port,...). Unset: start embedded tansu."
     )
     redis_url: str | None = Field(
-        None, description="Redis URL for the feature store. Unset: in-memory store."
+        None, description="Redis URL for the feature store. Unset: in-memory store. Its "
+        "password is a secret: masked in repr, dumps, logs and errors."
     )
     topic_prefix: str = Field("streamrank", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(4, ge=1, description="Partitions for topics that streamrank creates.")
@@ -78,6 +84,13 @@ class Settings(BaseSettings):
         "required when web_host is not loopback.")
     log_level: str = "info"
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, url: str | None) -> str | None:
+        if url is not None:
+            urlsplit(url)  # raises here, cleanly, rather than where its password is masked
+        return url
+
     @field_validator("api_token")
     @classmethod
     def _token_is_long(cls, token: SecretStr | None) -> SecretStr | None:
@@ -104,6 +117,17 @@ class Settings(BaseSettings):
             raise ValueError("STREAMRANK_KAFKA_SSL_KEYFILE needs STREAMRANK_KAFKA_SSL_CERTFILE")
         return self
 
+    @field_serializer("redis_url")
+    def _redis_url_without_password(self, url: str | None) -> str | None:
+        return redact_url(url) if url else url
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """``SecretStr`` settings mask themselves; a secret inside a plain string (the Redis
+        URL's password) is masked here."""
+        redact = Redactor(self.secrets())
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, str) else value
+
     @field_validator("value_weights")
     @classmethod
     def _weights_name_tasks(cls, weights: dict[str, float]) -> dict[str, float]:
@@ -114,7 +138,7 @@ class Settings(BaseSettings):
 
     def as_env(self) -> dict[str, str]:
         """These settings as ``STREAMRANK_*`` variables, to start a child process with them:
-        the real values, secrets included (``model_dump`` masks ``SecretStr`` ones)."""
+        the real values, secrets included (``model_dump`` masks them)."""
         env = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
@@ -126,6 +150,13 @@ class Settings(BaseSettings):
                 text = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
             env[f"STREAMRANK_{name.upper()}"] = text
         return env
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for :func:`stream.redaction.mask_secrets`: each
+        ``SecretStr`` setting (whatever its name) and the Redis URL's password."""
+        values = [value.get_secret_value() for name in type(self).model_fields
+                  if isinstance(value := getattr(self, name), SecretStr)]
+        return values + (url_secrets(self.redis_url) if self.redis_url else [])
 
     def topic(self, suffix: str) -> str:
         return topic_name(self.topic_prefix, suffix)

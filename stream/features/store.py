@@ -34,6 +34,7 @@ from models.features import (
     merge,
 )
 from stream.errors import StoreUnavailable
+from stream.redaction import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ class RedisStore(FeatureStore):
             await client.ping()
         except (RedisError, OSError) as exc:
             await client.aclose()
-            raise StoreUnavailable(f"Redis at {url} is not reachable: {exc}") from exc
+            raise StoreUnavailable(f"Redis at {redact_url(url)} is not reachable: {exc}") from exc
         return cls(client, namespace, dedup_ttl_s, history_length)
 
     def user_key(self, user_id: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from kafka.admin import NewTopic
@@ -13,6 +12,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from schemas import TOPIC_RECORDS
 from stream.errors import BrokerUnavailable, StoreUnavailable
 from stream.features.store import FeatureStore, MemoryStore, RedisStore
+from stream.redaction import redact_url
 from stream.runtime.broker import check_reachable, embedded_broker
 from stream.runtime.clients import kafka_admin
 from stream.settings import Settings
@@ -58,7 +58,8 @@ def check_store(settings: Settings) -> None:
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        raise StoreUnavailable(f"Redis at {settings.redis_url} is not reachable: {exc}") from exc
+        raise StoreUnavailable(
+            f"Redis at {redact_url(settings.redis_url)} is not reachable: {exc}") from exc
     finally:
         client.close()
 
@@ -70,15 +71,7 @@ async def open_store(settings: Settings) -> FeatureStore:
     return MemoryStore(settings.dedup_ttl_s, settings.history_length)
 
 
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def describe(bootstrap: str, settings: Settings) -> str:
     where = "configured Kafka" if settings.broker_url else "embedded tansu"
-    store = f"redis {_without_password(settings.redis_url)}" if settings.redis_url else "in-memory"
+    store = f"redis {redact_url(settings.redis_url)}" if settings.redis_url else "in-memory"
     return f"broker: {where} at {bootstrap}; feature store: {store}"
