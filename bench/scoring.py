@@ -49,7 +49,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from models.features import ItemMeta
@@ -61,7 +61,7 @@ from stream.errors import BenchFailed
 from stream.features.redis_store import RedisStore
 from stream.features.store import EventBatch
 from stream.features.watermarks import Origin
-from stream.runtime.clients import kafka_consumer, kafka_producer
+from stream.runtime.clients import kafka_admin, kafka_consumer, kafka_producer
 from stream.runtime.environment import broker, check_store, open_store
 from stream.runtime.processes import stop_process
 from stream.settings import Settings
@@ -355,8 +355,7 @@ def echo_topic(settings: Settings, suffix: str) -> str:
 
 
 def _create_topics(bootstrap: str, settings: Settings, suffixes: Sequence[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                             client_id="streamrank-bench")
+    admin = kafka_admin(settings, bootstrap, client_id="streamrank-bench")
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics([NewTopic(echo_topic(settings, s), settings.partitions,
@@ -370,8 +369,7 @@ def _delete_topics(settings: Settings, bootstrap: str) -> None:
     if not settings.broker_url:
         return
     with contextlib.suppress(KafkaError):
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                                 client_id="streamrank-bench")
+        admin = kafka_admin(settings, bootstrap, client_id="streamrank-bench")
         try:
             ours = [t for t in admin.list_topics()
                     if t.startswith(settings.topic_prefix + ".")]

@@ -6,28 +6,27 @@ import asyncio
 import gc
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
 from threadpoolctl import threadpool_limits
 
 from models.value import ValueModel
-from schemas import RankingRequest, Rejection, decode
 from stream.features.reader import FeatureReader
 from stream.features.role import FeatureService
 from stream.features.store import FeatureStore
+from stream.runtime.clients import faust_credentials
 from stream.runtime.consumer import SupervisedConsumer
 from stream.runtime.environment import open_store
 from stream.runtime.failures import LoopFailed
 from stream.runtime.metrics import WorkerMetrics
 from stream.runtime.model_updates import ModelUpdatesService
-from stream.scoring.ranker import MicroBatcher, ModelSlot, Ranker, Received, check_rankable
+from stream.scoring.ranker import MicroBatcher, ModelSlot, Ranker
 from stream.scoring.role import ScoringService
+from stream.scoring.views import add_rank_view
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +73,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     app = faust.App(
         f"{settings.topic_prefix}-worker",
         broker=f"kafka://{bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
         web_host=settings.web_host,
@@ -97,7 +97,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         if "scoring" in roles:
             reader = FeatureReader(store, settings.embedding_dim, settings.item_cache_ttl_s)
             ranker = Ranker(reader, worker.models, ValueModel(settings.value_weights))
-            worker.ranker = MicroBatcher(ranker, settings.scoring_batch_max_requests)
+            worker.ranker = MicroBatcher(ranker, settings.scoring_batch_max_requests,
+                                         settings.rank_queue_max)
             worker.consumers += [
                 ModelUpdatesService(settings, bootstrap, worker.models, worker.metrics,
                                     **supervision),
@@ -139,28 +140,6 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         return web.bytes(generate_latest(worker.metrics.registry),
                          content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
-    @app.page("/rank")
-    class Rank(View):
-        """Synchronous ranking over the same path as the requests topic."""
-
-        async def post(self, request: Request) -> Response:
-            if worker.ranker is None:
-                return self.json({"error": "starting", "detail": "worker not ready"}, status=503)
-            try:
-                ranking_request = decode(await request.read(), RankingRequest,
-                                         settings.limits)
-                check_rankable(ranking_request)
-            except Rejection as rejection:
-                worker.metrics.rejected.labels("http", rejection.reason).inc()
-                return self.json({"error": rejection.reason, "detail": rejection.detail},
-                                 status=422 if rejection.reason == "no_candidates" else 400)
-            received = Received(ranking_request, time.perf_counter())
-            try:
-                result = await worker.ranker.rank_one(received)
-            except (RedisError, OSError) as exc:
-                return self.json({"error": "unavailable",
-                                  "detail": f"feature store unavailable: {exc}"}, status=503)
-            worker.metrics.observe_ranking(result.model_version, result.latency_ms)
-            return self.bytes(result.encode(), content_type="application/json")
+    add_rank_view(app, settings, worker.metrics, lambda: worker.ranker)
 
     return app

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from models.scorer import Manifest, ModelError
 from schemas.export import export_schemas
 from stream.errors import StreamrankError
+from stream.redaction import mask, mask_secrets
 from stream.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -41,20 +42,22 @@ def _clear_errors(command: F) -> F:
             return command(*args, **kwargs)
         except ValidationError as exc:
             _fail("invalid STREAMRANK_* setting: " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+                for e in exc.errors()))
         except (StreamrankError, ModelError, OSError) as exc:
             _fail(str(exc))
     return wrapper  # type: ignore[return-value]
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {mask(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
 def _settings(**overrides: Any) -> Settings:
     """Settings from the environment, where a command-line option overrides its variable."""
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    mask_secrets(settings.secrets())  # before anything can log or fail
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("kafka", "aiokafka"):  # connection-level chatter drowns our own lines
@@ -80,9 +83,11 @@ def worker(
     import faust
 
     from stream.app import create_app
+    from stream.runtime.access import check_exposure
     from stream.runtime.environment import broker, check_store, describe
 
     settings = _settings(roles=roles)
+    check_exposure(settings)
     check_store(settings)
     with broker(settings) as bootstrap:
         log.info(describe(bootstrap, settings))

@@ -1,6 +1,5 @@
 """Operational failures that the CLI reports as one clear line, never as a traceback."""
 
-import re
 
 
 class StreamrankError(RuntimeError):
@@ -23,9 +22,5 @@ class BenchFailed(StreamrankError):
     """A benchmark could not measure what it set out to (lost answers, a dead process)."""
 
 
-def redact_url(text: str) -> str:
-    """``text`` with the password of every URL in it masked (``redis://:***@host``)."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
-
-
-_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+class UnsafeConfiguration(StreamrankError):
+    """The settings would expose the worker without protection (e.g. no API token)."""

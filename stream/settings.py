@@ -2,33 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
-from pydantic import Field, field_validator
+from pydantic import Field, FilePath, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.ranking_features import TASK_NAMES
 from schemas import Limits, topic_name
+from stream.redaction import Redactor, redact_url, url_secrets
 
 # Every role is a consumer group of its own, so a deployment can scale each apart.
 ROLES = ("features", "scoring")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAMRANK_", frozen=True)
+    # Validation errors never echo an input: it may be a token, a password or a URL with one.
+    model_config = SettingsConfigDict(env_prefix="STREAMRANK_", frozen=True,
+                                      hide_input_in_errors=True)
 
     broker_url: str | None = Field(
         None, description="Kafka bootstrap servers (host:port,...). Unset: start embedded tansu."
     )
     redis_url: str | None = Field(
-        None, description="Redis URL for the feature store. Unset: in-memory store."
+        None, description="Redis URL for the feature store. Unset: in-memory store. Its "
+        "password is a secret: masked in repr, dumps, logs and errors."
     )
     topic_prefix: str = Field("streamrank", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(4, ge=1, description="Partitions for topics that streamrank creates.")
     replication_factor: int = Field(1, ge=1)
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: FilePath | None = Field(
+        None, description="CA bundle that signed the brokers' certificates; unset: system CAs.")
+    kafka_ssl_certfile: FilePath | None = Field(None, description="Client certificate (mTLS).")
+    kafka_ssl_keyfile: FilePath | None = Field(
+        None, description="Client key, unencrypted; unset: the key is in the certificate file.")
 
     embedding_dim: int = Field(32, ge=1, le=4096)
     max_candidates: int = Field(1000, ge=1)
@@ -80,8 +97,14 @@ class Settings(BaseSettings):
         "features,scoring", pattern=r"^[a-z]+(,[a-z]+)*$",
         description="Roles this worker runs, comma-separated; each is its own consumer group.")
 
+    rank_queue_max: int = Field(
+        256, ge=1, description="POST /rank requests waiting for a micro-batch, beyond the one "
+        "being scored; more are refused with 429.")
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token for POST /rank and every write endpoint; "
+        "required when web_host is not loopback.")
     log_level: str = "info"
 
     @field_validator("roles")
@@ -95,6 +118,49 @@ class Settings(BaseSettings):
     @property
     def role_names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.roles.split(",")))
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, url: str | None) -> str | None:
+        if url is not None:
+            urlsplit(url)  # raises here, cleanly, rather than where its password is masked
+        return url
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_is_long(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters, e.g. from `openssl rand -hex 16`")
+        return token
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        """Half-configured security is refused, never ignored: a CA file with PLAINTEXT, or a
+        SASL user without SASL, would leave a deployment believing it is protected."""
+        protocol = self.kafka_security_protocol
+        named = f"STREAMRANK_KAFKA_SECURITY_PROTOCOL={protocol}"
+        sasl = protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(f"{named} needs STREAMRANK_KAFKA_SASL_USERNAME and "
+                             "STREAMRANK_KAFKA_SASL_PASSWORD")
+        if not sasl and (self.kafka_sasl_username or self.kafka_sasl_password):
+            raise ValueError(f"STREAMRANK_KAFKA_SASL_* are set, but {named} does not use SASL")
+        tls_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if not protocol.endswith("SSL") and any(tls_files):
+            raise ValueError(f"STREAMRANK_KAFKA_SSL_* are set, but {named} does not use TLS")
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("STREAMRANK_KAFKA_SSL_KEYFILE needs STREAMRANK_KAFKA_SSL_CERTFILE")
+        return self
+
+    @field_serializer("redis_url")
+    def _redis_url_without_password(self, url: str | None) -> str | None:
+        return redact_url(url) if url else url
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """``SecretStr`` settings mask themselves; a secret inside a plain string (the Redis
+        URL's password) is masked here."""
+        redact = Redactor(self.secrets())
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, str) else value
 
     @field_validator("value_weights")
     @classmethod
@@ -105,12 +171,26 @@ class Settings(BaseSettings):
         return weights
 
     def as_env(self) -> dict[str, str]:
-        """These settings as ``STREAMRANK_*`` variables, to start a child process with them."""
+        """These settings as ``STREAMRANK_*`` variables, to start a child process with them:
+        the real values, secrets included (``model_dump`` masks them)."""
         env = {}
-        for name, value in self.model_dump(exclude_none=True).items():
-            text = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            else:
+                text = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
             env[f"STREAMRANK_{name.upper()}"] = text
         return env
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for :func:`stream.redaction.mask_secrets`: each
+        ``SecretStr`` setting (whatever its name) and the Redis URL's password."""
+        values = [value.get_secret_value() for name in type(self).model_fields
+                  if isinstance(value := getattr(self, name), SecretStr)]
+        return values + (url_secrets(self.redis_url) if self.redis_url else [])
 
     def topic(self, suffix: str) -> str:
         return topic_name(self.topic_prefix, suffix)

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from models.world import RequestDraw, World
 from schemas import Event, ItemUpsert, Limits, RankingRequest, RankingResult, Record, encode
 from schemas.codec import Rejection, decode, validate
+from stream.runtime.clients import kafka_consumer, started_producer
 from stream.settings import Settings
 
 Policy = Literal["random", "served"]
@@ -76,7 +77,7 @@ class Simulator:
         self.result_timeout_s = result_timeout_s
         self.report = SimulationReport()
         self.started = time.monotonic()
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+        self._producer: AIOKafkaProducer  # started on entry: idempotent where the broker can
         self._rankings: AIOKafkaConsumer | None = None
         self._waiting: dict[str, asyncio.Future[RankingResult]] = {}
         self._log: IO[bytes] | None = None
@@ -84,7 +85,7 @@ class Simulator:
         self._item_index = {item_id: i for i, item_id in enumerate(world.item_ids)}
 
     async def __aenter__(self) -> Simulator:
-        await self._producer.start()
+        self._producer = await started_producer(self.settings, self.bootstrap, linger_ms=2)
         await self._follow_rankings()
         self._log = self.log_path.open("ab") if self.log_path else None
         return self
@@ -150,8 +151,8 @@ class Simulator:
     async def _follow_rankings(self) -> None:
         """Follow results from now on; positions are resolved before the first request."""
         topic = self.settings.topic("rankings")
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                    enable_auto_commit=False, fetch_max_wait_ms=10)
+        consumer = kafka_consumer(self.settings, self.bootstrap, group_id=None,
+                                  fetch_max_wait_ms=10)
         await consumer.start()
         await consumer.topics()
         partitions = [TopicPartition(topic, p)

@@ -68,3 +68,41 @@ def test_publishing_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "error: unreadable model manifest" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+SECRETS = {"STREAMRANK_API_TOKEN": "tok-0123456789abcdef",
+           "STREAMRANK_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+           "STREAMRANK_KAFKA_SASL_USERNAME": "alice",
+           "STREAMRANK_KAFKA_SASL_PASSWORD": "sasl-pw-42",
+           "STREAMRANK_LOG_LEVEL": "debug"}
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"STREAMRANK_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"},
+     "error: Redis at redis://:***@127.0.0.1:1/0 is not reachable"),
+    ({"STREAMRANK_BROKER_URL": "127.0.0.1:1", "STREAMRANK_REDIS_URL": "redis://:hunter2@x/0"},
+     "error: Redis at redis://:***@x/0 is not reachable"),
+    ({"STREAMRANK_API_TOKEN": "hunter2"}, "invalid STREAMRANK_* setting: api_token"),
+])
+def test_failing_start_never_prints_a_secret(env: dict[str, str], message: str) -> None:
+    result = streamrank("worker", **{**SECRETS, **env})
+    assert result.returncode == 2
+    assert message in result.stderr
+    output = result.stdout + result.stderr
+    for secret in ("hunter2", "tok-0123456789abcdef", "sasl-pw-42"):
+        assert secret not in output
+
+
+def test_web_port_beyond_loopback_needs_a_token() -> None:
+    exposed = streamrank("worker", STREAMRANK_WEB_HOST="0.0.0.0",
+                         STREAMRANK_BROKER_URL="127.0.0.1:1")
+    assert exposed.returncode == 2
+    assert exposed.stderr.strip().splitlines() == [
+        "error: STREAMRANK_WEB_HOST=0.0.0.0 makes POST /rank reachable from other machines: "
+        "set STREAMRANK_API_TOKEN, or bind to 127.0.0.1"]
+    # With a token it goes on to the broker, which is the next thing to fail here.
+    tokened = streamrank("worker", STREAMRANK_WEB_HOST="0.0.0.0",
+                         STREAMRANK_BROKER_URL="127.0.0.1:1",
+                         STREAMRANK_API_TOKEN="tok-0123456789abcdef")
+    assert tokened.returncode == 2
+    assert "error: Kafka broker at 127.0.0.1:1 is not reachable" in tokened.stderr

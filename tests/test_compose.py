@@ -24,6 +24,7 @@ import pytest
 import typer.main
 import yaml
 
+from stream.runtime.access import check_exposure
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -380,6 +381,17 @@ def test_worker_web_is_reachable(services: dict[str, dict[str, Any]], worker_por
     worker = services["worker"]
     assert env_of(worker).get("STREAMRANK_WEB_HOST") == "0.0.0.0"
     assert worker_port in container_ports(worker)
+
+
+def test_worker_token_comes_from_the_host_and_is_required(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = env_of(services["worker"])
+    # ${VAR:?message}: compose refuses to start without it; no default token ships in the file.
+    assert re.fullmatch(r"\$\{STREAMRANK_API_TOKEN:\?[^}]+\}", env["STREAMRANK_API_TOKEN"])
+    # Once the host sets it, the worker passes the start-up check for its 0.0.0.0 binding.
+    host_set = {**env, "STREAMRANK_API_TOKEN": "tok-0123456789abcdef"}
+    check_exposure(settings_from(host_set, monkeypatch))
 
 
 def test_simulator_waits_for_worker(services: dict[str, dict[str, Any]]) -> None:

@@ -26,7 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from models.features import HALF_LIVES_S, LAYOUT_ID, N_COUNTERS, VALUE_SIZE
-from stream.errors import StoreUnavailable, redact_url
+from stream.errors import StoreUnavailable
 from stream.features.store import (
     Conflict,
     EntityWrite,
@@ -37,6 +37,7 @@ from stream.features.store import (
     Written,
 )
 from stream.features.watermarks import MARK, RANGE, pack_ranges, unpack_marks
+from stream.redaction import redact_url
 
 # The Redis mirror of models.features.merge plus the offset-mark rule of
 # stream.features.watermarks, run server-side so that workers sharing item keys never race.

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas import TOPIC_RECORDS
 from stream.errors import BrokerUnavailable, StoreUnavailable
 from stream.features.redis_store import RedisStore
 from stream.features.store import FeatureStore, MemoryStore
+from stream.redaction import redact_url
 from stream.runtime.broker import check_reachable, embedded_broker
+from stream.runtime.clients import kafka_admin
 from stream.settings import Settings
 
 
@@ -34,8 +35,7 @@ def broker(settings: Settings) -> Iterator[str]:
 def ensure_topics(bootstrap: str, settings: Settings) -> None:
     """Create any missing streamrank topic; a broker that cannot be reached is an error."""
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                                 client_id="streamrank-admin")
+        admin = kafka_admin(settings, bootstrap)
     except KafkaError as exc:
         raise BrokerUnavailable(f"Kafka broker at {bootstrap} is not reachable: {exc}") from exc
     try:
@@ -59,7 +59,8 @@ def check_store(settings: Settings) -> None:
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        raise StoreUnavailable(f"Redis at {settings.redis_url} is not reachable: {exc}") from exc
+        raise StoreUnavailable(
+            f"Redis at {redact_url(settings.redis_url)} is not reachable: {exc}") from exc
     finally:
         client.close()
 
@@ -73,15 +74,7 @@ async def open_store(settings: Settings) -> FeatureStore:
     return MemoryStore(settings.dedup_ttl_s, settings.history_length)
 
 
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def describe(bootstrap: str, settings: Settings) -> str:
     where = "configured Kafka" if settings.broker_url else "embedded tansu"
-    store = f"redis {_without_password(settings.redis_url)}" if settings.redis_url else "in-memory"
+    store = f"redis {redact_url(settings.redis_url)}" if settings.redis_url else "in-memory"
     return f"broker: {where} at {bootstrap}; feature store: {store}"

@@ -38,6 +38,10 @@ class WorkerMetrics:
             "streamrank_ranking_latency_ms", "Worker receipt to result, per request.",
             registry=self.registry,
             buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250))
+        self.http_refused = Counter(
+            "streamrank_http_refused", "HTTP requests refused before ranking, by reason: "
+            "unauthorized, overloaded, starting, unavailable (bad bodies count as "
+            "streamrank_rejected{topic=\"http\"}).", ["reason"], registry=self.registry)
 
         self.model_load_failures = Counter(
             "streamrank_model_load_failures", "Published models that could not be served.",

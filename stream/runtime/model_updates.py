@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from aiokafka import AIOKafkaProducer
-
 from models.scorer import Manifest, ModelError
 from schemas import ModelUpdate, encode
+from stream.runtime.clients import started_producer
 from stream.runtime.consumer import Decoded, Sends, SupervisedConsumer
 from stream.runtime.metrics import WorkerMetrics
 from stream.scoring.ranker import ModelSlot
@@ -73,8 +72,7 @@ def model_update(manifest: Path) -> ModelUpdate:
 
 async def publish_model(settings: Settings, bootstrap: str, manifest: Path) -> ModelUpdate:
     update = model_update(manifest)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
+    producer = await started_producer(settings, bootstrap)
     try:
         await producer.send_and_wait(settings.topic("model-updates"), encode(update),
                                      key=update.model.encode())

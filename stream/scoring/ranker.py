@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,37 +129,72 @@ def _refuse_non_finite(received: Sequence[Received], rows: Sequence[slice], prob
            if not (np.isfinite(probs[request_rows]).all()
                    and np.isfinite(values[request_rows]).all())]
     raise NonFiniteScores(f"non-finite scores for request(s) {', '.join(bad[:5])}")
+class Overloaded(Exception):
+    """The queue of ``POST /rank`` requests is full: the caller should come back later."""
 
 
 class MicroBatcher:
     """Lets concurrent single-request callers (``POST /rank``) share model runs: requests that
-    arrive while a batch is being scored are ranked together in the next one."""
+    arrive while a batch is being scored are ranked together in the next one.
 
-    def __init__(self, ranker: Ranker, max_requests: int) -> None:
+    At most ``queue_max`` requests wait behind the batch being scored; beyond that a caller
+    gets :class:`Overloaded` at once, instead of a latency that grows without bound. A caller
+    that is cancelled (the worker stops, or the web server drops a handler) leaves the queue;
+    if its request is already being scored, the result is dropped. Either way the rest of its
+    batch, and every later caller, is answered."""
+
+    def __init__(self, ranker: Ranker, max_requests: int, queue_max: int) -> None:
         self.ranker = ranker
         self.max_requests = max_requests
-        self._waiting: list[tuple[Received, asyncio.Future[Ranked]]] = []
+        self.queue_max = queue_max
+        self._waiting: deque[tuple[Received, asyncio.Future[Ranked]]] = deque()
         self._draining: asyncio.Task[None] | None = None
 
+    @property
+    def full(self) -> bool:
+        return len(self._waiting) >= self.queue_max
+
     async def rank_one(self, received: Received) -> Ranked:
-        future: asyncio.Future[Ranked] = asyncio.get_running_loop().create_future()
-        self._waiting.append((received, future))
+        if self.full:
+            raise Overloaded(f"{len(self._waiting)} requests are waiting to be ranked")
+        entry = (received, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
         if self._draining is None:
             self._draining = asyncio.ensure_future(self._drain())
-        return await future
+        try:
+            return await entry[1]
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):  # not there once a batch has taken it
+                self._waiting.remove(entry)
+            raise
+
+    def _next_batch(self) -> list[tuple[Received, asyncio.Future[Ranked]]]:
+        """Up to ``max_requests`` waiting requests whose callers still wait for an answer."""
+        batch: list[tuple[Received, asyncio.Future[Ranked]]] = []
+        while self._waiting and len(batch) < self.max_requests:
+            entry = self._waiting.popleft()
+            if not entry[1].done():
+                batch.append(entry)
+        return batch
 
     async def _drain(self) -> None:
         try:
-            while self._waiting:
-                batch = self._waiting[:self.max_requests]
-                del self._waiting[:self.max_requests]
+            while batch := self._next_batch():
                 try:
                     results = await self.ranker.rank([received for received, _ in batch])
                 except Exception as exc:  # every caller of this batch gets the failure
                     for _, future in batch:
-                        future.set_exception(exc)
+                        if not future.done():
+                            future.set_exception(exc)
                     continue
+                except BaseException:  # this task is cancelled: no caller may wait forever
+                    for _, future in batch:
+                        future.cancel()
+                    raise
                 for (_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result)
+                    if not future.done():
+                        future.set_result(result)
         finally:
             self._draining = None
+            while self._waiting:  # only when cancelled: the loop above empties the queue
+                self._waiting.popleft()[1].cancel()

@@ -1,0 +1,69 @@
+"""``POST /rank``: the requests topic's scoring path, answered synchronously over HTTP.
+
+Refusals come as ``{"error": reason, "detail": ...}``: the DLQ's reasons for a bad body (400, or
+422 for ``no_candidates``), and these, which only HTTP has: ``unauthorized`` (401),
+``overloaded`` (429, with ``Retry-After``), ``starting`` and ``unavailable`` (503).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import faust
+from faust.web import Request, Response, View
+from redis.exceptions import RedisError
+
+from schemas import RankingRequest, Rejection, decode
+from stream.runtime.access import authorized
+from stream.runtime.metrics import WorkerMetrics
+from stream.scoring.ranker import MicroBatcher, Overloaded, Received, check_rankable
+from stream.settings import Settings
+
+# A micro-batch takes milliseconds; a second is the smallest wait ``Retry-After`` can say.
+RETRY_AFTER_S = 1
+
+
+def add_rank_view(app: faust.App, settings: Settings, metrics: WorkerMetrics,
+                  batcher: Callable[[], MicroBatcher | None]) -> None:
+    """Register ``POST /rank``; ``batcher`` gives the worker's micro-batcher once it started."""
+
+    @app.page("/rank")
+    class Rank(View):
+        async def post(self, request: Request) -> Response:
+            if not authorized(request.headers.get("Authorization"), settings.api_token):
+                return self._refuse(401, "unauthorized", "POST /rank needs the header "
+                                    "'Authorization: Bearer <STREAMRANK_API_TOKEN>'",
+                                    {"WWW-Authenticate": 'Bearer realm="streamrank"'})
+            ranker = batcher()
+            if ranker is None:
+                return self._refuse(503, "starting", "worker not ready")
+            if ranker.full:  # shed before reading and validating the body
+                return self._overloaded(ranker)
+            try:
+                ranking_request = decode(await request.read(), RankingRequest,
+                                         settings.limits)
+                check_rankable(ranking_request)
+            except Rejection as rejection:
+                metrics.rejected.labels("http", rejection.reason).inc()
+                return self.json({"error": rejection.reason, "detail": rejection.detail},
+                                 status=422 if rejection.reason == "no_candidates" else 400)
+            try:
+                result = await ranker.rank_one(Received(ranking_request, time.perf_counter()))
+            except Overloaded:
+                return self._overloaded(ranker)
+            except (RedisError, OSError) as exc:
+                return self._refuse(503, "unavailable", f"feature store unavailable: {exc}")
+            metrics.observe_ranking(result.model_version, result.latency_ms)
+            return self.bytes(result.encode(), content_type="application/json")
+
+        def _overloaded(self, ranker: MicroBatcher) -> Response:
+            return self._refuse(429, "overloaded", f"{ranker.queue_max} requests are already "
+                                f"waiting to be ranked; retry in {RETRY_AFTER_S} s",
+                                {"Retry-After": str(RETRY_AFTER_S)})
+
+        def _refuse(self, status: int, reason: str, detail: str,
+                    headers: Mapping[str, str] | None = None) -> Response:
+            metrics.http_refused.labels(reason).inc()
+            return self.json({"error": reason, "detail": detail}, status=status,
+                             headers=dict(headers or {}))
