@@ -211,7 +211,8 @@ async def test_concurrent_http_callers_share_one_model_run() -> None:
             await asyncio.sleep(0.01)
             return [r.request.request_id for r in received]
 
-    batcher = MicroBatcher(CountingRanker(), max_requests=4)  # type: ignore[arg-type]
+    batcher = MicroBatcher(CountingRanker(), max_requests=4,  # type: ignore[arg-type]
+                           queue_max=16)
     requests = [Received(RankingRequest(request_id=f"r{n}", user_id="u", ts=time.time(),
                                         candidates=["i1"]), 0.0) for n in range(9)]
     results = await asyncio.gather(*(batcher.rank_one(r) for r in requests))
