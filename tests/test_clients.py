@@ -43,12 +43,10 @@ def secured(protocol: str) -> Settings:
 
 def test_kafka_clients_are_made_only_by_the_factories() -> None:
     """A client constructed anywhere else would miss the security settings."""
-    # Being rewritten onto the factories in the same issue; drop it from here once it is.
-    pending = {"stream/runtime/consumer.py"}
     raw = re.compile(r"\b(AIOKafkaProducer|AIOKafkaConsumer|KafkaAdminClient)\(")
     makers = {path.relative_to(ROOT).as_posix() for path in (ROOT / "stream").rglob("*.py")
               if raw.search(path.read_text())}
-    assert makers - pending == {"stream/runtime/clients.py"}
+    assert makers == {"stream/runtime/clients.py"}
 
 
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
