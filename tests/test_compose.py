@@ -25,7 +25,7 @@ import typer.main
 import yaml
 
 from stream.runtime.access import check_exposure
-from stream.settings import Settings
+from stream.settings import ROLES, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -33,7 +33,7 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 PROMETHEUS_FILE = ROOT / "deploy" / "prometheus.yml"
 PYPROJECT = ROOT / "pyproject.toml"
 
-APP_SERVICES = ("worker", "simulator")
+APP_SERVICES = ("features", "worker", "simulator")
 ENV_PREFIX = "STREAMRANK_"
 
 
@@ -245,7 +245,7 @@ def worker_port(services: dict[str, dict[str, Any]]) -> int:
 
 
 def test_expected_services_and_images(services: dict[str, dict[str, Any]]) -> None:
-    assert {"kafka", "redis", "worker", "simulator", "prometheus"} <= set(services)
+    assert {"kafka", "redis", "features", "worker", "simulator", "prometheus"} <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["redis"]["image"].split(":")[0] == "redis"
     assert services["redis"]["image"].split(":")[1].startswith("7")
@@ -395,7 +395,17 @@ def test_worker_token_comes_from_the_host_and_is_required(
 
 
 def test_simulator_waits_for_worker(services: dict[str, dict[str, Any]]) -> None:
-    assert "worker" in depends_on(services["simulator"])
+    assert {"features", "worker"} <= set(depends_on(services["simulator"]))
+
+
+def test_each_role_runs_in_exactly_one_service(services: dict[str, dict[str, Any]]) -> None:
+    """Roles are consumer groups of their own: compose runs (and scales) them apart."""
+    roles: list[str] = []
+    for name in ("features", "worker"):
+        ctx = parse_cli(command_of(services[name]))
+        roles += ctx.params["roles"].split(",")
+        assert services[name]["build"] == services["worker"]["build"]
+    assert sorted(roles) == sorted(ROLES)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -405,6 +415,7 @@ def test_service_commands_name_the_right_subcommands(
     services: dict[str, dict[str, Any]],
 ) -> None:
     assert command_of(services["worker"])[0] == "worker"
+    assert command_of(services["features"])[0] == "worker"
     sim = command_of(services["simulator"])
     assert sim[0] == "simulate" and "--rate" in sim
 
