@@ -25,6 +25,8 @@ import orjson
 import torch
 from torch import nn
 
+from models.signing import SIGNATURE_FIELD, sign
+
 BN_LAYERS = ("bn_input", "bn_hidden1", "bn_hidden2")
 INPUT_NAME = "features"
 OUTPUT_NAME = "probs"
@@ -68,10 +70,12 @@ def export_onnx(
     out_dir: Path,
     version: str,
     metrics: Mapping[str, Any],
+    signing_key: bytes | None = None,
 ) -> Path:
     """Write ``model.onnx`` and ``manifest.json`` into ``out_dir``; return the manifest path.
 
     The manifest is written last and atomically, so a reader that finds it finds a whole model.
+    With ``signing_key`` it is signed (:mod:`models.signing`), for workers that require it.
     """
     n_features = model.bn_input.num_features
     if len(feature_names) != n_features or len(task_names) != model.heads.out_features:
@@ -90,6 +94,8 @@ def export_onnx(
         "created_ts": time.time(),
         "metrics": dict(metrics),
     }
+    if signing_key is not None:
+        manifest[SIGNATURE_FIELD] = sign(manifest, signing_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / MODEL_FILE, model_bytes)
     manifest_path = out_dir / MANIFEST_FILE

@@ -17,6 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
+from models.signing import SIGNATURE_FIELD, signature_matches
+
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -26,6 +28,10 @@ CUDA = "CUDAExecutionProvider"
 
 class ModelError(ValueError):
     """A model that cannot be served: missing, corrupt, or built for other features."""
+
+
+class UntrustedModel(ModelError):
+    """A model refused before it is read: not where models may be, or not signed by our key."""
 
 
 class Scorer(Protocol):
@@ -50,9 +56,17 @@ class Manifest:
     model_path: Path
 
     @classmethod
-    def load(cls, path: Path) -> Manifest:
+    def load(cls, path: Path, signing_key: bytes | None = None) -> Manifest:
+        """Read a manifest; with ``signing_key``, only one that key signed (the bytes checked
+        are the bytes parsed, so the file cannot change in between)."""
         try:
             raw = orjson.loads(path.read_bytes())
+            if not isinstance(raw, dict):
+                raise TypeError(f"a JSON object was expected, not {type(raw).__name__}")
+            if signing_key is not None and not signature_matches(raw, signing_key):
+                state = "wrongly signed" if SIGNATURE_FIELD in raw else "unsigned"
+                raise UntrustedModel(f"model manifest {path} is {state}; this worker serves "
+                                     "only manifests signed with STREAMRANK_MODEL_SIGNING_KEY")
             return cls(
                 version=str(raw["version"]), sha256=str(raw["sha256"]),
                 feature_names=tuple(raw["feature_names"]), task_names=tuple(raw["task_names"]),
@@ -123,7 +137,10 @@ class OnnxScorer:
         if hashlib.sha256(model_bytes).hexdigest() != manifest.sha256:
             raise ModelError(f"{manifest.model_path} does not match the manifest's sha256")
         providers = [CUDA, CPU] if provider == CUDA else [CPU]
-        self.session = ort.InferenceSession(model_bytes, options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(model_bytes, options, providers=providers)
+        except Exception as exc:  # onnxruntime's errors (InvalidProtobuf, Fail...) are bare
+            raise ModelError(f"onnxruntime cannot load {manifest.model_path}: {exc}") from exc
         got = self.session.get_providers()[0]
         if got != provider:
             raise ModelError(f"asked onnxruntime for {provider}, session got {got}")
@@ -150,10 +167,12 @@ class OnnxScorer:
 
 
 def load_scorer(manifest_path: Path, expected_features: tuple[str, ...], device: Device,
-                intra_op_threads: int = 0, expected_sha256: str | None = None) -> OnnxScorer:
+                intra_op_threads: int = 0, expected_sha256: str | None = None,
+                signing_key: bytes | None = None) -> OnnxScorer:
     """Load a model, refusing one trained on a different feature layout than serving builds,
-    or one whose bytes are not the ones that were published."""
-    manifest = Manifest.load(manifest_path)
+    one whose bytes are not the ones that were published, or (with ``signing_key``) one whose
+    manifest that key did not sign."""
+    manifest = Manifest.load(manifest_path, signing_key)
     if expected_sha256 is not None and manifest.sha256 != expected_sha256:
         raise ModelError(f"model {manifest.version}: published sha256 {expected_sha256[:12]}… "
                          f"differs from the manifest's {manifest.sha256[:12]}…")

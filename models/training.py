@@ -70,8 +70,10 @@ def train(
     seed: int = 0,
     holdout_fraction: float = 0.2,
     progress: bool = True,
+    signing_key: bytes | None = None,
 ) -> TrainReport:
-    """Train on the earlier requests, evaluate on the later ones, export to ``out_dir``."""
+    """Train on the earlier requests, evaluate on the later ones, export to ``out_dir``
+    (signed with ``signing_key`` when given)."""
     split = time_split(dataset.request_index, holdout_fraction)
     x = np.ascontiguousarray(dataset.features, dtype=np.float32)
     y = np.ascontiguousarray(dataset.labels, dtype=np.float32)
@@ -89,7 +91,7 @@ def train(
         for t, task in enumerate(dataset.task_names)
     }
     manifest_path = export_onnx(
-        model, dataset.feature_names, dataset.task_names, out_dir, version, metrics
+        model, dataset.feature_names, dataset.task_names, out_dir, version, metrics, signing_key
     )
     return TrainReport(manifest_path, metrics, n_train=split, n_holdout=len(x) - split)
 
