@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import redis
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas import TOPIC_RECORDS
@@ -17,6 +18,8 @@ from stream.redaction import redact_url
 from stream.runtime.broker import check_reachable, embedded_broker
 from stream.runtime.clients import kafka_admin
 from stream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -32,6 +35,15 @@ def broker(settings: Settings) -> Iterator[str]:
         yield bootstrap
 
 
+# model-updates holds versions, not a stream of events. Compacted and keyed by kind, it keeps
+# the newest version of each kind for good. One partition makes "newest" the offset order and
+# gives the state audit one owner. The lag keeps a week of older versions to fall back on
+# when the newest cannot be loaded. tansu (embedded) accepts and reports these configs; its
+# memory engine never removes a record, which the readers do not rely on.
+STATE_TOPIC = "model-updates"
+STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": str(7 * 86_400_000)}
+
+
 def ensure_topics(bootstrap: str, settings: Settings) -> None:
     """Create any missing streamrank topic; a broker that cannot be reached is an error."""
     try:
@@ -40,15 +52,38 @@ def ensure_topics(bootstrap: str, settings: Settings) -> None:
         raise BrokerUnavailable(f"Kafka broker at {bootstrap} is not reachable: {exc}") from exc
     try:
         existing = set(admin.list_topics())
-        missing = [
-            NewTopic(settings.topic(suffix), settings.partitions, settings.replication_factor)
-            for suffix in TOPIC_RECORDS if settings.topic(suffix) not in existing
-        ]
+        missing = [_new_topic(suffix, settings)
+                   for suffix in TOPIC_RECORDS if settings.topic(suffix) not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
+        if settings.topic(STATE_TOPIC) in existing:
+            _check_state_topic(admin, settings.topic(STATE_TOPIC))
     finally:
         admin.close()
+
+
+def _new_topic(suffix: str, settings: Settings) -> NewTopic:
+    if suffix == STATE_TOPIC:
+        return NewTopic(settings.topic(suffix), 1, settings.replication_factor,
+                        topic_configs=STATE_TOPIC_CONFIG)
+    return NewTopic(settings.topic(suffix), settings.partitions, settings.replication_factor)
+
+
+def _check_state_topic(admin: KafkaAdminClient, topic: str) -> None:
+    """A model-updates topic made before it was compacted still works, but its history grows
+    for ever and may hold versions keyed by model name: say how to fix it."""
+    try:
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)],
+                                         config_filter="all")["topic"][topic]
+    except (KafkaError, KeyError) as exc:  # e.g. no DescribeConfigs permission
+        log.warning("could not check the cleanup policy of topic %s: %r", topic, exc)
+        return
+    policy = configs.get("cleanup.policy", {}).get("value", "delete")
+    if "compact" not in policy.split(","):
+        log.warning("topic %s has cleanup.policy=%s, not compact: recreate it (streamrank "
+                    "creates it compacted, with one partition) and publish the current model "
+                    "again", topic, policy)
 
 
 def check_store(settings: Settings) -> None:
