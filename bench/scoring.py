@@ -137,7 +137,7 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
     by_candidates: dict[str, dict[str, Any]] = {}
     prefixes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="streamrank-bench-scoring-") as tmp:
-        manifest = export_untrained_model(Path(tmp), f"bench-{run_id}")
+        manifest = export_untrained_model(Path(tmp), f"bench-{run_id}", settings.signing_key)
 
         def environment(candidates: int, phase: str) -> contextlib.AbstractContextManager[_Bench]:
             prefixes.append(f"bench-scoring-{run_id}-c{candidates}-{phase}")
@@ -228,8 +228,10 @@ def _figures(maxima: Sequence[_MaxPass], passes: Sequence[_LatencyPass], http_ms
     }
 
 
-def export_untrained_model(out_dir: Path, version: str) -> Path:
-    """The ranker with untrained weights: the speed is the same as a trained one's."""
+def export_untrained_model(out_dir: Path, version: str, signing_key: bytes | None = None
+                           ) -> Path:
+    """The ranker with untrained weights: the speed is the same as a trained one's. Signed
+    with ``signing_key``, so that a worker requiring signatures serves it."""
     import torch  # the bench process only; the worker never imports it
 
     from models.ranker import MultiTaskRanker, export_onnx
@@ -237,7 +239,7 @@ def export_untrained_model(out_dir: Path, version: str) -> Path:
     torch.manual_seed(0)
     model = MultiTaskRanker(len(RANKER_FEATURE_NAMES), len(TASK_NAMES))
     return export_onnx(model, RANKER_FEATURE_NAMES, TASK_NAMES, out_dir / version, version,
-                       {"untrained": 1.0})
+                       {"untrained": 1.0}, signing_key)
 
 
 @contextlib.contextmanager

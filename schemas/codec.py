@@ -34,8 +34,11 @@ DECODE_REASONS: tuple[str, ...] = (
     "unsupported_version", "invalid_value",
 )
 # ... and what a role can refuse a well-formed one for: a request with nothing to rank, one
-# nobody waits for any more, and a record whose handler kept failing.
-ROLE_REASONS: tuple[str, ...] = ("no_candidates", "expired", "handler_error")
+# nobody waits for any more, a record whose handler kept failing, and a version on
+# model-updates that does not load or that the worker may not trust (outside
+# STREAMRANK_MODEL_DIR, unsigned or wrongly signed).
+ROLE_REASONS: tuple[str, ...] = ("no_candidates", "expired", "handler_error", "invalid_state",
+                                 "untrusted_state")
 REASONS: tuple[str, ...] = DECODE_REASONS + ROLE_REASONS
 
 

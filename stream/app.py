@@ -23,7 +23,9 @@ from stream.runtime.consumer import SupervisedConsumer
 from stream.runtime.environment import open_store
 from stream.runtime.failures import LoopFailed
 from stream.runtime.metrics import WorkerMetrics
-from stream.runtime.model_updates import ModelUpdatesService
+from stream.runtime.state_audit import StateAuditService
+from stream.runtime.versioned_state import VersionedStateService
+from stream.scoring.model_kind import model_kind
 from stream.scoring.ranker import MicroBatcher, ModelSlot, Ranker
 from stream.scoring.role import ScoringService
 from stream.scoring.views import add_rank_view
@@ -99,9 +101,12 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             ranker = Ranker(reader, worker.models, ValueModel(settings.value_weights))
             worker.ranker = MicroBatcher(ranker, settings.scoring_batch_max_requests,
                                          settings.rank_queue_max)
+            if settings.model_manifest is not None:
+                await worker.models.load(settings.model_manifest)
+            kinds = [model_kind(worker.models, settings)]
             worker.consumers += [
-                ModelUpdatesService(settings, bootstrap, worker.models, worker.metrics,
-                                    **supervision),
+                VersionedStateService(settings, bootstrap, kinds, worker.metrics, **supervision),
+                StateAuditService(settings, bootstrap, kinds, worker.metrics, **supervision),
                 ScoringService(settings, bootstrap, ranker, worker.metrics, **supervision)]
         # Concurrently: each consumer-group join waits out the broker's rebalance delay.
         await asyncio.gather(*(app.add_runtime_dependency(c) for c in worker.consumers))
@@ -131,7 +136,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             "items_with_features": counts["items"],
             "requests_ranked": int(total("streamrank_requests_ranked")),
             "model_version": worker.models.current.version,
-            "model_load_failures": int(total("streamrank_model_load_failures")),
+            "model_load_failures": int(total("streamrank_state_updates_refused",
+                                             kind="model")),
         })
 
     @app.page("/metrics")

@@ -15,7 +15,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 
-from models.scorer import Manifest, ModelError
+from models.scorer import ModelError
 from schemas.export import export_schemas
 from stream.errors import StreamrankError
 from stream.redaction import mask, mask_secrets
@@ -167,7 +167,8 @@ def train_command(
                        ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 8,
 ) -> None:
-    """Train the multi-task ranker on logged requests and engagements; export to ONNX."""
+    """Train the multi-task ranker on logged requests and engagements; export to ONNX
+    (signed with STREAMRANK_MODEL_SIGNING_KEY when it is set)."""
     import time
 
     from models.training import train
@@ -177,7 +178,8 @@ def train_command(
         _fail(f"no log file at {logs}")
     settings = _settings()
     dataset = asyncio.run(build_dataset(logs, settings))
-    report = train(dataset, out, version or f"m-{int(time.time())}", epochs=epochs)
+    report = train(dataset, out, version or f"m-{int(time.time())}", epochs=epochs,
+                   signing_key=settings.signing_key)
     _report({"manifest": str(report.manifest_path), "train_rows": report.n_train,
              "holdout_rows": report.n_holdout, "holdout": report.metrics}, None)
 
@@ -187,14 +189,19 @@ def train_command(
 def model_publish(
     manifest: Annotated[Path, typer.Argument(help="manifest.json of a trained model.")],
 ) -> None:
-    """Announce a trained model on model-updates; every worker hot-swaps to it."""
-    from stream.runtime.environment import broker
-    from stream.runtime.model_updates import publish_model
+    """Announce a trained model on model-updates; every worker hot-swaps to it.
 
-    Manifest.load(manifest)  # a missing or broken model fails before the broker is touched
+    With STREAMRANK_MODEL_SIGNING_KEY set, an unsigned manifest is signed in place first.
+    """
+    from stream.runtime.environment import broker
+    from stream.runtime.versioned_state import publish_update
+    from stream.scoring.model_kind import model_update
+
     settings = _settings()
+    # A missing, broken or refused model fails before the broker is touched.
+    update = model_update(settings, manifest)
     with broker(settings) as bootstrap:
-        update = asyncio.run(publish_model(settings, bootstrap, manifest))
+        asyncio.run(publish_update(settings, bootstrap, update))
     _report(update.model_dump(mode="json"), None)
 
 

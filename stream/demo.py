@@ -21,8 +21,8 @@ from models.world import World, WorldConfig
 from stream.errors import WorkerFailed
 from stream.runtime.broker import free_port
 from stream.runtime.environment import broker, check_store, describe
-from stream.runtime.model_updates import publish_model
 from stream.runtime.processes import stop_process
+from stream.scoring.model_kind import publish_model
 from stream.settings import Settings
 from stream.simulator import Simulator
 from stream.training_data import LogReplay
@@ -38,6 +38,8 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
     retraining on everything logged so far every ``retrain_every_s`` (0: never)."""
     check_store(settings)
     workdir.mkdir(parents=True, exist_ok=True)
+    # The demo's models are the ones it trains into its workdir.
+    settings = settings.model_copy(update={"model_dir": workdir.resolve()})
     with broker(settings) as bootstrap:
         log.info(describe(bootstrap, settings))
         # The closed loop is about quality, not latency: a 5 ms fetch wait leaves the embedded
@@ -111,7 +113,8 @@ async def _train_and_publish(settings: Settings, bootstrap: str, worker: WorkerP
     # to a bounded number of rows (~15 s on 2 cores).
     epochs = max(1, min(DEFAULT_EPOCHS, TRAIN_ROWS_PER_RETRAIN // len(dataset.features)))
     trained = await asyncio.to_thread(train, dataset, workdir / version, version,
-                                      epochs=epochs, progress=False)
+                                      epochs=epochs, progress=False,
+                                      signing_key=settings.signing_key)
     update = await publish_model(settings, bootstrap, trained.manifest_path)
     await asyncio.to_thread(worker.wait_for, lambda s: s["model_version"] == update.version,
                             60.0)

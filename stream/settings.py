@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     scorer_device: Literal["auto", "cpu", "cuda"] = "auto"
     scorer_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = all.")
     model_manifest: Path | None = Field(None, description="Model to serve at start-up.")
+    model_dir: Path = Field(
+        Path("artifacts"), description="Published models must lie under this directory, "
+        "symlinks resolved; relative to the working directory, resolved at start-up.")
+    model_signing_key: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key: set, every model served must carry its signature, "
+        "and training and publishing sign with it.")
     value_weights: dict[str, float] = Field(
         default_factory=lambda: {"click": 1.0, "like": 0.5, "share": 1.0, "hide": -2.0},
         description="Value model: weight per task; negative weights push items down.")
@@ -161,6 +167,24 @@ class Settings(BaseSettings):
         redact = Redactor(self.secrets())
         for name, value in super().__repr_args__():
             yield name, redact(value) if isinstance(value, str) else value
+
+    @field_validator("model_dir")
+    @classmethod
+    def _model_dir_absolute(cls, model_dir: Path) -> Path:
+        """Resolved once, so a later chdir cannot move it and child workers get the same."""
+        return model_dir.resolve()
+
+    @field_validator("model_signing_key")
+    @classmethod
+    def _key_long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return key
+
+    @property
+    def signing_key(self) -> bytes | None:
+        key = self.model_signing_key
+        return None if key is None else key.get_secret_value().encode()
 
     @field_validator("value_weights")
     @classmethod

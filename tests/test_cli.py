@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -106,3 +107,20 @@ def test_web_port_beyond_loopback_needs_a_token() -> None:
                          STREAMRANK_API_TOKEN="tok-0123456789abcdef")
     assert tokened.returncode == 2
     assert "error: Kafka broker at 127.0.0.1:1 is not reachable" in tokened.stderr
+
+
+def test_publishing_a_model_the_workers_would_refuse_is_a_clear_error(tmp_path: Path) -> None:
+    model = tmp_path / "elsewhere" / "m1"
+    model.mkdir(parents=True)
+    (model / "model.onnx").write_bytes(b"model")
+    (model / "manifest.json").write_bytes(orjson.dumps({
+        "version": "m1", "sha256": hashlib.sha256(b"model").hexdigest(), "feature_names": [],
+        "task_names": [], "bn_layers": {}, "input_name": "x", "output_name": "y"}))
+    result = streamrank("model", "publish", str(model / "manifest.json"),
+                        STREAMRANK_BROKER_URL="127.0.0.1:1",  # refused before it is reached
+                        STREAMRANK_MODEL_DIR=str(tmp_path / "models"),
+                        STREAMRANK_MODEL_SIGNING_KEY="k" * 32)
+    assert result.returncode == 2
+    assert "outside STREAMRANK_MODEL_DIR" in result.stderr
+    assert "k" * 32 not in result.stderr + result.stdout
+    assert "signature" not in orjson.loads((model / "manifest.json").read_bytes())

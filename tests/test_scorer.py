@@ -145,7 +145,8 @@ def test_serving_path_never_imports_torch() -> None:
     script = (
         "import sys\n"
         "import stream.cli, stream.app, stream.scoring.role, stream.scoring.ranker\n"
-        "import stream.runtime.model_updates, stream.features.role, models.scorer\n"
+        "import stream.runtime.versioned_state, stream.runtime.state_audit\n"
+        "import stream.scoring.model_kind, stream.features.role, models.scorer\n"
         "from stream.settings import Settings\n"
         "from stream.app import create_app\n"
         "create_app(Settings(), '127.0.0.1:9')\n"

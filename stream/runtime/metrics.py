@@ -43,18 +43,26 @@ class WorkerMetrics:
             "unauthorized, overloaded, starting, unavailable (bad bodies count as "
             "streamrank_rejected{topic=\"http\"}).", ["reason"], registry=self.registry)
 
-        self.model_load_failures = Counter(
-            "streamrank_model_load_failures", "Published models that could not be served.",
+        self.state_refused = Counter(
+            "streamrank_state_updates_refused",
+            "Versions on model-updates this worker could not install, by kind and reason "
+            "(invalid_state: fails to load; untrusted_state: outside the model dir, unsigned "
+            "or wrongly signed).", ["kind", "reason"], registry=self.registry)
+        self.state_ignored = Counter(
+            "streamrank_state_updates_ignored",
+            "Versions on model-updates of a kind this worker has no loader for.", ["kind"],
             registry=self.registry)
 
     def observe_ranking(self, model_version: str, latency_ms: float) -> None:
         self.requests.labels(model_version).inc()
         self.ranking_ms.observe(latency_ms)
 
-    def total(self, name: str) -> float:
-        """Sum of a counter over all its labels (e.g. ``"streamrank_rejected"``)."""
+    def total(self, name: str, **labels: str) -> float:
+        """Sum of a counter over its labels (e.g. ``"streamrank_rejected"``), or over those
+        samples that carry ``labels``."""
         return sum(
             sample.value
             for metric in self.registry.collect() if metric.name == name
             for sample in metric.samples if sample.name == f"{name}_total"
+            and labels.items() <= sample.labels.items()
         )

@@ -30,12 +30,19 @@ class ModelSlot:
         self.settings = settings
         self.current: Scorer = PopularityScorer(RANKER_FEATURE_NAMES, TASK_NAMES)
 
-    async def load(self, manifest_path: Path, expected_sha256: str | None = None) -> Scorer:
-        loop = asyncio.get_running_loop()
-        scorer = await loop.run_in_executor(
-            None, load_scorer, manifest_path, RANKER_FEATURE_NAMES,
-            self.settings.scorer_device, self.settings.scorer_threads, expected_sha256)
+    def build(self, manifest_path: Path, expected_sha256: str | None = None) -> Scorer:
+        """Blocking: run it on an executor thread. With a signing key, only signed models."""
+        return load_scorer(manifest_path, RANKER_FEATURE_NAMES, self.settings.scorer_device,
+                           self.settings.scorer_threads, expected_sha256,
+                           self.settings.signing_key)
+
+    def install(self, scorer: Scorer) -> None:
         self.current = scorer
+
+    async def load(self, manifest_path: Path) -> Scorer:
+        scorer = await asyncio.get_running_loop().run_in_executor(None, self.build,
+                                                                  manifest_path)
+        self.install(scorer)
         return scorer
 
 

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas import DeadLetter, RankingResult, decode
 from stream.demo import WorkerProcess
 from stream.runtime.environment import ensure_topics
-from stream.runtime.model_updates import publish_model
+from stream.scoring.model_kind import publish_model
 from stream.settings import Settings
 from tests.integration.harness import publish, read_dead_letters, wait_until
 
@@ -34,7 +34,8 @@ def worker(bootstrap: str, redis_url: str,
            serving_models: tuple[Path, Path]) -> Iterator[tuple[WorkerProcess, Settings]]:
     settings = Settings(broker_url=bootstrap, redis_url=redis_url, partitions=2,
                         topic_prefix=f"score{uuid.uuid4().hex[:8]}",
-                        model_manifest=serving_models[0])
+                        model_manifest=serving_models[0],
+                        model_dir=serving_models[0].parent.parent)
     ensure_topics(bootstrap, settings)
     rng = np.random.default_rng(0)
     catalogue = [(item, orjson.dumps({"item_id": item, "ts": NOW,
@@ -197,11 +198,10 @@ def test_hot_swap_under_load_fails_no_request(worker: tuple[WorkerProcess, Setti
 
 
 def test_unloadable_model_update_keeps_the_current_model(
-        worker: tuple[WorkerProcess, Settings], tmp_path: Path,
-        serving_models: tuple[Path, Path]) -> None:
+        worker: tuple[WorkerProcess, Settings], serving_models: tuple[Path, Path]) -> None:
     process, settings = worker
     before = process.get("/stats")
-    broken = tmp_path / "broken"
+    broken = settings.model_dir / f"broken-{uuid.uuid4().hex[:8]}"
     broken.mkdir()
     manifest = orjson.loads(serving_models[0].read_bytes())
     (broken / "manifest.json").write_bytes(orjson.dumps({**manifest, "version": "broken"}))
@@ -217,4 +217,4 @@ def test_unloadable_model_update_keeps_the_current_model(
 async def _publish_raw(settings: Settings, directory: Path, sha256: str) -> None:
     update = {"ts": time.time(), "model": "ranker", "kind": "model", "version": "broken",
               "uri": directory.resolve().as_uri(), "sha256": sha256}
-    await publish(settings, "model-updates", [("ranker", orjson.dumps(update))])
+    await publish(settings, "model-updates", [("model", orjson.dumps(update))])

@@ -1,0 +1,132 @@
+"""Versioned state: every worker installs the latest valid version of each kind on model-updates.
+
+A model, a set of BatchNorm statistics and a bandit parameter set are each a *kind* of state
+(DESIGN.md, "Versioned state"). Each kind registers one :class:`StateKind`; this module knows
+none of them, so a new kind is a new registration, never a new branch here.
+
+``model-updates`` is compacted and keyed by kind (see :func:`stream.runtime.environment.
+ensure_topics`), so all the versions of a kind are in one partition, in publishing order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from schemas import ModelUpdate, Rejection, encode
+from stream.runtime.clients import started_producer
+from stream.runtime.consumer import Decoded, RawRecord, Sends, SupervisedConsumer
+from stream.runtime.metrics import WorkerMetrics
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StateKind(Generic[T]):
+    """How one kind of state builds a version and puts it in use.
+
+    ``load`` builds the version from its update on an executor thread, off the event loop
+    (an ONNX session takes tens of milliseconds). For a version that cannot be served it
+    raises :class:`schemas.Rejection` with reason ``invalid_state`` (it does not load) or
+    ``untrusted_state`` (refused before reading it). ``install`` runs on the loop and only
+    swaps a reference, so work in flight finishes on the version it took.
+    """
+
+    name: str
+    load: Callable[[ModelUpdate], T]
+    install: Callable[[T], None]
+
+
+def registry(kinds: Iterable[StateKind[Any]]) -> dict[str, StateKind[Any]]:
+    by_name: dict[str, StateKind[Any]] = {}
+    for kind in kinds:
+        if kind.name in by_name:
+            raise ValueError(f"state kind {kind.name!r} registered twice")
+        by_name[kind.name] = kind
+    return by_name
+
+
+async def load_off_loop(kind: StateKind[T], update: ModelUpdate) -> T:
+    return await asyncio.get_running_loop().run_in_executor(None, kind.load, update)
+
+
+class VersionedStateService(SupervisedConsumer):
+    """Follows model-updates in every worker and installs, per kind, the latest valid version.
+
+    Every worker must see every version, so this is a broadcast reader (no group) that reads
+    the whole topic from the start. Within a batch each kind's versions are tried newest
+    first: the first that loads is installed and the older ones are skipped unread. A version
+    that fails leaves in use the one installed before, from this batch's older versions or
+    from an earlier batch. So a worker starts on the latest valid version of each kind, and a
+    failing publish later changes nothing. A kind with no registration (``bn_stats`` until BN
+    adaptation exists) is counted, and logged once per kind, instead of being dropped unseen.
+
+    A failure is counted and logged by every worker, but this reader sends nothing to the
+    DLQ, not even a record that does not decode: every worker reads every record again at
+    every start, so its dead letters would repeat without end. The one verdict per record
+    comes from :class:`stream.runtime.state_audit.StateAuditService`.
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str, kinds: Iterable[StateKind[Any]],
+                 metrics: WorkerMetrics, **kwargs: Any) -> None:
+        super().__init__(settings, bootstrap, metrics, name="versioned-state",
+                         topics={settings.topic("model-updates"): ModelUpdate},
+                         group_id=None, fetch_wait_ms=100, max_records=1000, **kwargs)
+        self.kinds = registry(kinds)
+        self._unknown_logged: set[str] = set()
+
+    async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
+        by_kind: dict[str, list[ModelUpdate]] = {}
+        for decoded in batch:  # offset order: a kind's versions all sit in one partition
+            by_kind.setdefault(decoded.value.kind, []).append(decoded.value)
+        for kind_name, updates in by_kind.items():
+            kind = self.kinds.get(kind_name)
+            if kind is None:
+                self._ignore(kind_name, len(updates))
+            else:
+                await self._install_latest_valid(kind, updates)
+        return []
+
+    def _dead_letter(self, record: RawRecord, rejection: Rejection) -> asyncio.Future[Any]:
+        log.debug("not dead-lettering %s@%s/%s here (the state audit does): %s", record.topic,
+                  record.partition, record.offset, rejection)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def _install_latest_valid(self, kind: StateKind[Any],
+                                    updates: list[ModelUpdate]) -> None:
+        for update in reversed(updates):
+            try:
+                loaded = await load_off_loop(kind, update)
+            except Rejection as refusal:
+                self.metrics.state_refused.labels(kind.name, refusal.reason).inc()
+                log.error("%s %s not installed (%s): %s", kind.name, update.version,
+                          refusal.reason, refusal.detail)
+                continue
+            kind.install(loaded)
+            log.info("now serving %s %s", kind.name, update.version)
+            return
+
+    def _ignore(self, kind_name: str, count: int) -> None:
+        self.metrics.state_ignored.labels(kind_name).inc(count)
+        if kind_name not in self._unknown_logged:
+            self._unknown_logged.add(kind_name)
+            log.warning("ignoring %s updates: this worker has no loader for that kind (counted "
+                        "in streamrank_state_updates_ignored_total)", kind_name)
+
+
+async def publish_update(settings: Settings, bootstrap: str, update: ModelUpdate) -> None:
+    """Key by kind: compaction then keeps the newest version of each kind."""
+    producer = await started_producer(settings, bootstrap)
+    try:
+        await producer.send_and_wait(settings.topic("model-updates"), encode(update),
+                                     key=update.kind.encode())
+    finally:
+        await producer.stop()
