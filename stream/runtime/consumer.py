@@ -36,7 +36,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from schemas import Record, Rejection, decode
 from stream.runtime.clients import kafka_consumer, started_producer
-from stream.runtime.dlq import dead_letter
+from stream.runtime.dlq import encoded_dead_letter
 from stream.runtime.failures import Failure, LoopFailed, classify
 from stream.runtime.health import ConsumerHealth
 from stream.runtime.metrics import WorkerMetrics
@@ -78,6 +78,9 @@ class SupervisedConsumer(Service):
     reads from the start and commits nothing, so every worker sees every message (versioned
     state). ``replay_from_start`` makes a group member read its partitions from the earliest
     retained offset whatever it committed, which is how state kept in process is rebuilt.
+    ``dead_letters=False`` counts and logs rejections without sending them: for a broadcast
+    reader, which every worker runs from the start at every start, one service of its own
+    sends each verdict once instead.
     """
 
     def __init__(self, settings: Settings, bootstrap: str, metrics: WorkerMetrics, *,
@@ -85,6 +88,7 @@ class SupervisedConsumer(Service):
                  fetch_wait_ms: int, max_records: int,
                  offset_reset: Literal["earliest", "latest"] = "earliest",
                  replay_from_start: bool = False,
+                 dead_letters: bool = True,
                  on_fatal: Callable[[LoopFailed], None] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -98,6 +102,7 @@ class SupervisedConsumer(Service):
         self._max_records = max_records
         self._offset_reset = offset_reset
         self._replay_from_start = replay_from_start
+        self._dead_letters = dead_letters
         self._on_fatal = on_fatal
         self._dlq_topic = settings.topic("dlq")
         self._consumer: AIOKafkaConsumer | None = None
@@ -243,7 +248,7 @@ class SupervisedConsumer(Service):
         return float(min(0.05 * 2 ** min(self._rewinds, 7), 5.0))
 
     async def _process(self, batch: _Batch) -> None:
-        sends: Sends = [self._dead_letter(record, rejection)
+        sends: Sends = [self.dead_letter(record, rejection)
                         for record, rejection in batch.rejected]
         if batch.decoded:
             sends += await self._handle_batch(batch.decoded)
@@ -280,7 +285,7 @@ class SupervisedConsumer(Service):
                     record = decoded.record
                     log.error("%s: %s@%d/%d to the DLQ: %s", self.health.name, record.topic,
                               record.partition, record.offset, detail)
-                    return [self._dead_letter(record, Rejection("handler_error", detail[:2000]))]
+                    return [self.dead_letter(record, Rejection("handler_error", detail[:2000]))]
         raise AssertionError("handler_attempts is at least 1")
 
     async def _attempt(self, decoded: list[Decoded[Any]]) -> Sends:
@@ -314,12 +319,17 @@ class SupervisedConsumer(Service):
         self.health.recovered()
         return result
 
-    def _dead_letter(self, record: RawRecord, rejection: Rejection) -> asyncio.Future[Any]:
+    def dead_letter(self, record: RawRecord, rejection: Rejection) -> asyncio.Future[Any]:
+        """Send ``record`` to the DLQ; the runtime commits past it once this is acknowledged."""
         self.metrics.rejected.labels(record.topic, rejection.reason).inc()
         log.debug("rejected %s@%s/%s: %s", record.topic, record.partition, record.offset,
                   rejection)
+        if not self._dead_letters:
+            sent: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            sent.set_result(None)
+            return sent
         return asyncio.ensure_future(self.producer.send_and_wait(
-            self._dlq_topic, dead_letter(record, rejection), key=record.key))
+            self._dlq_topic, encoded_dead_letter(record, rejection), key=record.key))
 
     def _lag(self) -> dict[str, int]:
         assert self._consumer is not None

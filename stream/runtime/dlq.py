@@ -10,7 +10,7 @@ from aiokafka.structs import ConsumerRecord
 from schemas import DeadLetter, Rejection, encode
 
 
-def dead_letter(record: ConsumerRecord[bytes, bytes], rejection: Rejection) -> bytes:
+def encoded_dead_letter(record: ConsumerRecord[bytes, bytes], rejection: Rejection) -> bytes:
     return encode(DeadLetter(
         ts=time.time(),
         reason=rejection.reason,

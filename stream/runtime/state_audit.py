@@ -60,5 +60,5 @@ class StateAuditService(SupervisedConsumer):
             try:
                 await load_off_loop(kind, decoded.value)  # the verdict; the version is dropped
             except Rejection as rejection:
-                dead_letters.append(self._dead_letter(decoded.record, rejection))
+                dead_letters.append(self.dead_letter(decoded.record, rejection))
         return dead_letters

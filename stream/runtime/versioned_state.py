@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from schemas import ModelUpdate, Rejection, encode
 from stream.runtime.clients import started_producer
-from stream.runtime.consumer import Decoded, RawRecord, Sends, SupervisedConsumer
+from stream.runtime.consumer import Decoded, Sends, SupervisedConsumer
 from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
 
@@ -77,7 +77,8 @@ class VersionedStateService(SupervisedConsumer):
                  metrics: WorkerMetrics, **kwargs: Any) -> None:
         super().__init__(settings, bootstrap, metrics, name="versioned-state",
                          topics={settings.topic("model-updates"): ModelUpdate},
-                         group_id=None, fetch_wait_ms=100, max_records=1000, **kwargs)
+                         group_id=None, fetch_wait_ms=100, max_records=1000,
+                         dead_letters=False, **kwargs)
         self.kinds = registry(kinds)
         self._unknown_logged: set[str] = set()
 
@@ -92,13 +93,6 @@ class VersionedStateService(SupervisedConsumer):
             else:
                 await self._install_latest_valid(kind, updates)
         return []
-
-    def _dead_letter(self, record: RawRecord, rejection: Rejection) -> asyncio.Future[Any]:
-        log.debug("not dead-lettering %s@%s/%s here (the state audit does): %s", record.topic,
-                  record.partition, record.offset, rejection)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
 
     async def _install_latest_valid(self, kind: StateKind[Any],
                                     updates: list[ModelUpdate]) -> None:
