@@ -253,7 +253,9 @@ class SupervisedConsumer(Service):
         if batch.decoded:
             sends += await self._handle_batch(batch.decoded)
         await asyncio.gather(*sends)
-        self._rewinds = 0
+        if self._rewinds:  # the sends went through again after a rewind
+            self._rewinds = 0
+            self.health.recovered()
         self._durable.update(batch.offsets)
         self._commit(batch.offsets)
 

@@ -20,10 +20,12 @@ class ConsumerHealth:
     lag: dict[str, int] = field(default_factory=dict)
 
     def polled(self, lag: dict[str, int]) -> None:
+        """A poll came back. It ends ``starting``, but not ``retrying``: only the retried
+        call's own success does (see :meth:`recovered`)."""
         self.last_poll = time.monotonic()
         self.lag = lag
-        if self.state in ("starting", "retrying"):
-            self.recovered()
+        if self.state == "starting":
+            self.state = "polling"
 
     def recovered(self) -> None:
         if self.state in ("starting", "retrying"):

@@ -101,6 +101,7 @@ async def test_a_failed_send_commits_nothing_past_it_and_is_read_again(
         await publish(settings, "events", events(30))
         await wait_until(lambda: 29 in recorder.handled)
         await wait_until(lambda: recorder._to_commit == {} and recorder._durable != {})
+        assert recorder.health.ready  # the retried sends went through: polling again
     finally:
         await recorder.stop()
     assert max(committed_before_retry, default=0) <= 10  # never past the failed batch's start
