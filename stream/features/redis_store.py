@@ -7,15 +7,15 @@ cluster, more tags spread the keys over the nodes. Key names also carry
 :data:`models.features.LAYOUT_ID`, so a new value layout starts on keys of its own instead of
 sending a script into an error on every batch.
 
-Keys expire ``ttl_s`` after their last write (entities, histories, metas), and the dedup
-buckets after two dedup TTLs; the entity indexes behind ``counts()`` are sorted sets trimmed to
-the same TTL.
+Keys expire ``ttl_s`` after their last write (entities, histories, metas), the dedup buckets
+after two dedup TTLs, and the daily censuses behind ``counts()`` a day after the TTL.
 """
 
 from __future__ import annotations
 
 import hashlib
 import string
+import struct
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,15 +41,22 @@ from stream.redaction import redact_url
 
 # The Redis mirror of models.features.merge plus the offset-mark rule of
 # stream.features.watermarks, run server-side so that workers sharing item keys never race.
-# Lua has no numpy; the loop is tiny.
-# KEYS: the kind's index, n entity keys, then (users) n history keys.
-# ARGV: now, ttl, history length, history entry size, n, key prefix, then per entity its
-#       packed delta, its offset ranges and its history entries (oldest first).
+# Lua has no numpy; the loop is tiny. Every entity of one call shares the call's offset ranges
+# (a batch's, see batch_ranges), so they are parsed once and, in the usual case, the new marks
+# are one precomputed trailer. Deltas and histories travel as blobs, not as arguments per entity:
+# redis-py encodes every argument in pure Python, and a batch of 20k events touches ~17k.
+# KEYS: the kind's census of the day, n entity keys, then the history keys of the users that
+#       have history entries, in the same order.
+# ARGV: ttl, history length, history entry size, key prefix, the ranges, the n packed
+#       deltas, per entity a history entry count (uint16), and the entries (oldest first).
 _MERGE_LUA = string.Template("""
-local now, ttl, history_length = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local entry_size, n, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local with_history = #KEYS == 2 * n + 1
+local ttl, history_length, entry_size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix, ranges, deltas = ARGV[4], ARGV[5], ARGV[6]
+local history_counts, history = ARGV[7], ARGV[8]
 local size, n_counters, half_lives = $size, $n_counters, {$half_lives}
+local n = #deltas / size
+local with_history = #history_counts > 0
+local history_key = n + 1  -- history keys follow the entity keys, one per entity with entries
 local ln2 = math.log(2)
 local fmt = '<dddd' .. string.rep('f', n_counters)
 local function merge(old, delta)
@@ -57,20 +64,35 @@ local function merge(old, delta)
   local b = {struct.unpack(fmt, delta)}
   local ref = math.max(a[1], b[1])
   local out = {ref, math.min(a[2], b[2]), math.max(a[3], b[3]), math.max(a[4], b[4])}
+  local decay_a, decay_b = {}, {}
+  for h = 1, #half_lives do
+    decay_a[h] = math.exp((a[1] - ref) * ln2 / half_lives[h])
+    decay_b[h] = math.exp((b[1] - ref) * ln2 / half_lives[h])
+  end
   for c = 0, n_counters - 1 do
     local h = c % #half_lives + 1
-    out[5 + c] = a[5 + c] * math.exp((a[1] - ref) * ln2 / half_lives[h])
-               + b[5 + c] * math.exp((b[1] - ref) * ln2 / half_lives[h])
+    out[5 + c] = a[5 + c] * decay_a[h] + b[5 + c] * decay_b[h]
   end
   return struct.pack(fmt, unpack(out, 1, 4 + n_counters))
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
-local conflicts, replayed = {}, {}
+local partitions, lows, highs, covered, high_marks = {}, {}, {}, {}, {}
+for pos = 1, #ranges, $range_size do
+  local p, low, high = struct.unpack('$range_fmt', ranges, pos)
+  partitions[#partitions + 1], lows[#lows + 1], highs[#highs + 1] = p, low, high
+  covered[p] = high
+  high_marks[#high_marks + 1] = struct.pack('$mark_fmt', p, high)
+end
+local all_high = table.concat(high_marks)  -- the new marks of an entity with no others
+local conflicts, replayed, written = {}, {}, {}
+local history_pos = 1
 for k = 1, n do
-  local key, delta = KEYS[k + 1], ARGV[4 + 3 * k]
-  local ranges, history = ARGV[5 + 3 * k], ARGV[6 + 3 * k]
+  local key, delta = KEYS[k + 1], string.sub(deltas, (k - 1) * size + 1, k * size)
+  local entries = 0
+  if with_history then entries = struct.unpack('<H', history_counts, 2 * k - 1) end
+  local first_entry = history_pos
+  history_pos = history_pos + entries * entry_size
   local old = redis.call('GET', key)
-  local marks, order = {}, {}
+  local marks, others = {}, false
   if old then
     if #old < size or (#old - size) % $mark_size ~= 0 then
       return redis.error_reply('streamrank layout $layout: ' .. key .. ' holds ' .. #old ..
@@ -79,15 +101,14 @@ for k = 1, n do
     for pos = size + 1, #old, $mark_size do
       local p, o = struct.unpack('$mark_fmt', old, pos)
       marks[p] = o
-      order[#order + 1] = p
+      if covered[p] == nil then others = true end
     end
   end
   local applied, fresh = true, true
-  for pos = 1, #ranges, $range_size do
-    local p, low, high = struct.unpack('$range_fmt', ranges, pos)
-    local mark = marks[p] or -1
-    if mark < high then applied = false end
-    if mark >= low then fresh = false end
+  for i = 1, #partitions do
+    local mark = marks[partitions[i]] or -1
+    if mark < highs[i] then applied = false end
+    if mark >= lows[i] then fresh = false end
   end
   if applied then
     replayed[#replayed + 1] = k - 1
@@ -97,25 +118,33 @@ for k = 1, n do
   else
     local value = delta
     if old then value = merge(string.sub(old, 1, size), delta) end
-    for pos = 1, #ranges, $range_size do
-      local p, low, high = struct.unpack('$range_fmt', ranges, pos)
-      if marks[p] == nil then order[#order + 1] = p end
-      marks[p] = high
-    end
-    local trailer = {}
-    for _, p in ipairs(order) do trailer[#trailer + 1] = struct.pack('$mark_fmt', p, marks[p]) end
-    redis.call('SET', key, value .. table.concat(trailer), 'EX', ttl)
-    redis.call('ZADD', KEYS[1], now, string.sub(key, #prefix + 1))
-    if with_history and #history > 0 then
-      local history_key = KEYS[n + 1 + k]
-      for pos = 1, #history, entry_size do
-        redis.call('LPUSH', history_key, string.sub(history, pos, pos + entry_size - 1))
+    local trailer = all_high
+    if others then  -- marks of partitions this batch does not read: kept, in their order
+      local kept = {}
+      for pos = size + 1, #old, $mark_size do
+        local p, o = struct.unpack('$mark_fmt', old, pos)
+        if covered[p] == nil then kept[#kept + 1] = string.sub(old, pos, pos + $mark_size - 1) end
       end
-      redis.call('LTRIM', history_key, 0, history_length - 1)
-      redis.call('EXPIRE', history_key, ttl)
+      trailer = table.concat(kept) .. all_high
+    end
+    redis.call('SET', key, value .. trailer, 'EX', ttl)
+    written[#written + 1] = string.sub(key, #prefix + 1)
+  end
+  if entries > 0 then
+    history_key = history_key + 1
+    if fresh and not applied then
+      for pos = first_entry, history_pos - 1, entry_size do
+        redis.call('LPUSH', KEYS[history_key], string.sub(history, pos, pos + entry_size - 1))
+      end
+      redis.call('LTRIM', KEYS[history_key], 0, history_length - 1)
+      redis.call('EXPIRE', KEYS[history_key], ttl)
     end
   end
 end
+for first = 1, #written, 1000 do
+  redis.call('PFADD', KEYS[1], unpack(written, first, math.min(first + 999, #written)))
+end
+if #written > 0 then redis.call('EXPIRE', KEYS[1], ttl + 86400) end
 return {conflicts, replayed}
 """).substitute(
     half_lives=", ".join(repr(h) for h in HALF_LIVES_S), n_counters=N_COUNTERS,
@@ -220,8 +249,15 @@ class RedisStore(FeatureStore):
         """Key prefix of one kind (u, i: counters; m: item metas; h: histories) in one tag."""
         return f"{self._ns}:{{{tag}}}:{LAYOUT_ID}:{kind}:"
 
-    def _index(self, tag: int, kind: str) -> str:
-        return f"{self._ns}:{{{tag}}}:idx:{kind}"
+    def _census(self, tag: int, kind: str, day: int) -> str:
+        """A HyperLogLog of the entities of one kind written on one day (UTC): ``counts()``
+        reads the days within the TTL. A sorted set by last write was exact, but adding every
+        written entity to it cost as much as the merge itself."""
+        return f"{self._ns}:{{{tag}}}:census:{kind}:{day}"
+
+    def _route(self, tag: int) -> str:
+        """A key name of the tag, which routes a script call to the tag's node in a cluster."""
+        return f"{self._ns}:{{{tag}}}:route"
 
     def _seen(self, tag: int, now: float) -> list[str]:
         """Event ids live in time buckets of ``dedup_ttl_s``; the current and previous bucket
@@ -249,7 +285,7 @@ class RedisStore(FeatureStore):
                              "\0".join(batch.events[k].event_id for k in indices),
                              "\0".join(batch.origins[k].token() for k in indices))
             for tag, ids in wanted.items():
-                _evalsha(pipe, self._read_sha, 1, self._index(tag, "i"), "\0".join(ids), "",
+                _evalsha(pipe, self._read_sha, 1, self._route(tag), "\0".join(ids), "",
                              self.prefix(tag, "m"))
 
         replies = await self._pipeline(commands)
@@ -268,33 +304,36 @@ class RedisStore(FeatureStore):
                 prefix = self.prefix(tag, "m")
                 for item_id in ids:
                     pipe.set(prefix + item_id, metas[item_id], ex=self._ttl_s)
-                pipe.zadd(self._index(tag, "i"), dict.fromkeys(ids, now))
+                census = self._census(tag, "i", int(now // 86_400))
+                pipe.execute_command("PFADD", census, *ids)
+                pipe.expire(census, self._ttl_s + 86_400)
 
         await self._pipeline(commands)
 
     async def _write(self, users: Sequence[EntityWrite], items: Sequence[EntityWrite]
                      ) -> Written:
         now = time.time()
-        calls = []  # (kind, writes of one tag)
+        calls = []  # (kind, tag, writes that share their offset ranges)
         for kind, writes in (("u", users), ("i", items)):
-            tags: dict[int, list[EntityWrite]] = {}
+            groups: dict[tuple[int, int], list[EntityWrite]] = {}
             for write in writes:
-                tags.setdefault(self.tag(write.entity_id), []).append(write)
-            calls += [(kind, tag, tag_writes) for tag, tag_writes in tags.items()]
+                groups.setdefault((self.tag(write.entity_id), id(write.ranges)), []).append(write)
+            calls += [(kind, tag, group) for (tag, _), group in groups.items()]
 
         def commands(pipe: Any) -> None:
             for kind, tag, writes in calls:
                 prefix = self.prefix(tag, kind)
-                keys = [self._index(tag, kind), *(prefix + w.entity_id for w in writes)]
-                if kind == "u":
-                    history = self.prefix(tag, "h")
-                    keys += [history + w.entity_id for w in writes]
+                keys = [self._census(tag, kind, int(now // 86_400)),
+                        *(prefix + w.entity_id for w in writes)]
+                history = self.prefix(tag, "h")
+                keys += [history + w.entity_id for w in writes if w.history]
                 entry_size = next((len(w.history[0]) for w in writes if w.history), 0)
-                args: list[Any] = [now, self._ttl_s, self._history_length, entry_size,
-                                   len(writes), prefix]
-                for write in writes:
-                    args += [write.delta, pack_ranges(write.ranges), b"".join(write.history)]
-                _evalsha(pipe, self._merge_sha, len(keys), *keys, *args)
+                _evalsha(pipe, self._merge_sha, len(keys), *keys, self._ttl_s,
+                         self._history_length, entry_size, prefix, pack_ranges(writes[0].ranges),
+                         b"".join(w.delta for w in writes),
+                         struct.pack(f"<{len(writes)}H", *(len(w.history) for w in writes))
+                         if kind == "u" else b"",
+                         b"".join(entry for w in writes for entry in w.history))
 
         written = Written([], [])
         for (kind, _, writes), (conflicts, replayed) in zip(calls, await self._pipeline(commands),
@@ -319,7 +358,7 @@ class RedisStore(FeatureStore):
                 for user in ids:
                     pipe.lrange(history_prefix + user, 0, -1)
             for tag, ids in items.items():
-                _evalsha(pipe, self._read_sha, 1, self._index(tag, "i"), "\0".join(ids),
+                _evalsha(pipe, self._read_sha, 1, self._route(tag), "\0".join(ids),
                              self.prefix(tag, "i"), self.prefix(tag, "m"))
 
         replies = iter(await self._pipeline(commands))
@@ -363,12 +402,16 @@ class RedisStore(FeatureStore):
             return cast(list[Any], await pipe.execute())
 
     async def counts(self) -> dict[str, int]:
-        since = time.time() - self._ttl_s
+        """Entities written within the TTL, estimated (HyperLogLog: exact for small numbers,
+        within ~1% beyond)."""
+        today = int(time.time() // 86_400)
+        days = range(today - self._ttl_s // 86_400, today + 1)
 
         def commands(pipe: Any) -> None:
             for tag in range(self._slots):
-                pipe.zcount(self._index(tag, "u"), since, "+inf")
-                pipe.zcount(self._index(tag, "i"), since, "+inf")
+                for kind in ("u", "i"):
+                    pipe.execute_command(
+                        "PFCOUNT", *(self._census(tag, kind, day) for day in days))
 
         replies = await self._pipeline(commands)
         return {"users": sum(replies[0::2]), "items": sum(replies[1::2])}
