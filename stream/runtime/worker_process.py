@@ -44,8 +44,12 @@ class WorkerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        stop_process(self.process, timeout_s=30)
+        self.stop()
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM, then SIGKILL after 30 s) of a child that may be gone."""
+        if self.process is not None and self.process.poll() is None:
+            stop_process(self.process, timeout_s=30)
 
     def launch(self) -> None:
         """Start the child and return at once; its log is appended to across restarts."""
