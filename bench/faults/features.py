@@ -25,7 +25,6 @@ from bench.harness import Environment, environment, median
 from stream.runtime.worker_process import WorkerProcess
 from stream.settings import Settings
 
-
 # Measured here: a restarted worker commits its first batch ~2.4 s after /health says 200
 # (the consumer group hands it partitions only then).
 JOIN_S = 2.5
