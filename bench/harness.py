@@ -31,7 +31,6 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from stream.errors import BenchFailed
 from stream.features.store import RedisStore
 from stream.runtime.broker import free_port
-from stream.runtime.clients import kafka_consumer
 from stream.runtime.environment import broker
 from stream.runtime.processes import die_with_parent, stop_process
 from stream.settings import Settings
@@ -218,12 +217,12 @@ def paused(process: subprocess.Popen[bytes] | None, enabled: bool = True) -> Ite
 # -- following a topic, and a group's progress --------------------------------------------------
 
 
-async def assigned_consumer(settings: Settings, bootstrap: str, topic: str, from_end: bool,
-                            fetch_wait_ms: int) -> AIOKafkaConsumer:
+async def assigned_consumer(bootstrap: str, topic: str, from_end: bool, fetch_wait_ms: int
+                            ) -> AIOKafkaConsumer:
     """A consumer of every partition of ``topic``, in no group, at its start or its end."""
-    consumer = kafka_consumer(settings, bootstrap, group_id=None,
-                              fetch_max_wait_ms=fetch_wait_ms,
-                              max_partition_fetch_bytes=8 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=fetch_wait_ms,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
     await consumer.start()
     await consumer.topics()
     partitions = [TopicPartition(topic, p)
@@ -242,16 +241,16 @@ class TopicTail:
     """Every record of a topic from its beginning, handed to ``on_record`` with the monotonic
     time its fetch returned; :meth:`read_to_end` waits until all that was there has been read."""
 
-    def __init__(self, settings: Settings, bootstrap: str, topic: str,
+    def __init__(self, bootstrap: str, topic: str,
                  on_record: Callable[[Record, float], None]) -> None:
-        self.settings, self.bootstrap, self.topic = settings, bootstrap, topic
+        self.bootstrap, self.topic = bootstrap, topic
         self.on_record = on_record
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TopicTail:
-        self._consumer = await assigned_consumer(self.settings, self.bootstrap, self.topic,
-                                                 from_end=False, fetch_wait_ms=20)
+        self._consumer = await assigned_consumer(self.bootstrap, self.topic, from_end=False,
+                                                 fetch_wait_ms=20)
         self._task = asyncio.ensure_future(self._follow())
         return self
 

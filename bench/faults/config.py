@@ -33,7 +33,7 @@ class FaultsConfig:
     request_rate: float = 100.0         # ranking requests/s, steady
     request_ttl_s: float = 5.0
     candidates: int = 20
-    catch_up_timeout_s: float = 120.0
+    catch_up_timeout_s: float = 60.0
     # A member killed with SIGKILL holds its partitions until its session times out; the
     # bench's worker uses short timeouts so that a restart takes seconds, not tens.
     session_timeout_ms: int = 3000

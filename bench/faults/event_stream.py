@@ -7,6 +7,7 @@ through the store's public read API.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from bench.harness import Environment, GroupProgress, open_run_store
 from schemas import Event, ItemUpsert, encode
 from stream.runtime.clients import kafka_producer
 
+# t, events committed, events produced, records (events and upserts) produced but not committed
+Sample = tuple[float, int, int, int]
 SAMPLE_INTERVAL_S = 0.1  # commits are merged over 100 ms (STREAMRANK_COMMIT_INTERVAL_MS)
 READ_CHUNK = 2000
 
@@ -84,7 +87,7 @@ async def produce_paced(env: Environment, stream: KnownStream, seconds: float,
         if k % every == 0 and k // every < len(stream.upserts):
             records.append((settings.topic("items"), stream.upserts[k // every]))
         records.append((settings.topic("events"), event))
-    producer = kafka_producer(settings, env.bootstrap, linger_ms=5)
+    producer = kafka_producer(settings, env.bootstrap, linger_ms=20)  # as bench/features.py
     await producer.start()
     started = time.monotonic()
     try:
@@ -110,8 +113,7 @@ class Progress:
     env: Environment
     produced: Produced
     t0: float
-    # t, events committed, events produced, records (events and upserts) not yet committed
-    samples: list[tuple[float, int, int, int]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
     lag: int | None = None  # records produced and not yet committed, at the latest sample
 
     async def run(self) -> None:
@@ -151,33 +153,34 @@ class Progress:
         return any(committed > base for t_sample, committed, _, _ in self.samples
                    if t_sample > t) or (self.produced.done and self.lag == 0)
 
-    def catch_up_per_s(self, backlog: int) -> float:
-        """Events committed per second over the sampling intervals that began with more than
-        ``backlog`` records waiting and in which the group moved: the worker's speed while it
-        works off a backlog (not while it is dead, starting or joining the group)."""
-        moved = seconds = 0.0
-        for (t, committed, _, lag), (t_next, committed_next, _, _) in zip(
-                self.samples, self.samples[1:], strict=False):
-            if lag > backlog and committed_next > committed:
-                moved += committed_next - committed
-                seconds += t_next - t
-        return round(moved / seconds, 1) if seconds else float("nan")
 
-    def recovery_s(self, kills: Sequence[float], backlog: int) -> list[float]:
-        """Per kill -9 that its next life recovered from before being killed in turn: seconds
-        until the group was back at the live edge (no more than ``backlog`` records waiting),
-        restart, rejoin and catch-up included."""
-        back = []
-        for killed, next_kill in zip(kills, [*kills[1:], float("inf")], strict=True):
-            behind = False
-            for t, _, _, lag in self.samples:
-                if not killed < t <= next_kill:
-                    continue
-                behind = behind or lag > backlog
-                if behind and lag <= backlog:
-                    back.append(round(t - killed, 3))
-                    break
-        return back
+def catch_up_per_s(samples: Sequence[Sample], backlog: int) -> float:
+    """Events committed per second over the sampling intervals that began with more than
+    ``backlog`` records waiting and in which the group moved: the worker's speed while it works
+    off a backlog (not while it is dead, starting or joining the group)."""
+    moved = seconds = 0.0
+    for (t, committed, _, lag), (t_next, committed_next, _, _) in itertools.pairwise(samples):
+        if lag > backlog and committed_next > committed:
+            moved += committed_next - committed
+            seconds += t_next - t
+    return round(moved / seconds, 1) if seconds else float("nan")
+
+
+def recovery_s(samples: Sequence[Sample], kills: Sequence[float], backlog: int) -> list[float]:
+    """Per kill -9 that its next life recovered from before being killed in turn: seconds until
+    the group was back at the live edge (no more than ``backlog`` records waiting), restart,
+    rejoin and catch-up included."""
+    back = []
+    for killed, next_kill in zip(kills, [*kills[1:], float("inf")], strict=True):
+        behind = False
+        for t, _, _, lag in samples:
+            if not killed < t <= next_kill:
+                continue
+            behind = behind or lag > backlog
+            if behind and lag <= backlog:
+                back.append(round(t - killed, 3))
+                break
+    return back
 
 
 async def compare_stored(env: Environment, stream: KnownStream) -> dict[str, Any]:

@@ -14,9 +14,11 @@ from bench.faults.event_stream import (
     KnownStream,
     Produced,
     Progress,
+    catch_up_per_s,
     compare_stored,
     known_stream,
     produce_paced,
+    recovery_s,
 )
 from bench.faults.kills import Lives
 from bench.faults.plot import recovery_png
@@ -88,8 +90,8 @@ def _figures(stream: KnownStream, lives: Lives, progress: Progress, comparison: 
     # More waiting than 0.3 s of production (three samples, and the 100 ms commit interval):
     # a backlog, not the live edge.
     backlog = int(0.3 * production_per_s) + 1
-    catch_up = progress.catch_up_per_s(backlog)
-    recovery = progress.recovery_s([k["at_s"] for k in lives.kills], backlog)
+    catch_up = catch_up_per_s(progress.samples, backlog)
+    recovery = recovery_s(progress.samples, [k["at_s"] for k in lives.kills], backlog)
     last_healthy = lives.lives[-1].healthy or caught_up_at
     kills = lives.summary()
     return {

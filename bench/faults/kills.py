@@ -15,7 +15,7 @@ from bench.harness import median, until_healthy
 from stream.runtime.worker_process import WorkerProcess
 
 READY_TIMEOUT_S = 90.0
-WORKING_TIMEOUT_S = 60.0  # a life that never gets to work is killed anyway
+WORKING_TIMEOUT_S = 30.0  # a life that never gets to work is killed anyway (~7.5 s is usual)
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Lives:
     lives: list[Life] = field(default_factory=list)
     kills: list[dict[str, Any]] = field(default_factory=list)
     unexpected_exits: int = 0
+    never_worked: int = 0  # lives killed after WORKING_TIMEOUT_S without any progress
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -54,11 +55,12 @@ class Lives:
         life = self.lives[-1]
         self.worker.kill()
         life.killed = self.now()
-        working = life.working or life.launched
-        self.kills.append({"at_s": round(life.killed, 3),
-                           "working_s": round(life.killed - working, 3),
-                           "launch_to_working_s": round(working - life.launched, 3),
-                           **context})
+        self.kills.append({
+            "at_s": round(life.killed, 3),
+            "working_s": None if life.working is None else round(life.killed - life.working, 3),
+            "launch_to_working_s": None if life.working is None else round(
+                life.working - life.launched, 3),
+            **context})
 
     async def kill_repeatedly(self, kills: int, uptime_s: tuple[float, float],
                               rng: np.random.Generator, working: Callable[[float], bool],
@@ -71,10 +73,13 @@ class Lives:
         counted."""
         for _ in range(kills):
             life = self.lives[-1]
-            while not working(life.launched) and self.worker.alive() and (
+            while not (worked := working(life.launched)) and self.worker.alive() and (
                     self.now() - life.launched < WORKING_TIMEOUT_S):
                 await asyncio.sleep(0.02)
-            life.working = self.now()
+            if worked:
+                life.working = self.now()
+            else:
+                self.never_worked += 1
             deadline = time.monotonic() + float(rng.uniform(*uptime_s))
             while time.monotonic() < deadline and self.worker.alive():
                 await asyncio.sleep(0.02)
@@ -93,6 +98,7 @@ class Lives:
         return {
             "kills": len(self.kills),
             "unexpected_exits": self.unexpected_exits,
+            "lives_that_never_worked": self.never_worked,
             "restart_to_healthy_s": {"median": median(restarts),
                                      "max": round(max(restarts, default=float("nan")), 3)},
             "launch_to_working_s": {"median": median(to_work),

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.faults.event_stream import Sample
 
-def recovery_png(path: Path, timeline: Sequence[tuple[float, int, int, int]],
+
+def recovery_png(path: Path, timeline: Sequence[Sample],
                  kills: Sequence[dict[str, Any]], title: str) -> dict[str, Any]:
     """Write the PNG; what the report says about it."""
     try:

@@ -73,10 +73,9 @@ async def _run(env: Environment, config: FaultsConfig) -> dict[str, Any]:
                            extra_env={REQUEST_TTL_VARIABLE: str(config.request_ttl_s)})
     lives = Lives(worker)
     stop = asyncio.Event()
-    async with TopicTail(settings, env.bootstrap, settings.topic("rankings"),
+    async with TopicTail(env.bootstrap, settings.topic("rankings"),
                          answers.on_result) as results, \
-            TopicTail(settings, env.bootstrap, settings.topic("dlq"),
-                      answers.on_dead_letter) as dead_letters:
+            TopicTail(env.bootstrap, settings.topic("dlq"), answers.on_dead_letter) as dead_letters:
         await lives.start()
         publishing = asyncio.ensure_future(_publish(env, config, answers, stop))
         try:
@@ -98,7 +97,7 @@ async def _run(env: Environment, config: FaultsConfig) -> dict[str, Any]:
             worker.stop()
         await results.read_to_end()
         await dead_letters.read_to_end()
-    return _figures(answers, lives, publish_s, drain_s, config)
+    return _figures(answers, lives, publish_s, drain_s, config, settings)
 
 
 async def _publish(env: Environment, config: FaultsConfig, answers: Answers,
@@ -130,7 +129,7 @@ async def _publish(env: Environment, config: FaultsConfig, answers: Answers,
 
 
 def _figures(answers: Answers, lives: Lives, publish_s: float, drain_s: float,
-             config: FaultsConfig) -> dict[str, Any]:
+             config: FaultsConfig, settings: Settings) -> dict[str, Any]:
     sent = answers.sent
     answered = [r for r in sent if r in answers.results]
     first_ms = [(min(answers.results[r]) - sent[r]) * 1000.0 for r in answered]
@@ -156,6 +155,7 @@ def _figures(answers: Answers, lives: Lives, publish_s: float, drain_s: float,
         "throughput_ratio": round(answered_per_s / publish_per_s, 4),
         "drain_s": round(drain_s, 3),
         "request_ttl_s": config.request_ttl_s if has_setting("request_ttl_s") else None,
+        "scoring_wait_ms": settings.scoring_wait_ms,
         "worker_roles": "all",
         **kills,
         "worker_log": str(lives.worker.log_path),

@@ -11,13 +11,13 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """Linux: the child gets SIGTERM if we die without cleaning up (SIGKILL, a crash).
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Linux: the child gets ``signum`` if we die without cleaning up (SIGKILL, a crash).
 
     Meant as ``preexec_fn``. The signal follows the thread that forked, not the process, so
     start children from a thread that lives as long as they should (not a pool thread)."""
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:

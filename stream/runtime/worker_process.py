@@ -4,6 +4,7 @@ benches and the tests drive real workers through this one class."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -11,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,9 @@ class WorkerProcess:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "stream.cli", "worker"], env=self.env,
-                stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+                stdout=log_file, stderr=subprocess.STDOUT,
+                # SIGKILL: a worker whose broker went with us hangs in a clean stop.
+                preexec_fn=partial(die_with_parent, signal.SIGKILL))
 
     def start(self, timeout_s: float = 90.0) -> None:
         """Start the child and wait until ``/health`` answers 200."""
