@@ -139,7 +139,9 @@ def test_tiny_fault_run_finds_every_event_once_and_every_request_answered() -> N
         assert section["item_upserts_missing"] == 0
     assert outage["outage_s"] >= TINY.outage_s
     assert isinstance(outage["health_503_seen"], bool)
-    assert features["raw_consume_per_s"] > 0
+    # Too few events to time the raw bound (it can arrive in one fetch); the pace is known.
+    assert features["production_per_s"] > 0 and "throughput_ratio" in features
+    assert features["recovery_s"]["kills_recovered"] <= features["kills"]
     assert scoring["requests"] > 0
     assert scoring["requests_unanswered"] == 0
     assert (scoring["requests_answered"] + scoring["requests_expired"]

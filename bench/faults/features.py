@@ -104,7 +104,8 @@ def _figures(stream: KnownStream, lives: Lives, progress: Progress, comparison: 
         "production_per_s": round(production_per_s, 1),
         "catch_up_per_s": catch_up,
         "raw_consume_per_s": round(raw_per_s, 1),
-        "throughput_ratio": round(catch_up / raw_per_s, 4),
+        # NaN when a pass is too small to time (everything arrived in its first fetch).
+        "throughput_ratio": round(catch_up / raw_per_s, 4) if raw_per_s else float("nan"),
         "recovery_s": {"median": median(recovery),
                        "max": round(max(recovery, default=float("nan")), 3),
                        "kills_recovered": len(recovery)},
