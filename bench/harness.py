@@ -25,13 +25,14 @@ import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from kafka import TopicPartition as KafkaTopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stream.errors import BenchFailed
-from stream.features.store import RedisStore
+from stream.features.redis_store import RedisStore
 from stream.runtime.broker import free_port
-from stream.runtime.environment import broker
+from stream.runtime.clients import kafka_admin
+from stream.runtime.environment import broker, open_store
 from stream.runtime.processes import die_with_parent, stop_process
 from stream.settings import Settings
 
@@ -140,8 +141,7 @@ def environment(settings: Settings, kind: str, durable_redis: bool = False
 
 def create_topics(bootstrap: str, settings: Settings, names: Sequence[str]) -> None:
     """Topics beside the record topics that ``ensure_topics`` makes (a bench's own)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                             client_id="streamrank-bench")
+    admin = kafka_admin(settings, bootstrap, client_id="streamrank-bench")
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics([NewTopic(name, settings.partitions,
@@ -155,8 +155,7 @@ def delete_topics(settings: Settings, bootstrap: str) -> None:
     if not settings.broker_url:
         return
     with contextlib.suppress(KafkaError):
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                                 client_id="streamrank-bench")
+        admin = kafka_admin(settings, bootstrap, client_id="streamrank-bench")
         try:
             ours = [t for t in admin.list_topics()
                     if t.startswith(settings.topic_prefix + ".")]
@@ -168,9 +167,9 @@ def delete_topics(settings: Settings, bootstrap: str) -> None:
 
 async def open_run_store(settings: Settings) -> RedisStore:
     """The store the worker of this run writes, under the run's namespace."""
-    assert settings.redis_url is not None
-    return await RedisStore.connect(settings.redis_url, settings.topic_prefix,
-                                    settings.dedup_ttl_s, settings.history_length)
+    store = await open_store(settings)
+    assert isinstance(store, RedisStore), "a bench reads the Redis its worker wrote"
+    return store
 
 
 async def drop_store(settings: Settings) -> None:
@@ -295,18 +294,18 @@ class GroupProgress:
     ``end_offsets`` got 1 for partitions holding hundreds). The calls block, so async code runs
     them with ``asyncio.to_thread``, one at a time."""
 
-    def __init__(self, bootstrap: str, group: str, topics: Sequence[str],
-                 partitions: int) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, group: str,
+                 topics: Sequence[str]) -> None:
         self.group = group
-        self.partitions = [KafkaTopicPartition(t, p) for t in topics for p in range(partitions)]
-        self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                                       client_id="streamrank-bench-progress")
+        self.partitions = [KafkaTopicPartition(t, p) for t in topics
+                           for p in range(settings.partitions)]
+        self._admin = kafka_admin(settings, bootstrap, client_id="streamrank-bench-progress")
 
     def committed(self) -> dict[TopicPartition, int]:
-        """The next offset to consume per partition (0 where nothing was committed)."""
+        """The next offset to consume, for each partition the group committed."""
         marks = self._admin.list_group_offsets({self.group: self.partitions})[self.group]
-        return {TopicPartition(tp.topic, tp.partition):
-                max(marks[tp].offset if tp in marks else 0, 0) for tp in self.partitions}
+        return {TopicPartition(tp.topic, tp.partition): marks[tp].offset
+                for tp in self.partitions if tp in marks and marks[tp].offset >= 0}
 
     def close(self) -> None:
         self._admin.close()

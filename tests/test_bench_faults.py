@@ -13,9 +13,8 @@ from bench.faults import parse_sections, run_faults_bench
 from bench.faults.closed_form import TOLERANCE, closed_form, compare, tally
 from bench.faults.config import FaultsConfig
 from bench.faults.event_stream import catch_up_per_s, recovery_s
-from models.features import CHANNEL_INDEX, EntityState, merge
+from models.features import CHANNEL_INDEX, EntityState, event_deltas, merge
 from schemas import Event
-from stream.features.role import feature_update
 from stream.settings import Settings
 
 TS = 1_790_000_000.0
@@ -35,12 +34,11 @@ def stored_after(batches: list[list[Event]]) -> tuple[dict[str, bytes], dict[str
     users: dict[str, bytes] = {}
     items: dict[str, bytes] = {}
     for batch in batches:
-        update = feature_update(batch, {})
-        for table, deltas in ((users, update.users), (items, update.items)):
+        for table, deltas in zip((users, items), event_deltas(batch), strict=True):
             for key, delta in deltas.items():
                 old = table.get(key)
-                table[key] = delta if old is None else merge(
-                    EntityState.unpack(old), EntityState.unpack(delta)).pack()
+                table[key] = delta.pack() if old is None else merge(
+                    EntityState.unpack(old), delta).pack()
     return users, items
 
 

@@ -1,9 +1,9 @@
 """What the feature store must hold once every event has been applied exactly once, and how far
 a stored state is from it, counted in events.
 
-The closed form is the worker's own pure function, :func:`stream.features.role.feature_update`,
-run once over all the events: merging is an exact sum, so one batch of everything equals any
-sequence of batches that applies each event once.
+The closed form is the pure function the store builds every write from,
+:func:`models.features.event_deltas`, run once over all the events: merging is an exact sum, so
+one batch of everything equals any sequence of batches that applies each event once.
 
 Counters decay, so a raw difference depends on time. Both sides are decayed to the same instant
 ``at`` (:meth:`EntityState.decayed_to`), and the difference on an event type's count channel is
@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from models.features import CHANNEL_INDEX, HALF_LIVES_S, EntityState
+from models.features import CHANNEL_INDEX, HALF_LIVES_S, EntityState, event_deltas
 from schemas import EVENT_TYPES, Event
-from stream.features.role import feature_update
 
 COUNT_CHANNELS = np.array([CHANNEL_INDEX[kind] for kind in EVENT_TYPES])
 TOLERANCE = 0.01  # events; float32 sums of whole counts below 2**24 are exact
@@ -45,8 +44,9 @@ class ClosedForm:
 
 
 def closed_form(events: Sequence[Event], upserted: Sequence[str]) -> ClosedForm:
-    update = feature_update(list(events), {})
-    return ClosedForm(update.users, update.items, frozenset(upserted))
+    users, items = event_deltas(events)
+    return ClosedForm({k: v.pack() for k, v in users.items()},
+                      {k: v.pack() for k, v in items.items()}, frozenset(upserted))
 
 
 @dataclass(frozen=True)

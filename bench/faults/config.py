@@ -8,11 +8,6 @@ from pathlib import Path
 
 from stream.settings import Settings
 
-# Settings that another change adds; passed as variables, so a build without them just runs
-# every role and no request expires (the report says which build it met).
-ROLES_VARIABLE = "STREAMRANK_ROLES"
-REQUEST_TTL_VARIABLE = "STREAMRANK_REQUEST_TTL_S"
-
 
 @dataclass(frozen=True)
 class FaultsConfig:
@@ -41,12 +36,8 @@ class FaultsConfig:
     seed: int = 0
     png: Path | None = None             # the features section's recovery curve
 
-    def worker_settings(self, settings: Settings) -> Settings:
+    def worker_settings(self, settings: Settings, roles: str) -> Settings:
         return settings.model_copy(update={
+            "roles": roles, "request_ttl_s": self.request_ttl_s,
             "consumer_session_timeout_ms": self.session_timeout_ms,
             "consumer_rebalance_timeout_ms": self.rebalance_timeout_ms})
-
-
-def has_setting(name: str) -> bool:
-    """Whether this build's settings know ``STREAMRANK_<NAME>`` (else the worker ignores it)."""
-    return name.lower() in Settings.model_fields

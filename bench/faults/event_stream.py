@@ -119,8 +119,8 @@ class Progress:
     async def run(self) -> None:
         settings = self.env.settings
         events = settings.topic("events")
-        group = GroupProgress(self.env.bootstrap, settings.features_group,
-                              (events, settings.topic("items")), settings.partitions)
+        group = GroupProgress(settings, self.env.bootstrap, settings.features_group,
+                              (events, settings.topic("items")))
         try:
             while True:
                 committed = await asyncio.to_thread(group.committed)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.faults.config import ROLES_VARIABLE, FaultsConfig, has_setting
+from bench.faults.config import FaultsConfig
 from bench.faults.event_stream import (
     KnownStream,
     Produced,
@@ -37,13 +37,9 @@ def features_section(settings: Settings, config: FaultsConfig) -> dict[str, Any]
         return asyncio.run(_run(env, config))
 
 
-def roles_report() -> str:
-    return "features" if has_setting("roles") else "all (this build has no roles setting)"
-
-
 def features_worker(env: Environment, config: FaultsConfig) -> WorkerProcess:
-    return WorkerProcess(config.worker_settings(env.settings), env.bootstrap,
-                         extra_env={ROLES_VARIABLE: "features"})
+    """A worker of the features role alone."""
+    return WorkerProcess(config.worker_settings(env.settings, "features"), env.bootstrap)
 
 
 async def _run(env: Environment, config: FaultsConfig) -> dict[str, Any]:
@@ -112,7 +108,7 @@ def _figures(stream: KnownStream, lives: Lives, progress: Progress, comparison: 
         "first_start_s": round(first_start_s, 3),
         "final_catch_up_s": round(max(caught_up_at - last_healthy, 0.0), 3),
         "production_s": [round(produced_at, 3), round(produced_at + produced_s, 3)],
-        "worker_roles": roles_report(),
+        "worker_roles": "features",
         **kills,
         **comparison,
         "worker_log": str(lives.worker.log_path),

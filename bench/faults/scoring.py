@@ -20,10 +20,18 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bench.faults.config import REQUEST_TTL_VARIABLE, FaultsConfig, has_setting
+from bench.faults.config import FaultsConfig
 from bench.faults.kills import Lives
-from bench.harness import Environment, Record, TopicTail, environment, percentile
+from bench.harness import (
+    Environment,
+    GroupProgress,
+    Record,
+    TopicTail,
+    environment,
+    percentile,
+)
 from schemas import DeadLetter, RankingRequest, decode, encode
+from stream.errors import BenchFailed
 from stream.runtime.clients import kafka_producer
 from stream.runtime.worker_process import WorkerProcess
 from stream.settings import Settings
@@ -69,20 +77,20 @@ class Answers:
 async def _run(env: Environment, config: FaultsConfig) -> dict[str, Any]:
     settings = env.settings
     answers = Answers(settings.topic("requests"))
-    worker = WorkerProcess(config.worker_settings(settings), env.bootstrap,
-                           extra_env={REQUEST_TTL_VARIABLE: str(config.request_ttl_s)})
+    worker = WorkerProcess(config.worker_settings(settings, "scoring"), env.bootstrap)
     lives = Lives(worker)
     stop = asyncio.Event()
     async with TopicTail(env.bootstrap, settings.topic("rankings"),
                          answers.on_result) as results, \
             TopicTail(env.bootstrap, settings.topic("dlq"), answers.on_dead_letter) as dead_letters:
         await lives.start()
+        await _group_started(settings, env.bootstrap, config.catch_up_timeout_s)
         publishing = asyncio.ensure_future(_publish(env, config, answers, stop))
         try:
             await lives.kill_repeatedly(
                 config.scoring_kills, config.uptime_s, np.random.default_rng(config.seed + 2),
                 lambda launched: (answers.last_arrival - lives.t0 > launched
-                                  or not answers.unresolved()),
+                                  or (bool(answers.sent) and not answers.unresolved())),
                 lambda: {"in_flight": answers.unresolved()})
             stop.set()
             publish_s = await publishing
@@ -98,6 +106,21 @@ async def _run(env: Environment, config: FaultsConfig) -> dict[str, Any]:
         await results.read_to_end()
         await dead_letters.read_to_end()
     return _figures(answers, lives, publish_s, drain_s, config, settings)
+
+
+async def _group_started(settings: Settings, bootstrap: str, timeout_s: float) -> None:
+    """Until the scoring group has committed where it starts. It starts at the latest offset,
+    so requests sent before it joined would never be its to answer (by design, not a fault)."""
+    group = GroupProgress(settings, bootstrap, settings.scoring_group,
+                          (settings.topic("requests"),))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(await asyncio.to_thread(group.committed)) < len(group.partitions):
+            if time.monotonic() > deadline:
+                raise BenchFailed(f"the scoring group did not start within {timeout_s:.0f}s")
+            await asyncio.sleep(0.1)
+    finally:
+        group.close()
 
 
 async def _publish(env: Environment, config: FaultsConfig, answers: Answers,
@@ -154,9 +177,9 @@ def _figures(answers: Answers, lives: Lives, publish_s: float, drain_s: float,
         "answered_per_s": round(answered_per_s, 1),
         "throughput_ratio": round(answered_per_s / publish_per_s, 4),
         "drain_s": round(drain_s, 3),
-        "request_ttl_s": config.request_ttl_s if has_setting("request_ttl_s") else None,
+        "request_ttl_s": config.request_ttl_s,
         "scoring_wait_ms": settings.scoring_wait_ms,
-        "worker_roles": "all",
+        "worker_roles": "scoring",
         **kills,
         "worker_log": str(lives.worker.log_path),
     }

@@ -11,7 +11,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,15 +25,13 @@ from stream.settings import Settings
 
 
 class WorkerProcess:
-    """The settings travel as ``STREAMRANK_*`` variables, plus ``extra_env`` (for settings a
-    build may not have yet: the child ignores unknown ones). The port and the log stay the
-    same across :meth:`kill` and :meth:`start`, so a bench can kill -9 and restart it."""
+    """The settings travel as ``STREAMRANK_*`` variables. The port and the log stay the same
+    across :meth:`kill` and :meth:`start`, so a bench can kill -9 and restart it."""
 
-    def __init__(self, settings: Settings, bootstrap: str,
-                 extra_env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
         self.port = free_port()
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("STREAMRANK_")}
-        self.env = {**inherited, **settings.as_env(), **(extra_env or {}),
+        self.env = {**inherited, **settings.as_env(),
                     "STREAMRANK_BROKER_URL": bootstrap,
                     "STREAMRANK_WEB_HOST": "127.0.0.1", "STREAMRANK_WEB_PORT": str(self.port)}
         handle, name = tempfile.mkstemp(prefix="streamrank-worker-", suffix=".log")
