@@ -45,7 +45,7 @@ async def _bench(settings: Settings, bootstrap: str, n_events: int, repeats: int
     await _produce_events(settings, bootstrap, n_events)
     feature_rates, raw_rates = [], []
     for attempt in range(repeats):
-        raw_rates.append(await _raw_pass(settings, bootstrap, n_events, f"{run_id}-raw-{attempt}"))
+        raw_rates.append(await raw_pass(settings, bootstrap, n_events, f"{run_id}-raw-{attempt}"))
         feature_rates.append(
             await _feature_pass(settings, bootstrap, n_events, f"{run_id}-feat-{attempt}"))
     events_per_s = statistics.median(feature_rates)
@@ -105,7 +105,8 @@ async def _timed(count: Callable[[], float], target: int, work: Awaitable[None])
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def _raw_pass(settings: Settings, bootstrap: str, n_events: int, group: str) -> float:
+async def raw_pass(settings: Settings, bootstrap: str, n_events: int, group: str) -> float:
+    """Events/s of a bare aiokafka consumer that only parses each event: the bound."""
     consumer = AIOKafkaConsumer(
         settings.topic("events"), bootstrap_servers=bootstrap, group_id=group,
         enable_auto_commit=False, auto_offset_reset="earliest",

@@ -3,7 +3,7 @@
 One run sets up everything itself: a unique topic prefix, the broker (embedded tansu unless
 ``STREAMRANK_BROKER_URL`` is set), a Redis namespace filled with a synthetic catalogue and user
 history through the real store API, an untrained ONNX export of the ranker in a temp dir, the
-worker as a child process (``stream.demo.WorkerProcess``, which never imports torch) and an
+worker as a child process (``stream.runtime.worker_process.WorkerProcess``) and an
 *echo* process: the same batch consumer with the same fetch wait, which only copies each request
 into a results topic. The echo's round trip is the broker's own floor.
 
@@ -42,32 +42,36 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import numpy as np
 import onnxruntime as ort
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from bench.harness import (
+    assigned_consumer,
+    create_topics,
+    delete_topics,
+    drop_store,
+    paused,
+    percentile,
+    signal_child,
+)
 from models.features import ItemMeta
 from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
 from models.scorer import Manifest, OnnxScorer, choose_provider
 from schemas import Event, RankingRequest, RankingResult, encode
 from schemas.codec import decode
 from stream.errors import BenchFailed
-from stream.features.redis_store import RedisStore
 from stream.features.store import EventBatch
 from stream.features.watermarks import Origin
-from stream.runtime.clients import kafka_admin, kafka_consumer, kafka_producer
+from stream.runtime.clients import kafka_consumer, kafka_producer
 from stream.runtime.environment import broker, check_store, open_store
 from stream.runtime.processes import stop_process
+from stream.runtime.worker_process import WorkerProcess
 from stream.settings import Settings
-
-if TYPE_CHECKING:
-    from stream.demo import WorkerProcess
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 BENCH_FETCH_WAIT_MS = 1  # the bench's own consumers, on the latency path
@@ -191,18 +195,18 @@ def _figures(maxima: Sequence[_MaxPass], passes: Sequence[_LatencyPass], http_ms
     pooled over the latency passes."""
     pooled = np.concatenate([p.worker_ms for p in passes])
     echo_pooled = np.concatenate([p.echo_ms for p in passes])
-    p99, echo_p99 = _pct(pooled, 99), _pct(echo_pooled, 99)
+    p99, echo_p99 = percentile(pooled, 99), percentile(echo_pooled, 99)
     max_cands = round(statistics.median(m.candidates_per_s for m in maxima), 1)
     bare_cands = round(statistics.median(m.bare for m in maxima), 1)
     batched_rows = max(m.batched_rows for m in maxima)
     return {
-        "p50_ms": _pct(pooled, 50),
+        "p50_ms": percentile(pooled, 50),
         "p99_ms": p99,
-        "echo_p50_ms": _pct(echo_pooled, 50),
+        "echo_p50_ms": percentile(echo_pooled, 50),
         "echo_p99_ms": echo_p99,
         "added_p99_ms": round(p99 - echo_p99, 3),
-        "http_p50_ms": _pct(np.asarray(http_ms), 50),
-        "http_p99_ms": _pct(np.asarray(http_ms), 99),
+        "http_p50_ms": percentile(np.asarray(http_ms), 50),
+        "http_p99_ms": percentile(np.asarray(http_ms), 99),
         "max_candidates_per_s": max_cands,
         "max_requests_per_s": round(max_cands / maxima[0].candidates, 1),
         "bare_candidates_per_s": bare_cands,
@@ -221,8 +225,8 @@ def _figures(maxima: Sequence[_MaxPass], passes: Sequence[_LatencyPass], http_ms
         "max_load_requests": [m.sent for m in maxima],
         "passes": {
             "max_candidates_per_s": [round(m.candidates_per_s, 1) for m in maxima],
-            "p99_ms": [_pct(np.asarray(p.worker_ms), 99) for p in passes],
-            "echo_p99_ms": [_pct(np.asarray(p.echo_ms), 99) for p in passes],
+            "p99_ms": [percentile(np.asarray(p.worker_ms), 99) for p in passes],
+            "echo_p99_ms": [percentile(np.asarray(p.echo_ms), 99) for p in passes],
             "bare_candidates_per_s": [round(m.bare, 1) for m in maxima],
         },
     }
@@ -248,7 +252,7 @@ def _environment(settings: Settings, config: ScoringBenchConfig, manifest: Path
     """A fresh broker (unless one is configured), this prefix's topics and store, a worker
     serving ``manifest`` and an echo; all of it removed afterwards."""
     with broker(settings) as bootstrap:
-        _create_topics(bootstrap, settings, ECHO_TOPICS)
+        create_topics(bootstrap, settings, [echo_topic(settings, s) for s in ECHO_TOPICS])
         try:
             catalogue = asyncio.run(populate_store(settings, config))
             version = Manifest.load(manifest).version
@@ -258,8 +262,8 @@ def _environment(settings: Settings, config: ScoringBenchConfig, manifest: Path
                 yield _Bench(settings, bootstrap, config, catalogue, Manifest.load(manifest),
                              worker, echo)
         finally:
-            asyncio.run(_drop_store(settings))
-            _delete_topics(settings, bootstrap)
+            asyncio.run(drop_store(settings))
+            delete_topics(settings, bootstrap)
 
 
 def _in_flight_at_max(settings: Settings) -> int:
@@ -267,14 +271,8 @@ def _in_flight_at_max(settings: Settings) -> int:
 
 
 def _worker_process(settings: Settings, bootstrap: str, manifest: Path) -> WorkerProcess:
-    """``stream.demo.WorkerProcess`` serving ``manifest``, with this run's settings (it passes
-    them to the child as ``STREAMRANK_*`` variables).
-
-    Imported here: ``stream.demo`` pulls in training (torch), which the echo child must not pay
-    for.
-    """
-    from stream.demo import WorkerProcess
-
+    """The worker serving ``manifest``, with this run's settings (passed to the child as
+    ``STREAMRANK_*`` variables)."""
     return WorkerProcess(settings.model_copy(update={"model_manifest": manifest}), bootstrap)
 
 
@@ -340,45 +338,10 @@ async def populate_store(settings: Settings, config: ScoringBenchConfig) -> Cata
     return Catalogue(item_ids, user_ids)
 
 
-async def _drop_store(settings: Settings) -> None:
-    assert settings.redis_url is not None
-    store = await open_store(settings)
-    assert isinstance(store, RedisStore)
-    try:
-        await store.drop()
-    finally:
-        await store.close()
-
-
 def echo_topic(settings: Settings, suffix: str) -> str:
     """The echo's topics, beside the run's own (``Settings.topic`` knows only the record topics)."""
     assert suffix in ECHO_TOPICS
     return f"{settings.topic_prefix}.{suffix}"
-
-
-def _create_topics(bootstrap: str, settings: Settings, suffixes: Sequence[str]) -> None:
-    admin = kafka_admin(settings, bootstrap, client_id="streamrank-bench")
-    try:
-        with contextlib.suppress(TopicAlreadyExistsError):
-            admin.create_topics([NewTopic(echo_topic(settings, s), settings.partitions,
-                                          settings.replication_factor) for s in suffixes])
-    finally:
-        admin.close()
-
-
-def _delete_topics(settings: Settings, bootstrap: str) -> None:
-    """A configured broker keeps this run's topics otherwise (an embedded one just goes)."""
-    if not settings.broker_url:
-        return
-    with contextlib.suppress(KafkaError):
-        admin = kafka_admin(settings, bootstrap, client_id="streamrank-bench")
-        try:
-            ours = [t for t in admin.list_topics()
-                    if t.startswith(settings.topic_prefix + ".")]
-            if ours:
-                admin.delete_topics(ours)
-        finally:
-            admin.close()
 
 
 # -- the echo: the broker's floor ------------------------------------------------------------
@@ -443,7 +406,7 @@ class EchoProcess:
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
-        _signal(self.process, signal.SIGCONT)
+        signal_child(self.process, signal.SIGCONT)
         stop_process(self.process, timeout_s=15)
         self.log_path.unlink(missing_ok=True)
 
@@ -465,24 +428,6 @@ def _echo_main(argv: Sequence[str]) -> None:
         await EchoService(settings, bootstrap).run(stop)
 
     asyncio.run(serve())
-
-
-def _signal(process: subprocess.Popen[bytes] | None, signum: signal.Signals) -> None:
-    if process is not None and process.poll() is None:
-        os.kill(process.pid, signum)
-
-
-@contextlib.contextmanager
-def _paused(process: subprocess.Popen[bytes] | None, enabled: bool) -> Iterator[None]:
-    """SIGSTOP a child (ours) for the block, so its idle polling stays off the measurement."""
-    if not enabled:
-        yield
-        return
-    _signal(process, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        _signal(process, signal.SIGCONT)
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -522,18 +467,8 @@ class _Results:
     _task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> _Results:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                    enable_auto_commit=False,
-                                    fetch_max_wait_ms=BENCH_FETCH_WAIT_MS,
-                                    max_partition_fetch_bytes=8 * 1024 * 1024)
-        await consumer.start()
-        await consumer.topics()
-        partitions = [TopicPartition(self.topic, p)
-                      for p in sorted(consumer.partitions_for_topic(self.topic) or {0})]
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        for partition in partitions:
-            await consumer.position(partition)
+        consumer = await assigned_consumer(self.bootstrap, self.topic, from_end=True,
+                                           fetch_wait_ms=BENCH_FETCH_WAIT_MS)
         self._consumer = consumer
         self._task = asyncio.ensure_future(self._follow())
         return self
@@ -685,7 +620,7 @@ class _Bench:
         worker_results = _Results(self.bootstrap, self.settings.topic("rankings"), _request_id,
                                   self._worker_alive)
         async with self._producing():
-            with _paused(self.echo.process, self.config.pause_idle):
+            with paused(self.echo.process, self.config.pause_idle):
                 async with worker_results:
                     await self._warm(worker_results, requests_topic, requests)
                     rate, micro_batch, sent = await self._saturate(
@@ -707,12 +642,12 @@ class _Bench:
         count = max(1, int(min(max(rate * cfg.latency_seconds, cfg.min_latency_requests),
                                cfg.max_latency_requests, rate * longest_s)))
         async with self._producing():
-            with _paused(self.echo.process, cfg.pause_idle):
+            with paused(self.echo.process, cfg.pause_idle):
                 async with worker_results:
                     await self._warm(worker_results, self.settings.topic("requests"), requests)
                     worker_ms = await self._paced(worker_results, self.settings.topic("requests"),
                                                   requests, rate, count)
-            with _paused(self.worker.process, cfg.pause_idle):
+            with paused(self.worker.process, cfg.pause_idle):
                 async with echo_results:
                     echo_requests = echo_topic(self.settings, ECHO_TOPICS[0])
                     await self._warm(echo_results, echo_requests, requests)
@@ -748,7 +683,7 @@ class _Bench:
             while next(issued) < self.config.http_requests and time.perf_counter() < deadline:
                 await post(http, record=True)
 
-        with _paused(self.echo.process, self.config.pause_idle):
+        with paused(self.echo.process, self.config.pause_idle):
             async with aiohttp.ClientSession(connector=connector) as http:
                 await asyncio.gather(*(post(http, record=False)
                                        for _ in range(HTTP_CLIENTS)))  # warm-up
@@ -834,12 +769,8 @@ def _mean_batch(results: Sequence[RankingResult]) -> float:
 def _stages(stages: Sequence[tuple[float, float, float]]) -> dict[str, dict[str, float]]:
     """p50/p99 of each stage of the worker path at half load (see ``_Results.stages``)."""
     table = np.asarray(stages, dtype=np.float64).reshape(-1, 3)
-    return {name: {"p50": _pct(table[:, k], 50), "p99": _pct(table[:, k], 99)}
+    return {name: {"p50": percentile(table[:, k], 50), "p99": percentile(table[:, k], 99)}
             for k, name in enumerate(("to_worker", "in_worker", "from_worker"))}
-
-
-def _pct(samples: np.ndarray, q: float) -> float:
-    return round(float(np.percentile(samples, q)), 3) if len(samples) else float("nan")
 
 
 if __name__ == "__main__":

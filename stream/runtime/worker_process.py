@@ -1,0 +1,112 @@
+"""``streamrank worker`` as a child process, exactly as a deployment runs it: the demo, the
+benches and the tests drive real workers through this one class."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream.errors import WorkerFailed
+from stream.runtime.broker import free_port
+from stream.runtime.processes import die_with_parent, stop_process
+from stream.settings import Settings
+
+
+class WorkerProcess:
+    """The settings travel as ``STREAMRANK_*`` variables. The port and the log stay the same
+    across :meth:`kill` and :meth:`start`, so a bench can kill -9 and restart it."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.port = free_port()
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("STREAMRANK_")}
+        self.env = {**inherited, **settings.as_env(),
+                    "STREAMRANK_BROKER_URL": bootstrap,
+                    "STREAMRANK_WEB_HOST": "127.0.0.1", "STREAMRANK_WEB_PORT": str(self.port)}
+        handle, name = tempfile.mkstemp(prefix="streamrank-worker-", suffix=".log")
+        os.close(handle)
+        self.log_path = Path(name)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> WorkerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM, then SIGKILL after 30 s) of a child that may be gone."""
+        if self.process is not None and self.process.poll() is None:
+            stop_process(self.process, timeout_s=30)
+
+    def launch(self) -> None:
+        """Start the child and return at once; its log is appended to across restarts."""
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "worker"], env=self.env,
+                stdout=log_file, stderr=subprocess.STDOUT,
+                # SIGKILL: a worker whose broker went with us hangs in a clean stop.
+                preexec_fn=partial(die_with_parent, signal.SIGKILL))
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        """Start the child and wait until ``/health`` answers 200."""
+        self.launch()
+        self.wait_for(lambda _: True, timeout_s=timeout_s, path="/health")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean stop, no last commit; what a crash or an OOM kill does."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def status(self, path: str) -> int | None:
+        """The HTTP status ``path`` answers with, or None when nothing answers."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}",
+                                        timeout=2) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
+    def get(self, path: str) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.port}{path}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            payload: dict[str, Any] = orjson.loads(response.read())
+            return payload
+
+    def wait_for(self, done: Callable[[dict[str, Any]], bool], timeout_s: float,
+                 path: str = "/stats") -> dict[str, Any]:
+        """Poll ``path`` until ``done(payload)``; fail if the worker dies or time runs out."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        payload: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise WorkerFailed(f"worker exited with {self.process.returncode}; "
+                                   f"see {self.log_path}")
+            try:
+                payload = self.get(path)
+                if done(payload):
+                    return payload
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise WorkerFailed(f"worker did not reach the expected state on {path} within "
+                           f"{timeout_s:.0f}s (last: {payload}); see {self.log_path}")
