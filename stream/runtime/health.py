@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # A loop that has not come back to poll for this long is stuck somewhere (a store call that
-# hangs, a handler that never returns), even if no exception says so.
+# hangs, a handler that never returns), even if no exception says so. So is one whose polls
+# come back empty this long while its partitions hold records it has not read.
 STALL_AFTER_S = 30.0
 
 
@@ -17,13 +18,16 @@ class ConsumerHealth:
     state: str = "starting"  # starting, polling, retrying, failed, stopped
     reason: str = ""
     last_poll: float | None = None  # time.monotonic()
+    last_progress: float | None = None  # last poll that returned records, or found none due
     lag: dict[str, int] = field(default_factory=dict)
 
-    def polled(self, lag: dict[str, int]) -> None:
+    def polled(self, lag: dict[str, int], got_records: bool) -> None:
         """A poll came back. It ends ``starting``, but not ``retrying``: only the retried
         call's own success does (see :meth:`recovered`)."""
         self.last_poll = time.monotonic()
         self.lag = lag
+        if got_records or not any(lag.values()):
+            self.last_progress = self.last_poll
         if self.state == "starting":
             self.state = "polling"
 
@@ -44,16 +48,27 @@ class ConsumerHealth:
 
     @property
     def ready(self) -> bool:
-        return self.state == "polling" and self.seconds_since_poll() < STALL_AFTER_S
+        return self.state == "polling" and self._stall() is None
+
+    def _stall(self) -> str | None:
+        if self._since(self.last_poll) >= STALL_AFTER_S:
+            return f"no poll for {self._since(self.last_poll):.0f} s"
+        if self._since(self.last_progress) >= STALL_AFTER_S:
+            return (f"{sum(self.lag.values())} records behind and nothing read for "
+                    f"{self._since(self.last_progress):.0f} s")
+        return None
+
+    @staticmethod
+    def _since(moment: float | None) -> float:
+        return float("inf") if moment is None else time.monotonic() - moment
 
     def seconds_since_poll(self) -> float:
-        return float("inf") if self.last_poll is None else time.monotonic() - self.last_poll
+        return self._since(self.last_poll)
 
     def report(self) -> dict[str, Any]:
-        stalled = self.state == "polling" and not self.ready
-        return {"state": "stalled" if stalled else self.state,
-                "reason": f"no poll for {self.seconds_since_poll():.0f} s" if stalled
-                else self.reason,
+        stall = self._stall() if self.state == "polling" else None
+        return {"state": "stalled" if stall else self.state,
+                "reason": stall or self.reason,
                 "seconds_since_poll": round(self.seconds_since_poll(), 3)
                 if self.last_poll is not None else None,
                 "lag": self.lag, "lag_total": sum(self.lag.values())}

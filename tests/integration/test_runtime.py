@@ -14,6 +14,7 @@ import orjson
 import pytest
 import redis
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 
 from schemas import Event
@@ -207,5 +208,31 @@ async def test_a_group_that_starts_at_latest_commits_its_start_before_reading(
             assert await recorder._consumer.committed(tp) is not None
         await publish(settings, "events", events(3))
         await wait_until(lambda: len(recorder.handled) == 3)
+    finally:
+        await recorder.stop()
+
+
+async def test_a_consumer_behind_thousands_of_small_batches_catches_up(
+        settings: Settings) -> None:
+    """The embedded broker answers a 1 ms fetch empty once it has thousands of single-record
+    batches to scan: without a wider wait while behind, such a consumer read nothing, ever
+    (0 of 3,000 in 20 s), while it looked healthy."""
+    ensure_topics(str(settings.broker_url), settings)
+    settings = settings.model_copy(update={"partitions": 1})
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_url, linger_ms=0)
+    await producer.start()
+    try:
+        for key, value in events(3000):  # one record per produce request: one batch each
+            await producer.send_and_wait(settings.topic("events"), value, key=key.encode())
+    finally:
+        await producer.stop()
+    recorder = Recorder(settings)
+    recorder._fetch_wait_ms = 1  # the scoring path's wait
+    await recorder.start()
+    try:
+        await wait_until(lambda: len(recorder.handled) == 3000, timeout_s=60)
+        await wait_until(lambda: recorder.health.ready)
+        assert recorder._consumer is not None
+        assert recorder._consumer._fetcher._fetch_max_wait_ms == 1  # back once caught up
     finally:
         await recorder.stop()
