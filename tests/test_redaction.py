@@ -112,12 +112,14 @@ def test_settings_never_show_a_secret_but_pass_them_to_child_processes(
 
 
 def test_every_secret_setting_is_masked_whatever_its_name() -> None:
-    class WithSigningKey(Settings):
-        model_signing_key: SecretStr | None = None
+    class WithAnotherSecret(Settings):
+        bandit_store_password: SecretStr | None = None
 
-    settings = WithSigningKey(**SECRET_SETTINGS, model_signing_key="sign-key-7")
+    signing_key = "sign-key-7" * 4
+    settings = WithAnotherSecret(**SECRET_SETTINGS, model_signing_key=signing_key,
+                                 bandit_store_password="vault-pw-3")
     assert sorted(settings.secrets()) == sorted(
-        ["hunter2", "hunter2", "tok-0123456789abcdef", "sasl-pw-42", "sign-key-7"])
+        ["hunter2", "hunter2", "tok-0123456789abcdef", "sasl-pw-42", signing_key, "vault-pw-3"])
 
 
 def test_a_short_token_is_refused_without_echoing_it() -> None:
