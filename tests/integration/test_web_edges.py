@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import re
 import subprocess
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -133,7 +134,15 @@ def test_clients_that_give_up_leave_the_worker_serving(worker: WorkerProcess) ->
             await asyncio.gather(*(post_and_leave() for _ in range(20)))
 
     asyncio.run(give_up())
-    [(status, _, answer)] = asyncio.run(post_many(worker.port, 1))
+    # Under Faust's aiohttp a client that leaves does not cancel its handler: the abandoned
+    # requests that were queued are still scored, so the queue of two drains first (seconds
+    # on a loaded machine). A worker they broke would never answer 200 again.
+    deadline = time.monotonic() + 20
+    while True:
+        [(status, _, answer)] = asyncio.run(post_many(worker.port, 1))
+        if status != 429 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert status == 200 and len(answer["items"]) == 10  # type: ignore[arg-type]
     assert worker.get("/health")["ready"] is True
 
