@@ -13,10 +13,14 @@ decoded batch. The runtime does the rest, the same way for every role:
   durable. When a produce fails, it seeks every partition back to its last durable offset and
   reads again, so no later commit skips past the lost sends.
 
+The loop is a pipeline: batch k+1 is fetched and decoded while batch k is handled, and handled
+while batch k's effects become durable; acknowledgements and commits stay in batch order. An
+effect that must also *start* in order, after the previous batch's (a store write whose offset
+marks must only rise), is passed to :meth:`SupervisedConsumer.in_order`.
+
 DESIGN.md measured Faust's per-event stream machinery at ~10k events/s on this broker, against
 ~300k/s for aiokafka ``getmany()``, so the loop consumes whole batches with aiokafka; Faust
-hosts the services for lifecycle and web views. Batch k+1 is fetched and decoded while batch k
-is handled, and commits stay in order.
+hosts the services for lifecycle and web views.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -45,13 +50,16 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Record)
+T = TypeVar("T")
 RawRecord: TypeAlias = "ConsumerRecord[bytes, bytes]"
 Sends = list[asyncio.Future[Any]]
 MAX_FETCH_WAIT_MS = 500  # see SupervisedConsumer._adapt_fetch_wait
+# Batches whose effects may still be in flight while the next one is handled: enough to ride
+# out a slow fetch or store call without stalling the other side (a bound, so memory is too).
+PIPELINE_DEPTH = 4
 
 
-@dataclass(frozen=True)
-class Decoded(Generic[R]):
+class Decoded(NamedTuple, Generic[R]):  # a tuple: one per record, 20k to a batch
     record: RawRecord
     value: R
 
@@ -109,7 +117,12 @@ class SupervisedConsumer(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._loop_task: asyncio.Task[None] | None = None
-        self._in_flight: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Task[None] | None = None  # the newest batch's handler
+        # Batches handled whose effects are not yet acknowledged, oldest first; at most
+        # PIPELINE_DEPTH while the next batch is handled.
+        self._acks: deque[asyncio.Task[None]] = deque()
+        self._last_effect: asyncio.Future[Any] | None = None  # see in_order
+        self._careful = False  # see _settle
         self._stopping = False
         self._durable: dict[TopicPartition, int] = {}  # next offset after durable effects
         self._rewinds = 0  # consecutive rewinds, for their backoff
@@ -132,6 +145,23 @@ class SupervisedConsumer(Service):
     async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
         """Apply one batch's effects; return the sends that must be acknowledged before its
         offsets commit. Must be idempotent: after a failure the same records come again."""
+
+    def in_order(self, effect: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """Start ``effect`` once the effect passed here before it has succeeded; return it
+        among the handler's sends. So the handler of batch k+1 runs while batch k's effect is
+        in flight, yet the effects land in batch order. Transient failures are retried; when
+        an earlier effect failed, this one fails without running, and the loop reads both
+        batches again."""
+        effect_future = asyncio.ensure_future(self._after(self._last_effect, effect))
+        self._last_effect = effect_future
+        return effect_future
+
+    async def _after(self, previous: asyncio.Future[Any] | None,
+                     effect: Callable[[], Awaitable[T]]) -> T:
+        if previous is not None:
+            await previous
+        result: T = await self._retrying(effect, "ordered effect")
+        return result
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -192,7 +222,7 @@ class SupervisedConsumer(Service):
                 continue  # rewound: what was just fetched is read again
             if batch.offsets:
                 self._in_flight = asyncio.ensure_future(self._process(batch))
-        await self._settle()
+        await self._settle(drain=True)
 
     async def _poll(self) -> _Batch:
         assert self._consumer is not None
@@ -204,14 +234,14 @@ class SupervisedConsumer(Service):
         if self._fetch_wait_ms < MAX_FETCH_WAIT_MS:
             self._adapt_fetch_wait(bool(records), behind=any(lag.values()))
         batch = _Batch(offsets={tp: rs[-1].offset + 1 for tp, rs in records.items() if rs})
-        for partition_records in records.values():
+        limits, check, kept = self.settings.limits, self.check, batch.decoded  # per record:
+        for tp, partition_records in records.items():
+            record_type = self._topics[tp.topic]
             for record in partition_records:
                 try:
-                    decoded = Decoded(record, decode(record.value or b"",
-                                                     self._topics[record.topic],
-                                                     self.settings.limits))
-                    self.check(decoded)
-                    batch.decoded.append(decoded)
+                    decoded = Decoded(record, decode(record.value or b"", record_type, limits))
+                    check(decoded)
+                    kept.append(decoded)
                 except Rejection as rejection:
                     batch.rejected.append((record, rejection))
         return batch
@@ -235,19 +265,38 @@ class SupervisedConsumer(Service):
             fetcher._fetch_max_wait_ms = min(2 * fetcher._fetch_max_wait_ms + 1,
                                              MAX_FETCH_WAIT_MS)
 
-    async def _settle(self) -> bool:
-        """Wait for the batch in flight. False when a produce failed and the loop rewound."""
-        if self._in_flight is None:
-            return True
-        in_flight, self._in_flight = self._in_flight, None
-        try:
+    async def _settle(self, *, drain: bool = False) -> bool:
+        """Wait for the handler in flight, and for acknowledgements until no more than
+        :data:`PIPELINE_DEPTH` are pending (none when ``drain``). False when a send failed and
+        the loop rewound."""
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
             await in_flight
+        keep = 0 if drain else PIPELINE_DEPTH
+        try:
+            while len(self._acks) > keep or (self._acks and self._acks[0].done()):
+                await self._acks[0]
+                self._acks.popleft()
         except Exception as exc:
-            if classify(exc) is not Failure.TRANSIENT:
-                raise
-            self.health.retrying(f"send failed: {type(exc).__name__}: {exc}")
-            log.warning("%s: a send failed, reading again from the last durable offsets: %s",
-                        self.health.name, exc)
+            # The later batches fail too (their acknowledgements wait for this one's), or
+            # finish; either way they are read again.
+            await asyncio.gather(*self._acks, return_exceptions=True)
+            self._acks.clear()
+            self._last_effect = None
+            failure = classify(exc)
+            if failure is Failure.FATAL:
+                raise _store_refused(self.health.name, exc) from exc
+            if failure is Failure.POISON:
+                # An ordered effect failed on something in its batch. Which record is at
+                # fault shows once the batch is handled again with each record's effects
+                # awaited (and the culprit dead-lettered), so the next batch is.
+                self._careful = True
+                log.warning("%s: an effect failed (%s: %s); handling the batch again record "
+                            "by record", self.health.name, type(exc).__name__, exc)
+            else:
+                self.health.retrying(f"send failed: {type(exc).__name__}: {exc}")
+                log.warning("%s: a send failed, reading again from the last durable offsets: "
+                            "%s", self.health.name, exc)
             await self._rewind()
             return False
         return True
@@ -274,19 +323,30 @@ class SupervisedConsumer(Service):
         sends: Sends = [self.dead_letter(record, rejection)
                         for record, rejection in batch.rejected]
         if batch.decoded:
-            sends += await self._handle_batch(batch.decoded)
-        await asyncio.gather(*sends)
+            careful, self._careful = self._careful, False
+            sends += await self._handle_batch(batch.decoded, careful)
+        previous = self._acks[-1] if self._acks else None
+        self._acks.append(asyncio.ensure_future(
+            self._acknowledge(previous, sends, batch.offsets)))
+
+    async def _acknowledge(self, previous: asyncio.Task[None] | None, sends: Sends,
+                           offsets: dict[TopicPartition, int]) -> None:
+        """Commit ``offsets`` once the batch's sends and every earlier batch's are through."""
+        earlier = [previous] if previous is not None else []
+        for outcome in await asyncio.gather(*earlier, *sends, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         if self._rewinds:  # the sends went through again after a rewind
             self._rewinds = 0
             self.health.recovered()
-        self._durable.update(batch.offsets)
-        self._commit(batch.offsets)
+        self._durable.update(offsets)
+        self._commit(offsets)
 
-    async def _handle_batch(self, decoded: list[Decoded[Any]]) -> Sends:
+    async def _handle_batch(self, decoded: list[Decoded[Any]], careful: bool) -> Sends:
         if len(decoded) == 1:
-            return await self._handle_one(decoded[0])
+            return await self._handle_one(decoded[0], careful)
         try:
-            return await self._attempt(decoded)
+            return await self._attempt(decoded, careful)
         except LoopFailed:
             raise
         except Exception as exc:
@@ -294,14 +354,14 @@ class SupervisedConsumer(Service):
                         self.health.name, len(decoded), type(exc).__name__, exc)
         sends: Sends = []
         for one in decoded:
-            sends += await self._handle_one(one)
+            sends += await self._handle_one(one, careful)
         return sends
 
-    async def _handle_one(self, decoded: Decoded[Any]) -> Sends:
+    async def _handle_one(self, decoded: Decoded[Any], careful: bool) -> Sends:
         attempts = self.settings.handler_attempts
         for attempt in range(1, attempts + 1):
             try:
-                return await self._attempt([decoded])
+                return await self._attempt([decoded], careful)
             except LoopFailed:
                 raise
             except Exception as exc:
@@ -313,16 +373,27 @@ class SupervisedConsumer(Service):
                     return [self.dead_letter(record, Rejection("handler_error", detail[:2000]))]
         raise AssertionError("handler_attempts is at least 1")
 
-    async def _attempt(self, decoded: list[Decoded[Any]]) -> Sends:
-        """:meth:`handle` with transient failures retried; a fatal one ends the loop."""
+    async def _attempt(self, decoded: list[Decoded[Any]], careful: bool) -> Sends:
+        """:meth:`handle` with transient failures retried; a fatal one ends the loop.
+        ``careful`` also awaits the sends, so that a failed effect counts against these
+        records."""
         try:
-            sends: Sends = await self._retrying(lambda: self.handle(decoded), "handler")
+            sends: Sends = await self._retrying(
+                lambda: self._handle_awaited(decoded) if careful else self.handle(decoded),
+                "handler")
         except Exception as exc:
             if classify(exc) is Failure.FATAL:
-                raise LoopFailed(f"{self.health.name} consumer stopped: the store refused a "
-                                 f"command ({type(exc).__name__}: {exc})") from exc
+                raise _store_refused(self.health.name, exc) from exc
             raise
         return sends
+
+    async def _handle_awaited(self, decoded: list[Decoded[Any]]) -> Sends:
+        outcomes = await asyncio.gather(*await self.handle(decoded), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                self._last_effect = None  # nothing else is in flight: the next may start
+                raise outcome
+        return []
 
     async def _retrying(self, call: Callable[[], Any], what: str) -> Any:
         """``call()`` until it succeeds or fails with something not transient. The first try
@@ -413,7 +484,7 @@ class SupervisedConsumer(Service):
     async def _partitions_revoked(self) -> None:
         """Finish and commit what is in flight before the partitions change hands."""
         try:
-            await self._settle()
+            await self._settle(drain=True)
         except Exception as exc:  # the loop sees it again on its next settle or poll
             log.warning("%s: batch in flight failed during a rebalance: %s", self.health.name,
                         exc)
@@ -442,6 +513,11 @@ class SupervisedConsumer(Service):
                 start[tp] = await self._consumer.position(tp)
         if start:
             await self._consumer.commit(start)
+
+
+def _store_refused(name: str, exc: Exception) -> LoopFailed:
+    return LoopFailed(f"{name} consumer stopped: the store refused a command "
+                      f"({type(exc).__name__}: {exc})")
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -110,6 +110,70 @@ async def test_a_failed_send_commits_nothing_past_it_and_is_read_again(
     assert recorder.handled.count(10) == 2  # read again after the rewind
 
 
+class OrderedRecorder(Recorder):
+    """Applies each batch as an ordered effect that waits (up to a second) for the next batch's
+    handler to start: so it sees whether handlers overlap effects. Its effect fails on the
+    'poison' user, which its handler lets through."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.applied: list[int] = []
+        self.overlapped = 0
+        self._next_handled = asyncio.Event()
+
+    async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
+        self._next_handled.set()
+        self._next_handled = asyncio.Event()
+        handled_after = self._next_handled
+        offsets = [d.record.offset for d in batch]
+        poisoned = any(d.value.user_id == "poison" for d in batch)
+        return [self.in_order(lambda: self._apply(offsets, poisoned, handled_after))]
+
+    async def _apply(self, offsets: list[int], poisoned: bool, handled_after: asyncio.Event
+                     ) -> None:
+        try:
+            await asyncio.wait_for(handled_after.wait(), timeout=1.0)
+            self.overlapped += 1
+        except TimeoutError:
+            pass  # the last batch: no handler comes after it
+        if poisoned:
+            raise ValueError("this record breaks the effect")
+        self.applied += offsets
+
+
+async def test_ordered_effects_land_in_batch_order_while_the_next_batch_is_handled(
+        settings: Settings) -> None:
+    ensure_topics(str(settings.broker_url), settings)
+    settings = settings.model_copy(update={"partitions": 1})
+    recorder = OrderedRecorder(settings)
+    await recorder.start()
+    try:
+        await publish(settings, "events", events(40))
+        await wait_until(lambda: len(recorder.applied) == 40)
+    finally:
+        await recorder.stop()
+    assert recorder.applied == list(range(40))  # each once, in order
+    assert recorder.overlapped >= 1  # a handler ran while an effect before it was in flight
+
+
+async def test_an_effect_that_fails_on_a_record_dead_letters_that_record_only(
+        settings: Settings) -> None:
+    ensure_topics(str(settings.broker_url), settings)
+    settings = settings.model_copy(update={"partitions": 1, "handler_attempts": 2})
+    recorder = OrderedRecorder(settings)
+    await recorder.start()
+    try:
+        await publish(settings, "events", events(30, poison_at=12))
+        await wait_until(lambda: len(recorder.applied) == 29)
+        assert recorder.health.ready
+    finally:
+        await recorder.stop()
+    assert recorder.applied == [k for k in range(30) if k != 12]
+    [letter] = await read_dead_letters(settings, 1)
+    assert (letter.reason, letter.offset) == ("handler_error", 12)
+    assert "ValueError: this record breaks the effect" in letter.detail
+
+
 async def test_a_store_that_refuses_a_command_stops_the_loop_loudly(
         settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     ensure_topics(str(settings.broker_url), settings)
