@@ -22,6 +22,7 @@ from stream.errors import BenchFailed
 from stream.features.redis_store import RedisStore
 from stream.features.role import FeatureService
 from stream.runtime.environment import broker
+from stream.runtime.gc_policy import tune_for_batches
 from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
 
@@ -36,6 +37,7 @@ def run_features_bench(settings: Settings, n_events: int, repeats: int) -> dict[
         "topic_prefix": f"bench-{run_id}",
         "redis_url": settings.redis_url or DEFAULT_REDIS,
     })
+    tune_for_batches()  # as the worker does; both paths run in this process
     with broker(settings) as bootstrap:
         return asyncio.run(_bench(settings, bootstrap, n_events, repeats, run_id))
 

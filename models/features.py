@@ -91,16 +91,22 @@ def merge(stored: EntityState, delta: EntityState) -> EntityState:
     )
 
 
-def combine(keys: Sequence[str], channels: np.ndarray, amounts: np.ndarray,
-            timestamps: np.ndarray) -> dict[str, EntityState]:
-    """Fold many increments into one delta per key, each decayed to that key's latest ts.
+@dataclass(frozen=True)
+class _Folded:
+    """Deltas of many keys as columns: row ``positions[key]`` of each array."""
 
-    ``keys[i]`` receives ``amounts[i]`` on channel ``channels[i]`` at ``timestamps[i]``.
-    Vectorised because this runs once per micro-batch of thousands of events.
-    """
-    positions: dict[str, int] = {}
-    key_index = np.fromiter((positions.setdefault(k, len(positions)) for k in keys),
-                            dtype=np.int64, count=len(keys))
+    positions: dict[str, int]
+    key_index: np.ndarray  # the row of each increment
+    ref: np.ndarray
+    first: np.ndarray
+    last_click: np.ndarray
+    counters: np.ndarray  # float64 [keys, len(CHANNELS), len(HALF_LIVES_S)]
+
+
+def _fold(keys: Sequence[str], channels: np.ndarray, amounts: np.ndarray,
+          timestamps: np.ndarray) -> _Folded:
+    positions = {key: row for row, key in enumerate(dict.fromkeys(keys))}
+    key_index = np.fromiter(map(positions.__getitem__, keys), dtype=np.int64, count=len(keys))
     n_keys = len(positions)
     ref = np.full(n_keys, -np.inf)
     np.maximum.at(ref, key_index, timestamps)
@@ -113,11 +119,45 @@ def combine(keys: Sequence[str], channels: np.ndarray, amounts: np.ndarray,
     decay = np.exp(-(ref[key_index] - timestamps)[:, None] * _LN2_OVER_HL[None, :])
     counters = np.zeros((n_keys, len(CHANNELS), len(HALF_LIVES_S)))
     np.add.at(counters, (key_index, channels), amounts[:, None] * decay)
+    return _Folded(positions, key_index, ref, first, last_click, counters)
+
+
+def combine(keys: Sequence[str], channels: np.ndarray, amounts: np.ndarray,
+            timestamps: np.ndarray) -> dict[str, EntityState]:
+    """Fold many increments into one delta per key, each decayed to that key's latest ts.
+
+    ``keys[i]`` receives ``amounts[i]`` on channel ``channels[i]`` at ``timestamps[i]``.
+    Vectorised because this runs once per micro-batch of thousands of events.
+    """
+    f = _fold(keys, channels, amounts, timestamps)
     return {
-        key: EntityState(float(ref[i]), float(first[i]), float(ref[i]),
-                         float(last_click[i]), counters[i])
-        for key, i in positions.items()
+        key: EntityState(float(f.ref[i]), float(f.first[i]), float(f.ref[i]),
+                         float(f.last_click[i]), f.counters[i])
+        for key, i in f.positions.items()
     }
+
+
+@dataclass(frozen=True)
+class PackedDeltas:
+    """Deltas of many keys, packed as :meth:`EntityState.pack` would, in one pass: the write
+    path's form (a batch touches ~15k keys; an object and a pack call each cost 8 ms)."""
+
+    keys: list[str]
+    values: bytes  # VALUE_SIZE bytes per key, in the order of ``keys``
+    events: np.ndarray  # how many events each key's delta holds
+
+    def value(self, row: int) -> bytes:
+        return self.values[row * VALUE_SIZE:(row + 1) * VALUE_SIZE]
+
+
+def _packed(folded: _Folded, n_events: int) -> PackedDeltas:
+    """``n_events``: the first increments are one per event (see :func:`_increments`)."""
+    values = np.empty(len(folded.positions), _VALUE_DTYPE)
+    values["header"] = np.stack([folded.ref, folded.first, folded.ref, folded.last_click],
+                                axis=1)
+    values["counters"] = folded.counters.reshape(len(folded.positions), N_COUNTERS)
+    events = np.bincount(folded.key_index[:n_events], minlength=len(folded.positions))
+    return PackedDeltas(list(folded.positions), values.tobytes(), events)
 
 
 # -- derived features, read side -------------------------------------------------------------
@@ -251,16 +291,44 @@ def unpack_history(entries: Sequence[bytes], dim: int) -> tuple[np.ndarray, np.n
     return packed["ts"].astype(np.float64), packed["embedding"].astype(np.float32)
 
 
+@dataclass(frozen=True)
+class _Increments:
+    """Every increment of a batch of events: one count per event (first, in event order),
+    then one per dwell time and one per revenue."""
+
+    user_ids: list[str]
+    item_ids: list[str]
+    channels: np.ndarray
+    amounts: np.ndarray
+    timestamps: np.ndarray
+
+
+def _increments(events: Sequence[Event]) -> _Increments:
+    dwells = [e for e in events if e.dwell_s is not None]
+    payments = [e for e in events if e.revenue is not None]
+    rows = [*events, *dwells, *payments]
+    channels = np.concatenate([
+        np.fromiter((CHANNEL_INDEX[e.type] for e in events), dtype=np.int64, count=len(events)),
+        np.full(len(dwells), CHANNEL_INDEX["dwell_s"]),
+        np.full(len(payments), CHANNEL_INDEX["revenue"])])
+    amounts = np.concatenate([
+        np.ones(len(events)),
+        np.fromiter((e.dwell_s for e in dwells), dtype=np.float64, count=len(dwells)),
+        np.fromiter((e.revenue for e in payments), dtype=np.float64, count=len(payments))])
+    return _Increments(
+        [e.user_id for e in rows], [e.item_id for e in rows], channels, amounts,
+        np.fromiter((e.ts for e in rows), dtype=np.float64, count=len(rows)))
+
+
 def event_deltas(events: Sequence[Event]) -> tuple[Deltas, Deltas]:
     """Per-user and per-item deltas of a micro-batch of events, combined per key."""
-    dwell, revenue = CHANNEL_INDEX["dwell_s"], CHANNEL_INDEX["revenue"]
-    increments = [(event, CHANNEL_INDEX[event.type], 1.0) for event in events]
-    increments += [(e, dwell, e.dwell_s) for e in events if e.dwell_s is not None]
-    increments += [(e, revenue, e.revenue) for e in events if e.revenue is not None]
-    channels = np.fromiter((c for _, c, _ in increments), dtype=np.int64, count=len(increments))
-    amounts = np.fromiter((a for _, _, a in increments), dtype=np.float64, count=len(increments))
-    timestamps = np.fromiter((e.ts for e, _, _ in increments), dtype=np.float64,
-                             count=len(increments))
-    users = combine([e.user_id for e, _, _ in increments], channels, amounts, timestamps)
-    items = combine([e.item_id for e, _, _ in increments], channels, amounts, timestamps)
-    return users, items
+    i = _increments(events)
+    return (combine(i.user_ids, i.channels, i.amounts, i.timestamps),
+            combine(i.item_ids, i.channels, i.amounts, i.timestamps))
+
+
+def packed_event_deltas(events: Sequence[Event]) -> tuple[PackedDeltas, PackedDeltas]:
+    """:func:`event_deltas`, packed: the same values, as the store writes them."""
+    i = _increments(events)
+    return (_packed(_fold(i.user_ids, i.channels, i.amounts, i.timestamps), len(events)),
+            _packed(_fold(i.item_ids, i.channels, i.amounts, i.timestamps), len(events)))

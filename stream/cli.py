@@ -85,8 +85,10 @@ def worker(
     from stream.app import create_app
     from stream.runtime.access import check_exposure
     from stream.runtime.environment import broker, check_store, describe
+    from stream.runtime.gc_policy import tune_for_batches
 
     settings = _settings(roles=roles)
+    tune_for_batches()
     check_exposure(settings)
     check_store(settings)
     with broker(settings) as bootstrap:

@@ -16,8 +16,11 @@ from models.features import (
     EntityState,
     combine,
     entity_features,
+    event_deltas,
     merge,
+    packed_event_deltas,
 )
+from schemas import Event
 
 T0 = 1_790_000_000.0
 CLICK = CHANNEL_INDEX["click"]
@@ -88,3 +91,19 @@ def test_rates_are_smoothed_towards_the_prior() -> None:
     expected = (n + PRIOR_IMPRESSIONS * PRIOR_RATES["click"]) / (n + PRIOR_IMPRESSIONS)
     assert row["click_rate_1h"] == pytest.approx(expected, rel=1e-6)
     assert row["log_since_last_click"] == 0.0
+
+
+def test_packed_deltas_are_the_packed_event_deltas_with_their_event_counts() -> None:
+    rng = np.random.default_rng(3)
+    types = ["impression", "click", "dwell", "like", "ad_click"]
+    events = [Event(ts=T0 + k, event_id=f"e{k}", user_id=f"u{rng.integers(5)}",
+                    item_id=f"i{rng.integers(9)}", type=types[k % len(types)],
+                    dwell_s=4.5 if k % len(types) == 2 else None,
+                    revenue=0.25 if k % len(types) == 4 else None) for k in range(60)]
+    for packed, states, attribute in zip(packed_event_deltas(events), event_deltas(events),
+                                         ("user_id", "item_id"), strict=True):
+        assert packed.keys == list(states)
+        assert [packed.value(row) for row in range(len(packed.keys))] == [
+            state.pack() for state in states.values()]
+        assert packed.events.tolist() == [
+            sum(getattr(e, attribute) == key for e in events) for key in packed.keys]

@@ -1,7 +1,10 @@
 """The Redis feature store, on one Redis or a Redis Cluster with the same code.
 
 Every key carries a hash tag ``{n}``, one of ``slots`` buckets of its entity id, and every script
-call touches the keys of one tag only, named in its KEYS. On one Redis, ``slots=1`` puts every
+call touches the keys of one tag only: one hash slot, the slot of the key it names in KEYS[1],
+which routes it on a cluster. Scripts that touch one key per entity build those keys from a
+prefix of that tag and the ids (NUL-joined), because redis-py encodes every argument in pure
+Python (~1 us each), and a batch touches ~15k entities. On one Redis, ``slots=1`` puts every
 key under one tag, so a batch is one claim call and one write call per entity kind. On a
 cluster, more tags spread the keys over the nodes. Key names also carry
 :data:`models.features.LAYOUT_ID`, so a new value layout starts on keys of its own instead of
@@ -43,20 +46,20 @@ from stream.redaction import redact_url
 # stream.features.watermarks, run server-side so that workers sharing item keys never race.
 # Lua has no numpy; the loop is tiny. Every entity of one call shares the call's offset ranges
 # (a batch's, see batch_ranges), so they are parsed once and, in the usual case, the new marks
-# are one precomputed trailer. Deltas and histories travel as blobs, not as arguments per entity:
-# redis-py encodes every argument in pure Python, and a batch of 20k events touches ~17k.
-# KEYS: the kind's census of the day, n entity keys, then the history keys of the users that
-#       have history entries, in the same order.
-# ARGV: ttl, history length, history entry size, key prefix, the ranges, the n packed
-#       deltas, per entity a history entry count (uint16), and the entries (oldest first).
+# are one precomputed trailer. Ids, deltas and histories travel as blobs, not as arguments per
+# entity: redis-py encodes every argument in pure Python, and a batch of 20k events touches ~17k.
+# KEYS: the kind's census of the day (in the tag of every key the script builds).
+# ARGV: ttl, history length, history entry size, entity key prefix, history key prefix, the
+#       ranges, the n entity ids (NUL-joined), the n packed deltas, per entity a history entry
+#       count (uint16), and the entries (oldest first).
 _MERGE_LUA = string.Template("""
 local ttl, history_length, entry_size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local prefix, ranges, deltas = ARGV[4], ARGV[5], ARGV[6]
-local history_counts, history = ARGV[7], ARGV[8]
+local prefix, history_prefix, ranges = ARGV[4], ARGV[5], ARGV[6]
+local ids, deltas, history_counts, history = {}, ARGV[8], ARGV[9], ARGV[10]
+for id in string.gmatch(ARGV[7], '[^%z]+') do ids[#ids + 1] = id end
 local size, n_counters, half_lives = $size, $n_counters, {$half_lives}
 local n = #deltas / size
 local with_history = #history_counts > 0
-local history_key = n + 1  -- history keys follow the entity keys, one per entity with entries
 local ln2 = math.log(2)
 local fmt = '<dddd' .. string.rep('f', n_counters)
 local function merge(old, delta)
@@ -86,7 +89,7 @@ local all_high = table.concat(high_marks)  -- the new marks of an entity with no
 local conflicts, replayed, written = {}, {}, {}
 local history_pos = 1
 for k = 1, n do
-  local key, delta = KEYS[k + 1], string.sub(deltas, (k - 1) * size + 1, k * size)
+  local key, delta = prefix .. ids[k], string.sub(deltas, (k - 1) * size + 1, k * size)
   local entries = 0
   if with_history then entries = struct.unpack('<H', history_counts, 2 * k - 1) end
   local first_entry = history_pos
@@ -128,17 +131,15 @@ for k = 1, n do
       trailer = table.concat(kept) .. all_high
     end
     redis.call('SET', key, value .. trailer, 'EX', ttl)
-    written[#written + 1] = string.sub(key, #prefix + 1)
+    written[#written + 1] = ids[k]
   end
-  if entries > 0 then
-    history_key = history_key + 1
-    if fresh and not applied then
-      for pos = first_entry, history_pos - 1, entry_size do
-        redis.call('LPUSH', KEYS[history_key], string.sub(history, pos, pos + entry_size - 1))
-      end
-      redis.call('LTRIM', KEYS[history_key], 0, history_length - 1)
-      redis.call('EXPIRE', KEYS[history_key], ttl)
+  if entries > 0 and fresh and not applied then
+    local history_key = history_prefix .. ids[k]
+    for pos = first_entry, history_pos - 1, entry_size do
+      redis.call('LPUSH', history_key, string.sub(history, pos, pos + entry_size - 1))
     end
+    redis.call('LTRIM', history_key, 0, history_length - 1)
+    redis.call('EXPIRE', history_key, ttl)
   end
 end
 for first = 1, #written, 1000 do
@@ -275,15 +276,18 @@ class RedisStore(FeatureStore):
                      ) -> tuple[set[int], dict[str, bytes]]:
         now = time.time()
         events: dict[int, list[int]] = {}
-        for index, event in enumerate(batch.events):
-            events.setdefault(self.tag(event.user_id), []).append(index)
+        if self._slots == 1:  # the usual case, and this loop runs per event
+            events[0] = list(range(len(batch.events)))
+        else:
+            for index, event in enumerate(batch.events):
+                events.setdefault(self.tag(event.user_id), []).append(index)
         wanted = self._by_tag(dict.fromkeys(i for i in history_items if i not in batch.metas))
 
         def commands(pipe: Any) -> None:
             for tag, indices in events.items():
                 _evalsha(pipe, self._claim_sha, 2, *self._seen(tag, now), 2 * self._dedup_ttl_s,
-                             "\0".join(batch.events[k].event_id for k in indices),
-                             "\0".join(batch.origins[k].token() for k in indices))
+                             "\0".join([batch.events[k].event_id for k in indices]),
+                             "\0".join([batch.origins[k].token() for k in indices]))
             for tag, ids in wanted.items():
                 _evalsha(pipe, self._read_sha, 1, self._route(tag), "\0".join(ids), "",
                              self.prefix(tag, "m"))
@@ -322,14 +326,11 @@ class RedisStore(FeatureStore):
 
         def commands(pipe: Any) -> None:
             for kind, tag, writes in calls:
-                prefix = self.prefix(tag, kind)
-                keys = [self._census(tag, kind, int(now // 86_400)),
-                        *(prefix + w.entity_id for w in writes)]
-                history = self.prefix(tag, "h")
-                keys += [history + w.entity_id for w in writes if w.history]
                 entry_size = next((len(w.history[0]) for w in writes if w.history), 0)
-                _evalsha(pipe, self._merge_sha, len(keys), *keys, self._ttl_s,
-                         self._history_length, entry_size, prefix, pack_ranges(writes[0].ranges),
+                _evalsha(pipe, self._merge_sha, 1, self._census(tag, kind, int(now // 86_400)),
+                         self._ttl_s, self._history_length, entry_size, self.prefix(tag, kind),
+                         self.prefix(tag, "h"), pack_ranges(writes[0].ranges),
+                         "\0".join(w.entity_id for w in writes),
                          b"".join(w.delta for w in writes),
                          struct.pack(f"<{len(writes)}H", *(len(w.history) for w in writes))
                          if kind == "u" else b"",

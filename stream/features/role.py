@@ -2,7 +2,9 @@
 
 The runtime decodes, dead-letters and commits; this role turns one decoded batch into one
 :class:`EventBatch`, whose events carry their (partition, offset) so the store can tell a
-replay from new data.
+replay from new data. Applying a batch is an ordered effect of the runtime: batch k+1 is
+decoded, and its deltas built, while batch k is applied; batches are applied in the order they
+were read (offset marks only rise).
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from models.features import ItemMeta
+from models.features import ItemMeta, packed_event_deltas
 from schemas import Event, ItemUpsert
-from stream.features.store import EventBatch, FeatureStore, MemoryStore
+from stream.features.store import Deltas, EventBatch, FeatureStore, MemoryStore
 from stream.features.watermarks import Origin
 from stream.runtime.consumer import Decoded, Sends, SupervisedConsumer
 from stream.runtime.metrics import WorkerMetrics
@@ -22,12 +24,13 @@ from stream.settings import Settings
 
 def event_batch(decoded: Sequence[Decoded[Any]]) -> EventBatch:
     batch = EventBatch()
-    for one in decoded:
-        if isinstance(one.value, ItemUpsert):
-            batch.metas[one.value.item_id] = ItemMeta.from_upsert(one.value).pack()
+    events, origins = batch.events, batch.origins  # this loop runs per event
+    for record, value in decoded:
+        if isinstance(value, Event):
+            events.append(value)
+            origins.append(Origin(record.partition, record.offset))
         else:
-            batch.events.append(one.value)
-            batch.origins.append(Origin(one.record.partition, one.record.offset))
+            batch.metas[value.item_id] = ItemMeta.from_upsert(value).pack()
     return batch
 
 
@@ -47,12 +50,15 @@ class FeatureService(SupervisedConsumer):
         self.store = store
 
     async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
-        started = time.perf_counter()
         update = event_batch(batch)
-        applied = await self.store.apply(update)
+        deltas = packed_event_deltas(update.events)
+        return [self.in_order(lambda: self._apply(update, deltas))]
+
+    async def _apply(self, update: EventBatch, deltas: Deltas) -> None:
+        started = time.perf_counter()
+        applied = await self.store.apply(update, deltas)
         self.metrics.events.inc(applied.events)
         self.metrics.replayed.inc(applied.replayed)
         self.metrics.duplicates.inc(len(applied.duplicates))
         self.metrics.items.inc(len(update.metas))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        return []

@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from models.features import (
     POSITIVE_TYPES,
     EntityState,
+    PackedDeltas,
     engagement_history,
-    event_deltas,
     history_entry,
     merge,
+    packed_event_deltas,
 )
 from schemas import Event
 from stream.features.watermarks import (
@@ -50,8 +52,7 @@ class EventBatch:
     metas: dict[str, bytes] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class EntityWrite:
+class EntityWrite(NamedTuple):  # a tuple: a batch makes ~15k of them
     entity_id: str
     delta: bytes  # a packed EntityState
     ranges: Ranges
@@ -92,6 +93,7 @@ class FetchedFeatures:
 
 
 Lookup = tuple[str, Sequence[str]]  # user id, candidate item ids
+Deltas = tuple[PackedDeltas, PackedDeltas]  # of users, of items
 
 
 class FeatureStore(ABC):
@@ -99,8 +101,12 @@ class FeatureStore(ABC):
 
     description: str
 
-    async def apply(self, batch: EventBatch) -> Applied:
-        """Apply ``batch`` exactly once, however often it (or an overlapping batch) is replayed."""
+    async def apply(self, batch: EventBatch, deltas: Deltas | None = None) -> Applied:
+        """Apply ``batch`` exactly once, however often it (or an overlapping batch) is replayed.
+
+        ``deltas``: the batch's :func:`packed_event_deltas`, when built ahead: they need no
+        store, so the features role builds batch k+1's while batch k is applied.
+        """
         history_items = [e.item_id for e in batch.events if e.type in POSITIVE_TYPES]
         duplicates, metas = await self._claim(batch, history_items)
         if batch.metas:
@@ -110,7 +116,8 @@ class FeatureStore(ABC):
         events = [batch.events[k] for k in kept]
         origins = [batch.origins[k] for k in kept]
         ranges = batch_ranges(origins)
-        users, items = entity_writes(events, ranges, metas)
+        users, items = entity_writes(events, ranges, metas,
+                                     None if duplicates else deltas)
         replayed = 0
         while users or items:
             written = await self._write(users, items)
@@ -153,20 +160,20 @@ class FeatureStore(ABC):
         return None
 
 
-def entity_writes(events: Sequence[Event], ranges: Ranges, metas: Mapping[str, bytes]
-                  ) -> tuple[list[EntityWrite], list[EntityWrite]]:
+def entity_writes(events: Sequence[Event], ranges: Ranges, metas: Mapping[str, bytes],
+                  deltas: Deltas | None = None) -> tuple[list[EntityWrite], list[EntityWrite]]:
     """One write per user and per item touched by ``events``, all for offsets ``ranges``."""
-    users, items = event_deltas(events)
-    user_events = Counter(e.user_id for e in events)
-    item_events = Counter(e.item_id for e in events)
+    users, items = deltas or packed_event_deltas(events)
     histories: dict[str, list[bytes]] = {}
     for user_id, item_id, ts in engagement_history(events):
         meta = metas.get(item_id)
         if meta is not None:  # an engagement with an item not yet upserted has no embedding
             histories.setdefault(user_id, []).append(history_entry(ts, meta))
-    return ([EntityWrite(k, d.pack(), ranges, user_events[k], tuple(histories.get(k, ())))
-             for k, d in users.items()],
-            [EntityWrite(k, d.pack(), ranges, item_events[k]) for k, d in items.items()])
+    user_events, item_events = users.events.tolist(), items.events.tolist()
+    return ([EntityWrite(k, users.value(row), ranges, user_events[row],
+                         tuple(histories.get(k, ()))) for row, k in enumerate(users.keys)],
+            [EntityWrite(k, items.value(row), ranges, item_events[row])
+             for row, k in enumerate(items.keys)])
 
 
 def _rebuilt(conflict: Conflict, events: Sequence[Event], origins: Sequence[Origin],

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Offsets are float64 in the value because Redis's Lua numbers are doubles: exact to 2**53.
 MARK = struct.Struct("<id")
@@ -30,9 +30,9 @@ Marks = dict[int, int]
 Ranges = dict[int, tuple[int, int]]  # partition -> (lowest, highest) offset in a delta
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where a record was read; a replay of the same record carries the same origin."""
+class Origin(NamedTuple):
+    """Where a record was read; a replay of the same record carries the same origin. A tuple:
+    a batch makes one per event."""
 
     partition: int
     offset: int

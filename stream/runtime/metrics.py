@@ -26,7 +26,8 @@ class WorkerMetrics:
             ["topic", "reason"], registry=self.registry)
         self.batch_seconds = Histogram(
             "streamrank_feature_write_seconds",
-            "Combine and store write per micro-batch; its offsets are then committed within "
+            "Combine and store write per micro-batch (while the next batch is decoded); "
+            "its offsets are then committed within "
             "STREAMRANK_COMMIT_INTERVAL_MS.",
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
