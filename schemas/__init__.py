@@ -6,13 +6,17 @@ from schemas.records import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     AdDecision,
+    AdLabels,
     Context,
     DeadLetter,
     DriftAlert,
     DriftSubscription,
     Event,
+    FeatureLog,
+    ItemLabels,
     ItemUpsert,
     ModelUpdate,
+    Outcome,
     RankedItem,
     RankingRequest,
     RankingResult,
@@ -21,8 +25,8 @@ from schemas.records import (
 from schemas.topics import TOPIC_RECORDS, topic_name
 
 __all__ = [
-    "EVENT_TYPES", "REASONS", "SCHEMA_VERSION", "TOPIC_RECORDS", "AdDecision", "Context",
-    "DeadLetter", "DriftAlert", "DriftSubscription", "Event", "ItemUpsert", "Limits",
-    "ModelUpdate", "RankedItem", "RankingRequest", "RankingResult", "Record", "Rejection",
-    "decode", "encode", "topic_name",
+    "EVENT_TYPES", "REASONS", "SCHEMA_VERSION", "TOPIC_RECORDS", "AdDecision", "AdLabels",
+    "Context", "DeadLetter", "DriftAlert", "DriftSubscription", "Event", "FeatureLog", "ItemLabels",
+    "ItemUpsert", "Limits", "ModelUpdate", "Outcome", "RankedItem", "RankingRequest",
+    "RankingResult", "Record", "Rejection", "decode", "encode", "topic_name",
 ]

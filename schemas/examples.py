@@ -22,6 +22,19 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "candidates": ["i1", "i2", "i42"], "ad_candidates": ["a3", "a9"],
         "ad_slots": [2, 6], "n": 10,
     },
+    "feature-log": {
+        "schema_version": 1, "ts": EXAMPLE_TS, "request_id": "r-19", "user_id": "u7",
+        "model_version": "m-20260921-1", "feature_names": ["user_log_click_1h", "item_bid"],
+        "item_ids": ["i42"], "rows": [[0.69, 0.8]],
+    },
+    "outcomes": {
+        "schema_version": 1, "ts": EXAMPLE_TS, "request_id": "r-19", "user_id": "u7",
+        "seq": 0, "kind": "item", "item_id": "i42", "position": 0,
+        "model_version": "m-20260921-1", "stats_version": "bn-3", "window_s": 300.0,
+        "probs": {"click": 0.12, "like": 0.03, "share": 0.01, "hide": 0.02}, "value": 0.31,
+        "item_labels": {"click": True, "like": False, "share": False, "hide": False,
+                        "dwell_s": 12.5},
+    },
     "rankings": {
         "schema_version": 1, "ts": EXAMPLE_TS, "request_id": "r-19", "user_id": "u7",
         "items": [{"item_id": "i42", "value": 0.31,

@@ -11,15 +11,17 @@ from schemas.records import (
     DriftAlert,
     DriftSubscription,
     Event,
+    FeatureLog,
     ItemUpsert,
     ModelUpdate,
+    Outcome,
     RankingRequest,
     RankingResult,
     Record,
 )
 
 EXPORTED: tuple[type[Record], ...] = (
-    ItemUpsert, Event, RankingRequest, RankingResult,
+    ItemUpsert, Event, RankingRequest, RankingResult, FeatureLog, Outcome,
     DriftAlert, DriftSubscription, ModelUpdate, DeadLetter,
 )
 

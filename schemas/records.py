@@ -194,6 +194,76 @@ class RankingResult(TimedRecord):
     latency_ms: NonNegative
 
 
+class FeatureLog(TimedRecord):
+    """The exact feature rows a ranking scored its shown items from, in rank order: training
+    reads these, so training and serving features cannot disagree. ``ts`` is the ranking's."""
+
+    request_id: Id
+    user_id: Id
+    model_version: str
+    feature_names: list[str]  # the columns of ``rows``
+    item_ids: list[Id]
+    rows: list[list[float]]
+
+    @field_validator("rows")
+    @classmethod
+    def _one_row_per_item(cls, rows: list[list[float]], info: ValidationInfo
+                          ) -> list[list[float]]:
+        names, items = info.data.get("feature_names"), info.data.get("item_ids")
+        if names is not None and any(len(row) != len(names) for row in rows):
+            raise ValueError("every row needs one value per feature name")
+        if items is not None and len(rows) != len(items):
+            raise ValueError("rows and item_ids differ in length")
+        return rows
+
+
+class ItemLabels(Record):
+    """What the user did with one shown item within the join window."""
+
+    click: bool = False
+    like: bool = False
+    share: bool = False
+    hide: bool = False
+    dwell_s: NonNegative = 0.0
+
+
+class AdLabels(Record):
+    """What one ad slot earned, and what the user did after it: the bandit's reward."""
+
+    impression: bool = False
+    click: bool = False
+    revenue: Amount = 0.0  # conversions
+    engagements_after: Annotated[int, Field(ge=0)] = 0  # organic clicks, likes, shares below
+    session_ended: bool = True  # no event on any position below the slot
+
+
+class Outcome(TimedRecord):
+    """One shown item or ad slot of a ranking, joined with what the user did in the window.
+
+    ``ts`` is the ranking's; the record goes out once, when the window closes at
+    ``ts + window_s``. ``seq`` orders a ranking's records (items by position, then slots).
+    """
+
+    request_id: Id
+    user_id: Id
+    seq: Annotated[int, Field(ge=0)]
+    kind: Literal["item", "ad"]
+    item_id: Id | None  # the ad of a slot left empty is None
+    position: Annotated[int, Field(ge=0, le=10_000)]  # rank, or the slot
+    model_version: str
+    stats_version: str
+    window_s: Annotated[float, Field(gt=0)]
+    probs: dict[str, float] = Field(default_factory=dict)
+    value: float | None = None
+    propensity: Annotated[float, Field(ge=0, le=1)] | None = None
+    policy: str | None = None
+    item_labels: ItemLabels | None = None
+    ad_labels: AdLabels | None = None
+    # Items of a request in the feature log: the row it was scored from, and its columns.
+    features: list[float] | None = None
+    feature_names: list[str] | None = None
+
+
 Severity = Literal["info", "warning", "critical"]
 
 

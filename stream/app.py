@@ -18,6 +18,7 @@ from models.value import ValueModel
 from stream.features.reader import FeatureReader
 from stream.features.role import FeatureService
 from stream.features.store import FeatureStore
+from stream.outcomes.role import OutcomesService
 from stream.runtime.clients import faust_credentials
 from stream.runtime.consumer import SupervisedConsumer
 from stream.runtime.environment import open_store
@@ -108,6 +109,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                 VersionedStateService(settings, bootstrap, kinds, worker.metrics, **supervision),
                 StateAuditService(settings, bootstrap, kinds, worker.metrics, **supervision),
                 ScoringService(settings, bootstrap, ranker, worker.metrics, **supervision)]
+        if "outcomes" in roles:
+            worker.consumers.append(
+                OutcomesService(settings, bootstrap, worker.metrics, **supervision))
         # Concurrently: each consumer-group join waits out the broker's rebalance delay.
         await asyncio.gather(*(app.add_runtime_dependency(c) for c in worker.consumers))
         # Everything loaded so far (Faust, aiokafka, pydantic schemas, the model) lives as long

@@ -76,8 +76,8 @@ def _report(report: dict[str, Any], json_out: Path | None) -> None:
 @_clear_errors
 def worker(
     roles: Annotated[str | None, typer.Option(
-        help="Roles to run, comma-separated (features, scoring); default STREAMRANK_ROLES, "
-             "all of them.")] = None,
+        help="Roles to run, comma-separated (features, scoring, outcomes); default "
+             "STREAMRANK_ROLES, all of them.")] = None,
 ) -> None:
     """Run a worker: its roles' consumers and the web views (/health, /stats, /metrics)."""
     import faust
@@ -163,23 +163,37 @@ def demo(
 @app.command("train")
 @_clear_errors
 def train_command(
-    logs: Annotated[Path, typer.Option(help="Simulator log (streamrank simulate --log).")],
     out: Annotated[Path, typer.Option(help="Directory for model.onnx and manifest.json.")],
+    logs: Annotated[Path | None, typer.Option(
+        help="Simulator log (streamrank simulate --log), an offline file.")] = None,
+    topics: Annotated[bool, typer.Option(
+        "--topics", help="Train on the outcomes topic: the served feature rows of the logged "
+        "requests (STREAMRANK_FEATURE_LOG_RATE) and what the users did.")] = False,
     version: Annotated[str | None, typer.Option(help="Model version; default from the clock.")
                        ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 8,
 ) -> None:
-    """Train the multi-task ranker on logged requests and engagements; export to ONNX
-    (signed with STREAMRANK_MODEL_SIGNING_KEY when it is set)."""
+    """Train the multi-task ranker on outcomes (--topics) or a simulator log (--logs); export to
+    ONNX (signed with STREAMRANK_MODEL_SIGNING_KEY when it is set)."""
     import time
 
     from models.training import train
-    from stream.training_data import build_dataset
 
-    if not logs.is_file():
-        _fail(f"no log file at {logs}")
+    if (logs is None) == (not topics):
+        _fail("give one source: --topics (the outcomes topic) or --logs FILE")
     settings = _settings()
-    dataset = asyncio.run(build_dataset(logs, settings))
+    if logs is not None:
+        from stream.training_data import build_dataset
+
+        if not logs.is_file():
+            _fail(f"no log file at {logs}")
+        dataset = asyncio.run(build_dataset(logs, settings))
+    else:
+        from stream.outcomes.dataset import outcomes_dataset
+        from stream.runtime.environment import broker
+
+        with broker(settings) as bootstrap:
+            dataset = asyncio.run(outcomes_dataset(settings, bootstrap))
     report = train(dataset, out, version or f"m-{int(time.time())}", epochs=epochs,
                    signing_key=settings.signing_key)
     _report({"manifest": str(report.manifest_path), "train_rows": report.n_train,
@@ -252,12 +266,14 @@ def bench_scoring(
 @_clear_errors
 def bench_faults(
     sections: Annotated[str, typer.Option(
-        help="Comma-separated sections to run.")] = "features,redis_outage,scoring",
+        help="Comma-separated sections to run.")] = "features,redis_outage,scoring,outcomes",
     events: Annotated[int, typer.Option(
         min=1000, help="Events per features and redis_outage section.")] = 100_000,
     kills: Annotated[int, typer.Option(min=1, help="kill -9 of the features worker.")] = 20,
     scoring_kills: Annotated[int, typer.Option(
         min=1, help="kill -9 of the scoring worker.")] = 10,
+    outcome_kills: Annotated[int, typer.Option(
+        min=1, help="kill -9 of the outcomes worker.")] = 10,
     outage_s: Annotated[float, typer.Option(min=1, help="Seconds Redis stays dead.")] = 30.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
     png: Annotated[Path | None, typer.Option(
@@ -265,7 +281,7 @@ def bench_faults(
     ] = None,
 ) -> None:
     """kill -9 of the worker and of Redis: nothing lost, nothing counted twice, every request
-    answered."""
+    answered, every outcome emitted once."""
     from bench.faults import parse_sections, run_faults_bench
     from bench.faults.config import FaultsConfig
 
@@ -276,7 +292,7 @@ def bench_faults(
     if png is None and json_out is not None:
         png = json_out.with_suffix(".png")
     config = FaultsConfig(events=events, kills=kills, scoring_kills=scoring_kills,
-                          outage_s=outage_s, png=png)
+                          outcome_kills=outcome_kills, outage_s=outage_s, png=png)
     _report(run_faults_bench(_settings(), chosen, config), json_out)
 
 

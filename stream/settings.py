@@ -17,7 +17,7 @@ from schemas import Limits, topic_name
 from stream.redaction import Redactor, redact_url, url_secrets
 
 # Every role is a consumer group of its own, so a deployment can scale each apart.
-ROLES = ("features", "scoring")
+ROLES = ("features", "scoring", "outcomes")
 
 
 class Settings(BaseSettings):
@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     item_cache_ttl_s: float = Field(
         1.0, ge=0, description="How long a worker reuses an item's features before re-reading "
         "them; 0 reads every candidate from the store on every request.")
+    feature_log_rate: float = Field(
+        0.1, ge=0, le=1, description="Share of Kafka ranking requests whose scored feature "
+        "rows go to the feature-log topic (and into their outcomes, for training); chosen by "
+        "request id, so every worker picks the same ones.")
     scorer_device: Literal["auto", "cpu", "cuda"] = "auto"
     scorer_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = all.")
     model_manifest: Path | None = Field(None, description="Model to serve at start-up.")
@@ -99,8 +103,13 @@ class Settings(BaseSettings):
         default_factory=lambda: {"click": 1.0, "like": 0.5, "share": 1.0, "hide": -2.0},
         description="Value model: weight per task; negative weights push items down.")
 
+    outcomes_group: str = "streamrank-outcomes"
+    outcome_window_s: float = Field(
+        300.0, gt=0, description="How long after a ranking (by event time) its items' and ad "
+        "slots' events still count; the outcome goes out once the watermark passes it.")
+
     roles: str = Field(
-        "features,scoring", pattern=r"^[a-z]+(,[a-z]+)*$",
+        ",".join(ROLES), pattern=r"^[a-z]+(,[a-z]+)*$",
         description="Roles this worker runs, comma-separated; each is its own consumer group.")
 
     rank_queue_max: int = Field(

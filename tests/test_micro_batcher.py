@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 
 from schemas import RankingRequest
@@ -25,8 +26,8 @@ class GatedRanker:
         await self.gate.wait()
         if self.failure is not None:
             raise self.failure
-        return [Ranked(r.request.request_id, r.request.user_id, [], "m", "s", 0.0, time.time())
-                for r in received]
+        return [Ranked(r.request.request_id, r.request.user_id, [], "m", "s", 0.0, time.time(),
+                       np.zeros((0, 1), dtype=np.float32)) for r in received]
 
 
 def batcher(max_requests: int = 64, queue_max: int = 256) -> tuple[MicroBatcher, GatedRanker]:

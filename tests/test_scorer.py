@@ -24,7 +24,7 @@ from models.scorer import (
     load_scorer,
 )
 from models.value import ValueModel
-from schemas import RankingRequest, RankingResult, decode, encode
+from schemas import FeatureLog, RankingRequest, RankingResult, decode, encode
 
 requires_cuda = pytest.mark.skipif(not cuda_usable(), reason="no usable CUDA device")
 
@@ -166,7 +166,8 @@ def test_direct_result_encoding_is_the_schema_codecs_encoding() -> None:
         items=[{"schema_version": 1, "item_id": f"i{k}", "value": 0.5 - k / 10,
                 "probs": dict(zip(TASK_NAMES, (0.1 * k, 0.2, 0.3, 0.01), strict=True))}
                for k in range(3)],
-        model_version="v7", stats_version="v7/trained", latency_ms=1.25, ts=time.time())
+        model_version="v7", stats_version="v7/trained", latency_ms=1.25, ts=time.time(),
+        rows=np.zeros((3, len(RANKER_FEATURE_NAMES)), dtype=np.float32))
 
     result = decode(ranked.encode(), RankingResult)  # strict: every field known and valid
 
@@ -174,6 +175,24 @@ def test_direct_result_encoding_is_the_schema_codecs_encoding() -> None:
     assert result.items[1].probs["click"] == pytest.approx(0.1)
     assert (result.model_version, result.latency_ms) == ("v7", 1.25)
     assert encode(result) == ranked.encode()  # byte for byte, field order included
+
+
+def test_the_feature_log_holds_the_rows_scored_exactly() -> None:
+    from stream.scoring.feature_log import encode_feature_log, logged
+    from stream.scoring.ranker import Ranked
+
+    rows = np.random.default_rng(0).normal(size=(2, len(RANKER_FEATURE_NAMES))).astype(
+        np.float32)
+    ranked = Ranked("r1", "u1", [{"item_id": "i3"}, {"item_id": "i1"}], "v7", "s", 1.0,
+                    time.time(), rows)
+
+    log = decode(encode_feature_log(ranked), FeatureLog)
+
+    assert (log.item_ids, log.model_version) == (["i3", "i1"], "v7")
+    assert tuple(log.feature_names) == RANKER_FEATURE_NAMES
+    assert np.array_equal(np.asarray(log.rows, dtype=np.float32), rows)  # bit for bit
+    chosen = sum(logged(f"r{k}", 0.1) for k in range(10_000))
+    assert 900 < chosen < 1100 and logged("r1", 1.0) and not logged("r1", 0.0)
 
 
 async def test_non_finite_scores_never_go_out() -> None:

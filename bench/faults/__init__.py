@@ -9,9 +9,12 @@ returns a dict; a new role adds its own module and one entry in :data:`SECTIONS`
 - ``redis_outage`` (:mod:`.outage`): Redis killed with SIGKILL mid-stream and restarted from its
   append-only file after the outage; the same comparison, and the worker's ``/health`` meanwhile;
 - ``scoring`` (:mod:`.scoring`): a scoring worker killed and restarted under a steady request
-  rate; every request must get a result or an ``expired`` dead letter.
+  rate; every request must get a result or an ``expired`` dead letter;
+- ``outcomes`` (:mod:`.outcomes`): an outcomes worker killed and restarted while rankings and
+  events flow; every shown item and ad slot must have exactly one outcome.
 
-The bar is every ``*_lost``, ``*_double_counted`` and ``requests_unanswered`` at 0; the report
+The bar is every ``*_lost``, ``*_double_counted``, ``requests_unanswered``, ``missing``,
+``duplicated`` and ``labels_wrong`` at 0; the report
 says whether it was met and by what, and the command still exits 0: it measures.
 """
 
@@ -24,6 +27,7 @@ from typing import Any
 from bench.faults.config import FaultsConfig
 from bench.faults.features import features_section
 from bench.faults.outage import redis_outage_section
+from bench.faults.outcomes import outcomes_section
 from bench.faults.scoring import scoring_section
 from stream.settings import Settings
 
@@ -32,8 +36,10 @@ SECTIONS: dict[str, Section] = {
     "features": features_section,
     "redis_outage": redis_outage_section,
     "scoring": scoring_section,
+    "outcomes": outcomes_section,
 }
-BAR_KEYS = ("events_lost", "events_double_counted", "requests_unanswered")
+BAR_KEYS = ("events_lost", "events_double_counted", "requests_unanswered", "missing",
+            "duplicated", "labels_wrong")
 
 
 def parse_sections(text: str) -> tuple[str, ...]:
@@ -60,7 +66,8 @@ def run_faults_bench(settings: Settings, sections: Sequence[str], config: Faults
         "bar_failures": failures,
         "sections": list(sections),
         "config": {"events": config.events, "kills": config.kills,
-                   "scoring_kills": config.scoring_kills, "outage_s": config.outage_s,
+                   "scoring_kills": config.scoring_kills,
+                   "outcome_kills": config.outcome_kills, "outage_s": config.outage_s,
                    "uptime_s": list(config.uptime_s), "seed": config.seed,
                    "session_timeout_ms": config.session_timeout_ms,
                    "rebalance_timeout_ms": config.rebalance_timeout_ms},

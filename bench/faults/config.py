@@ -14,6 +14,7 @@ class FaultsConfig:
     events: int = 100_000               # per features and redis_outage section
     kills: int = 20                     # features section
     scoring_kills: int = 10
+    outcome_kills: int = 10
     outage_s: float = 30.0
     users: int = 10_000
     items: int = 5_000
@@ -27,6 +28,7 @@ class FaultsConfig:
     outage_lead_s: float = 10.0         # events flow this long before Redis dies, and after
     request_rate: float = 100.0         # ranking requests/s, steady
     request_ttl_s: float = 5.0
+    ranking_rate: float = 50.0          # rankings/s in the outcomes section, 1-4 events each
     candidates: int = 20
     catch_up_timeout_s: float = 60.0
     # A member killed with SIGKILL holds its partitions until its session times out; the

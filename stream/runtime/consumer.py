@@ -69,6 +69,7 @@ class _Batch:
     decoded: list[Decoded[Any]] = field(default_factory=list)
     rejected: list[tuple[RawRecord, Rejection]] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    unread: dict[TopicPartition, int] = field(default_factory=dict)  # after this batch
 
 
 def _on_retry(health: ConsumerHealth, what: str) -> Callable[[RetryCallState], None]:
@@ -123,6 +124,9 @@ class SupervisedConsumer(Service):
         self._acks: deque[asyncio.Task[None]] = deque()
         self._last_effect: asyncio.Future[Any] | None = None  # see in_order
         self._careful = False  # see _settle
+        # Records left unread in each partition after the batch being handled: a handler
+        # reads it before its first await.
+        self.unread: dict[TopicPartition, int] = {}
         self._stopping = False
         self._durable: dict[TopicPartition, int] = {}  # next offset after durable effects
         self._rewinds = 0  # consecutive rewinds, for their backoff
@@ -145,6 +149,19 @@ class SupervisedConsumer(Service):
     async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
         """Apply one batch's effects; return the sends that must be acknowledged before its
         offsets commit. Must be idempotent: after a failure the same records come again."""
+
+    def holds(self) -> Mapping[TopicPartition, int]:
+        """The earliest offset of each partition whose record the role still keeps in memory
+        only (a join waiting for its window): commits stop there, so a restart reads it
+        again and rebuilds that state."""
+        return {}
+
+    def forget(self) -> None:
+        """Drop state kept in memory past the last durable offsets: after a rewind or when
+        partitions are taken away, those records come again (here or elsewhere)."""
+
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        """Called when partitions are assigned, before any of their records is read."""
 
     def in_order(self, effect: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
         """Start ``effect`` once the effect passed here before it has succeeded; return it
@@ -230,10 +247,12 @@ class SupervisedConsumer(Service):
             lambda: self._consumer.getmany(  # type: ignore[union-attr]
                 timeout_ms=200, max_records=self._max_records), "poll")
         lag = await self._lag()
-        self.health.polled(lag, got_records=bool(records))
+        self.health.polled({f"{tp.topic}/{tp.partition}": n for tp, n in lag.items()},
+                           got_records=bool(records))
         if self._fetch_wait_ms < MAX_FETCH_WAIT_MS:
             self._adapt_fetch_wait(bool(records), behind=any(lag.values()))
-        batch = _Batch(offsets={tp: rs[-1].offset + 1 for tp, rs in records.items() if rs})
+        batch = _Batch(offsets={tp: rs[-1].offset + 1 for tp, rs in records.items() if rs},
+                       unread=lag)
         limits, check, kept = self.settings.limits, self.check, batch.decoded  # per record:
         for tp, partition_records in records.items():
             record_type = self._topics[tp.topic]
@@ -303,6 +322,7 @@ class SupervisedConsumer(Service):
 
     async def _rewind(self) -> None:
         assert self._consumer is not None
+        self.forget()
         for tp in self._consumer.assignment():
             offset = self._durable.get(tp)
             if offset is None and self._group_id is not None:
@@ -320,14 +340,16 @@ class SupervisedConsumer(Service):
         return float(min(0.05 * 2 ** min(self._rewinds, 7), 5.0))
 
     async def _process(self, batch: _Batch) -> None:
+        self.unread = batch.unread
         sends: Sends = [self.dead_letter(record, rejection)
                         for record, rejection in batch.rejected]
         if batch.decoded:
             careful, self._careful = self._careful, False
             sends += await self._handle_batch(batch.decoded, careful)
+        held = self.holds()
+        offsets = {tp: min(offset, held.get(tp, offset)) for tp, offset in batch.offsets.items()}
         previous = self._acks[-1] if self._acks else None
-        self._acks.append(asyncio.ensure_future(
-            self._acknowledge(previous, sends, batch.offsets)))
+        self._acks.append(asyncio.ensure_future(self._acknowledge(previous, sends, offsets)))
 
     async def _acknowledge(self, previous: asyncio.Task[None] | None, sends: Sends,
                            offsets: dict[TopicPartition, int]) -> None:
@@ -427,7 +449,7 @@ class SupervisedConsumer(Service):
         return asyncio.ensure_future(self.producer.send_and_wait(
             self._dlq_topic, encoded_dead_letter(record, rejection), key=record.key))
 
-    async def _lag(self) -> dict[str, int]:
+    async def _lag(self) -> dict[TopicPartition, int]:
         """Records in each partition not yet read: its high watermark (as of the last fetch)
         minus the consumer's position (no round trip while the position is known)."""
         assert self._consumer is not None
@@ -435,8 +457,7 @@ class SupervisedConsumer(Service):
         for tp in self._consumer.assignment():
             end = self._consumer.highwater(tp)
             if end is not None:
-                lag[f"{tp.topic}/{tp.partition}"] = max(end - await self._consumer.position(tp),
-                                                        0)
+                lag[tp] = max(end - await self._consumer.position(tp), 0)
         return lag
 
     # -- commits ---------------------------------------------------------------------------
@@ -490,6 +511,7 @@ class SupervisedConsumer(Service):
                         exc)
         await self._flush_commits()
         self._durable.clear()
+        self.forget()
 
     async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         assert self._consumer is not None
@@ -500,6 +522,7 @@ class SupervisedConsumer(Service):
             log.info("%s: state is kept in memory, so it is rebuilt by replaying %d "
                      "partition(s) from the earliest retained offset", self.health.name,
                      len(assigned))
+        await self.assigned(assigned)
 
 
     async def _pin_start(self, assigned: set[TopicPartition]) -> None:

@@ -44,6 +44,14 @@ class WorkerMetrics:
             "unauthorized, overloaded, starting, unavailable (bad bodies count as "
             "streamrank_rejected{topic=\"http\"}).", ["reason"], registry=self.registry)
 
+        self.outcomes = Counter(
+            "streamrank_outcomes", "Outcomes emitted (acknowledged), by kind: item or ad.",
+            ["kind"], registry=self.registry)
+        self.outcomes_late = Counter(
+            "streamrank_outcome_events_late",
+            "Events read after their ranking's outcome window had closed: counted, not joined.",
+            registry=self.registry)
+
         self.state_refused = Counter(
             "streamrank_state_updates_refused",
             "Versions on model-updates this worker could not install, by kind and reason "

@@ -72,6 +72,7 @@ class Ranked:
     stats_version: str
     latency_ms: float
     ts: float
+    rows: np.ndarray  # float32 [len(items), F]: the feature rows of the items, in rank order
 
     def encode(self) -> bytes:
         return orjson.dumps({
@@ -102,11 +103,12 @@ class Ranker:
         probs = scorer.score(batch)
         values = self.value.values(probs, scorer.task_names)
         _refuse_non_finite(received, rows, probs, values)
-        return [self._result(r, scorer, probs[request_rows], values[request_rows])
+        return [self._result(r, scorer, probs[request_rows], values[request_rows],
+                             batch[request_rows])
                 for r, request_rows in zip(received, rows, strict=True)]
 
     def _result(self, received: Received, scorer: Scorer, probs: np.ndarray,
-                values: np.ndarray) -> Ranked:
+                values: np.ndarray, features: np.ndarray) -> Ranked:
         request = received.request
         n = min(request.n, len(values))
         top = np.argpartition(-values, n - 1)[:n] if n < len(values) else np.arange(n)
@@ -120,7 +122,7 @@ class Ranker:
         ]
         return Ranked(request.request_id, request.user_id, items, scorer.version,
                       scorer.stats_version, (time.perf_counter() - received.at) * 1000.0,
-                      time.time())
+                      time.time(), features[top])
 
 
 class NonFiniteScores(ValueError):

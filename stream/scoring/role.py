@@ -14,6 +14,7 @@ from typing import Any
 from schemas import RankingRequest, Rejection
 from stream.runtime.consumer import Decoded, Sends, SupervisedConsumer
 from stream.runtime.metrics import WorkerMetrics
+from stream.scoring.feature_log import encode_feature_log, logged
 from stream.scoring.ranker import Ranker, Received, check_rankable
 from stream.settings import Settings
 
@@ -33,6 +34,7 @@ class ScoringService(SupervisedConsumer):
             **kwargs)
         self.ranker = ranker
         self._rankings_topic = settings.topic("rankings")
+        self._feature_log_topic = settings.topic("feature-log")
 
     def check(self, decoded: Decoded[Any]) -> None:
         request: RankingRequest = decoded.value
@@ -46,8 +48,14 @@ class ScoringService(SupervisedConsumer):
         arrived = time.perf_counter()
         results = await self.ranker.rank([Received(d.value, arrived) for d in batch])
         sends: Sends = []
+        rate = self.settings.feature_log_rate
         for result in results:
-            sends.append(await self.producer.send(
-                self._rankings_topic, result.encode(), key=result.user_id.encode()))
+            key = result.user_id.encode()
+            # The log first: the outcomes role then sees it no later than the ranking.
+            if logged(result.request_id, rate):
+                sends.append(await self.producer.send(
+                    self._feature_log_topic, encode_feature_log(result), key=key))
+            sends.append(await self.producer.send(self._rankings_topic, result.encode(),
+                                                  key=key))
             self.metrics.observe_ranking(result.model_version, result.latency_ms)
         return sends

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from schemas import DeadLetter, decode
+from schemas import DeadLetter, Outcome, decode
 from stream.features.redis_store import RedisStore
 from stream.features.role import FeatureService
 from stream.features.store import FeatureStore, MemoryStore
@@ -83,3 +83,19 @@ async def read_dead_letters(settings: Settings, expected: int,
     finally:
         await consumer.stop()
     return sorted(letters, key=lambda letter: (letter.source_topic, letter.offset))
+
+
+async def read_outcomes(settings: Settings, timeout_s: float = 5.0) -> list[Outcome]:
+    consumer = AIOKafkaConsumer(settings.topic("outcomes"),
+                                bootstrap_servers=settings.broker_url,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    outcomes: list[Outcome] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                outcomes += [decode(r.value or b"", Outcome) for r in records]
+    finally:
+        await consumer.stop()
+    return outcomes

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,17 +19,19 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from schemas import DeadLetter, RankingResult, decode
+from schemas import DeadLetter, Outcome, RankingResult, decode
 from stream.demo import WorkerProcess
 from stream.runtime.environment import ensure_topics
 from stream.scoring.model_kind import publish_model
+from stream.scoring.ranker import ModelSlot
 from stream.settings import Settings
-from tests.integration.harness import publish, read_dead_letters, wait_until
+from tests.integration.harness import publish, read_dead_letters, read_outcomes, wait_until
 
 pytestmark = pytest.mark.integration
 
 NOW = time.time()
 ITEMS = [f"i{n}" for n in range(40)]
+OUTCOME_WINDOW_S = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,8 @@ def worker(bootstrap: str, redis_url: str,
     settings = Settings(broker_url=bootstrap, redis_url=redis_url, partitions=2,
                         topic_prefix=f"score{uuid.uuid4().hex[:8]}",
                         model_manifest=serving_models[0],
-                        model_dir=serving_models[0].parent.parent)
+                        model_dir=serving_models[0].parent.parent,
+                        feature_log_rate=1.0, outcome_window_s=OUTCOME_WINDOW_S)
     ensure_topics(bootstrap, settings)
     rng = np.random.default_rng(0)
     catalogue = [(item, orjson.dumps({"item_id": item, "ts": NOW,
@@ -218,3 +224,65 @@ async def _publish_raw(settings: Settings, directory: Path, sha256: str) -> None
     update = {"ts": time.time(), "model": "ranker", "kind": "model", "version": "broken",
               "uri": directory.resolve().as_uri(), "sha256": sha256}
     await publish(settings, "model-updates", [("model", orjson.dumps(update))])
+
+
+def test_outcomes_carry_the_rows_scored_and_a_model_trained_on_them_serves(
+        worker: tuple[WorkerProcess, Settings], serving_models: tuple[Path, Path]) -> None:
+    """Last in this module: it publishes a model of its own."""
+    _, settings = worker
+    bodies = [request(candidates=ITEMS[k:k + 20]) for k in range(12)]
+    request_ids = {orjson.loads(body)["request_id"] for body in bodies}
+
+    async def serve_and_engage() -> list[Outcome]:
+        async with Rankings(settings) as rankings:
+            await send_requests(settings, bodies)
+            await rankings.collect(request_ids)
+        clicks = [("u1", orjson.dumps({
+            "event_id": f"c-{r.request_id}-{k}", "user_id": "u1", "item_id": r.items[k].item_id,
+            "type": "click", "ts": time.time(), "request_id": r.request_id, "position": k}))
+            for r in rankings.results.values() for k in (0, 3)]
+        await publish(settings, "events", clicks)
+        await asyncio.sleep(OUTCOME_WINDOW_S + 0.5)  # then an event moves the watermark past
+        await publish(settings, "events", [("u1", orjson.dumps({
+            "event_id": uuid.uuid4().hex, "user_id": "u1", "item_id": "i0",
+            "type": "impression", "ts": time.time()}))])
+        outcomes: list[Outcome] = []
+        deadline = time.monotonic() + 30
+        while len({(o.request_id, o.seq) for o in outcomes
+                   if o.request_id in request_ids}) < 120 and time.monotonic() < deadline:
+            outcomes = await read_outcomes(settings, timeout_s=1.0)
+        return [o for o in outcomes if o.request_id in request_ids]
+
+    outcomes = asyncio.run(serve_and_engage())
+    assert len(outcomes) == 120 and all(o.features is not None for o in outcomes)
+    assert sum(bool(o.item_labels and o.item_labels.click) for o in outcomes) == 24
+    # Each logged row is the row the model scored: scoring it again gives the served probs.
+    manifests = {m.parent.name: m for m in serving_models}
+    for outcome in outcomes[:20]:
+        scorer = ModelSlot(settings).build(manifests[outcome.model_version])
+        row = np.asarray([outcome.features], dtype=np.float32)
+        served = [outcome.probs[task] for task in scorer.task_names]
+        assert scorer.score(row)[0].tolist() == pytest.approx(served, rel=1e-5)
+
+    out = serving_models[0].parent.parent / "from-topics"
+    trained = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "train", "--topics", "--out", str(out),
+         "--version", "from-topics", "--epochs", "2"],
+        env={**os.environ, **settings.as_env()}, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert orjson.loads(trained.stdout)["train_rows"] > 0
+    asyncio.run(publish_model(settings, str(settings.broker_url), out / "manifest.json"))
+
+    async def served_by() -> str:
+        for _ in range(50):
+            body = request()
+            async with Rankings(settings) as rankings:
+                await send_requests(settings, [body])
+                await rankings.collect({orjson.loads(body)["request_id"]})
+            version = next(iter(rankings.results.values())).model_version
+            if version == "from-topics":
+                return version
+            await asyncio.sleep(0.2)
+        return version
+
+    assert asyncio.run(served_by()) == "from-topics"
