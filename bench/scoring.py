@@ -270,10 +270,16 @@ def _in_flight_at_max(settings: Settings) -> int:
     return 4 * settings.scoring_batch_max_requests
 
 
+# The roles on the scoring path: outcomes, which reads every ranking, runs as a service of its
+# own in a deployment (docker-compose.yml), and would take this worker's CPU here.
+SCORING_PATH_ROLES = "features,scoring"
+
+
 def _worker_process(settings: Settings, bootstrap: str, manifest: Path) -> WorkerProcess:
     """The worker serving ``manifest``, with this run's settings (passed to the child as
     ``STREAMRANK_*`` variables)."""
-    return WorkerProcess(settings.model_copy(update={"model_manifest": manifest}), bootstrap)
+    return WorkerProcess(settings.model_copy(update={"model_manifest": manifest,
+                                                     "roles": SCORING_PATH_ROLES}), bootstrap)
 
 
 def _worker_model(log_path: Path, version: str, settings: Settings) -> tuple[str, int | None]:
