@@ -144,9 +144,8 @@ class Models:
         self.workdir = workdir
         self.training = training
         self.trained: list[dict[str, Any]] = []
-        self.last_train_s = 0.0
 
-    async def next(self) -> dict[str, Any]:
+    async def next(self) -> None:
         """Train on everything logged so far and wait until the worker serves the new
         version."""
         started = time.monotonic()
@@ -161,14 +160,13 @@ class Models:
         update = await publish_model(self.settings, self.bootstrap, trained.manifest_path)
         await asyncio.to_thread(self.worker.wait_for,
                                 lambda s: s["model_version"] == update.version, 60.0)
-        self.last_train_s = time.monotonic() - started
+        train_s = time.monotonic() - started
         log.info("serving %s, trained on %d rows in %.1f s", update.version, trained.n_train,
-                 self.last_train_s)
-        model = {"version": update.version, "train_rows": trained.n_train, "epochs": epochs,
-                 "train_s": round(self.last_train_s, 1), "holdout_rows": trained.n_holdout,
-                 "holdout": trained.metrics}
-        self.trained.append(model)
-        return model
+                 train_s)
+        self.trained.append({
+            "version": update.version, "train_rows": trained.n_train, "epochs": epochs,
+            "train_s": round(train_s, 1), "holdout_rows": trained.n_holdout,
+            "holdout": trained.metrics})
 
 
 def summary(report: dict[str, Any], json_out: Path | None) -> str:
