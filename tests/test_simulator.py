@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -67,3 +68,18 @@ def test_warm_up_plays_a_virtual_period_that_ends_now(tmp_path: Path) -> None:
     assert _topic(producer.sent, "requests") == []
     assert simulator.report.requests == 0
     assert {line["served"]["policy"] for line in lines if "served" in line} == {"random"}
+
+
+def test_served_and_baselines_are_scored_on_the_same_requests(tmp_path: Path) -> None:
+    simulator, _ = offline_simulator(tmp_path / "logs.jsonl")
+    world, rng = simulator.world, np.random.default_rng(3)
+    for _ in range(20):
+        draw = world.draw_request(rng, 0.0)
+        # A worker that ranked by true popularity must tie with the popularity baseline.
+        simulator._score_against_truth(draw, world.popularity_ranking(draw)[:10], 0.0, "v1")
+    quality = simulator.report.quality()
+    assert quality["served_requests"] == 20
+    assert quality["ctr"]["served"] == quality["ctr"]["popularity"] > 0
+    assert quality["served_vs_popularity_by_model"] == {"v1": 1.0}
+    assert quality["ctr"]["oracle"] > quality["ctr"]["popularity"]
+    simulator._log.close()  # type: ignore[union-attr]
