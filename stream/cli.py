@@ -65,8 +65,12 @@ def _settings(**overrides: Any) -> Settings:
     return settings
 
 
+def _json(report: dict[str, Any]) -> bytes:
+    return orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+
+
 def _report(report: dict[str, Any], json_out: Path | None) -> None:
-    text = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    text = _json(report)
     if json_out is not None:
         json_out.write_bytes(text)
     typer.echo(text.decode())
@@ -127,7 +131,8 @@ def simulate(
             except asyncio.CancelledError:
                 report = sim.report
         summary = {k: v for k, v in report.__dict__.items()
-                   if k not in ("expected_clicks", "round_trip_ms", "ndcg10_sum")}
+                   if k not in ("expected_clicks", "round_trip_ms", "ndcg10_sum",
+                                "warmup_requests", "warmup_wall_s")}
         return summary | (report.quality() if policy == "served" else {})
 
     with broker(settings) as bootstrap:
@@ -138,11 +143,13 @@ def simulate(
 @app.command()
 @_clear_errors
 def demo(
-    seconds: Annotated[float, typer.Option(min=10, help="Whole run, warm-up included.")] = 30.0,
+    seconds: Annotated[float, typer.Option(
+        min=10, help="Seconds of served traffic, in real time, after the warm-up.")] = 30.0,
     rate: Annotated[float, typer.Option(min=0.1, help="Ranking requests per second.")] = 150.0,
-    warmup: Annotated[float | None, typer.Option(
-        help="Seconds of random feeds before the first model; default a quarter of the run, "
-             "at most 30.")] = None,
+    warmup: Annotated[float, typer.Option(
+        min=1, help="Seconds of random-feed traffic at --rate before the first model, "
+        "simulated as fast as it can be made, not in real time; the model learns from its "
+        "second half.")] = 240.0,
     retrain_every: Annotated[float, typer.Option(
         min=0, help="Retrain on all logs so far every this many seconds; 0: train once.")
     ] = 10.0,
@@ -150,14 +157,18 @@ def demo(
         "artifacts/demo"),
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
-    """Broker, worker and simulator end to end: warm up, train, publish, serve, measure."""
-    from stream.demo import run_demo
+    """Broker, worker and simulator end to end: warm up, train, publish, serve, measure.
+    Prints a summary; --json writes the full report."""
+    from stream.demo import run_demo, summary
 
-    warmup_s = warmup if warmup is not None else min(30.0, seconds / 4)
-    if not 0 < warmup_s < seconds:
-        _fail("--warmup must be positive and shorter than --seconds")
-    _report(run_demo(_settings(), seconds=seconds, rate=rate, warmup_s=warmup_s,
-                     retrain_every_s=retrain_every, workdir=workdir), json_out)
+    # A run takes minutes: a report that cannot be written fails now, not after it.
+    if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
+        _fail(f"--json {json_out}: not a file in an existing directory")
+    report = run_demo(_settings(), seconds=seconds, rate=rate, warmup_s=warmup,
+                      retrain_every_s=retrain_every, workdir=workdir)
+    if json_out is not None:
+        json_out.write_bytes(_json(report))
+    typer.echo(summary(report, json_out))
 
 
 @app.command("train")

@@ -1,4 +1,10 @@
-"""``streamrank demo``: broker, a worker process and the simulator, end to end, with a report."""
+"""``streamrank demo``: broker, a worker process and the simulator, end to end, with a report.
+
+The warm-up is simulated, not played in real time: a first model needs far more exploration
+data than a short demo could log at its request rate, and the synthetic world can produce it in
+a fraction of the time. Only the served phase, whose rankings come from the worker, runs at
+``rate`` in real time.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +30,8 @@ TRAIN_ROWS_PER_RETRAIN = 500_000
 
 def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
              retrain_every_s: float, workdir: Path) -> dict[str, Any]:
-    """Warm up on random feeds, train on those logs, publish, then serve the rest of the run,
-    retraining on everything logged so far every ``retrain_every_s`` (0: never)."""
+    """Simulate ``warmup_s`` of random feeds, train on that log, publish, then serve for
+    ``seconds``, retraining on everything logged so far every ``retrain_every_s`` (0: never)."""
     check_store(settings)
     workdir.mkdir(parents=True, exist_ok=True)
     # The demo's models are the ones it trains into its workdir.
@@ -39,16 +45,14 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
         with WorkerProcess(serving, bootstrap) as worker:
             report = asyncio.run(_closed_loop(settings, bootstrap, worker, seconds, rate,
                                               warmup_s, retrain_every_s, workdir))
-            stats = worker.wait_for(
-                lambda s: s["events_processed"] + s["duplicates"] + s["dlq"]
-                >= report["events_published"] and s["items_upserted"] >= report["items"],
-                timeout_s=60.0)
+            stats = _applied_all(worker, report["events_published"], report["items"])
     return {
         "seconds": report["seconds"],
+        "rate": rate,
+        "warmup": report["warmup"],
         "requests": report["requests"],
         "events_published": report["events_published"],
         "events_processed": stats["events_processed"],
-        "events_per_s": round(stats["events_processed"] / report["seconds"], 1),
         "dlq": stats["dlq"],
         "duplicates": stats["duplicates"],
         "users_with_features": stats["users_with_features"],
@@ -63,50 +67,128 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
     }
 
 
+def _applied_all(worker: WorkerProcess, events: int, items: int) -> dict[str, Any]:
+    """Wait until the worker has applied (or dead-lettered) every event and item sent so far."""
+    return worker.wait_for(
+        lambda s: s["events_processed"] + s["duplicates"] + s["dlq"] >= events
+        and s["items_upserted"] >= items, timeout_s=120.0)
+
+
 async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess,
                        seconds: float, rate: float, warmup_s: float, retrain_every_s: float,
                        workdir: Path) -> dict[str, Any]:
     logs = workdir / "logs.jsonl"
     logs.unlink(missing_ok=True)
     world = World(WorldConfig(dim=settings.embedding_dim))
-    models: list[dict[str, Any]] = []
-    replay = LogReplay(settings)
+    warmup_requests = max(4, round(warmup_s * rate))
+    training = LogTraining(settings, logs, warming_requests=warmup_requests // 2)
+    models = Models(settings, bootstrap, worker, workdir, training)
     async with Simulator(settings, bootstrap, world, log_path=logs) as simulator:
-        await simulator.publish_catalogue()
-        await simulator.run(rate, warmup_s, policy="random")
-        remaining = seconds - warmup_s
+        warmup = await simulator.warm_up(warmup_requests, rate)
+        log.info("warm-up: %d requests (%.0f s of traffic) simulated in %.1f s",
+                 warmup.warmup_requests, warmup_s, warmup.warmup_wall_s)
+        # The first served request must meet features that hold the whole warm-up.
+        await asyncio.to_thread(_applied_all, worker, warmup.events, warmup.items)
+        remaining = seconds
         while remaining > 0:
-            await replay.read(logs)
-            models.append(await _train_and_publish(settings, bootstrap, worker,
-                                                   replay.dataset(), workdir))
+            await models.next()
             phase = min(remaining, retrain_every_s or remaining)
-            log.info("serving %s for %.0fs", models[-1]["version"], phase)
             await simulator.run(rate, phase, policy="served")
             remaining -= phase
         report = simulator.report
     return {
         "seconds": round(report.seconds, 3),
+        "warmup": {"requests": report.warmup_requests, "simulated_s": warmup_s,
+                   "wall_s": round(report.warmup_wall_s, 3),
+                   "trained_on_requests": warmup_requests - training.replay.warming_requests},
         "requests": report.requests,
         "items": report.items,
         "events_published": report.events,
         "quality": report.quality(),
-        "model": models[0],
-        "retrained": [m["version"] for m in models[1:]],
+        "model": models.trained[0],
+        "retrained": [m["version"] for m in models.trained[1:]],
     }
 
 
-async def _train_and_publish(settings: Settings, bootstrap: str, worker: WorkerProcess,
-                             dataset: Dataset, workdir: Path) -> dict[str, Any]:
-    """Train on everything logged so far and wait until the worker serves the new version."""
-    version = f"demo-{int(time.time() * 1000)}"
-    # Traffic pauses while a model trains: fewer passes over a larger log keep each retrain
-    # to a bounded number of rows (~15 s on 2 cores).
-    epochs = max(1, min(DEFAULT_EPOCHS, TRAIN_ROWS_PER_RETRAIN // len(dataset.features)))
-    trained = await asyncio.to_thread(train, dataset, workdir / version, version,
-                                      epochs=epochs, progress=False,
-                                      signing_key=settings.signing_key)
-    update = await publish_model(settings, bootstrap, trained.manifest_path)
-    await asyncio.to_thread(worker.wait_for, lambda s: s["model_version"] == update.version,
-                            60.0)
-    return {"version": update.version, "train_rows": trained.n_train,
-            "holdout_rows": trained.n_holdout, "holdout": trained.metrics}
+class LogTraining:
+    """Where every model's training rows come from: the simulator's log, replayed through the
+    serving feature code. Each call continues where the last stopped, so a retrain costs only
+    the lines logged since. Swapping the source (e.g. to the outcomes topic) touches this
+    class only.
+
+    The first ``warming_requests`` only warm the replayed store. A model trained on every
+    warm-up row learns that item counters say little, because early in a warm-up they are
+    nearly empty; at serving they hold the whole warm-up. Measured in 30 s demos: a first
+    model trained on all of a 120 s warm-up served at 0.80-0.83x popularity (held-out click
+    AUC 0.725 all the same), 0.94x on its second half (offline, on the same served
+    requests), and 1.29x on the second half of 240 s.
+    """
+
+    def __init__(self, settings: Settings, logs: Path, warming_requests: int = 0) -> None:
+        self.logs = logs
+        self.replay = LogReplay(settings, warming_requests)
+
+    async def dataset(self) -> Dataset:
+        await self.replay.read(self.logs)
+        return self.replay.dataset()
+
+
+class Models:
+    """Trains, publishes and records each model version of the run."""
+
+    def __init__(self, settings: Settings, bootstrap: str, worker: WorkerProcess,
+                 workdir: Path, training: LogTraining) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.worker = worker
+        self.workdir = workdir
+        self.training = training
+        self.trained: list[dict[str, Any]] = []
+
+    async def next(self) -> None:
+        """Train on everything logged so far and wait until the worker serves the new
+        version."""
+        started = time.monotonic()
+        dataset = await self.training.dataset()
+        version = f"demo-{int(time.time() * 1000)}"
+        # Traffic pauses while a model trains: fewer passes over a larger log keep each
+        # training to a bounded number of rows (~15 s on 2 cores).
+        epochs = max(1, min(DEFAULT_EPOCHS, TRAIN_ROWS_PER_RETRAIN // len(dataset.features)))
+        trained = await asyncio.to_thread(train, dataset, self.workdir / version, version,
+                                          epochs=epochs, progress=False,
+                                          signing_key=self.settings.signing_key)
+        update = await publish_model(self.settings, self.bootstrap, trained.manifest_path)
+        await asyncio.to_thread(self.worker.wait_for,
+                                lambda s: s["model_version"] == update.version, 60.0)
+        train_s = time.monotonic() - started
+        log.info("serving %s, trained on %d rows in %.1f s", update.version, trained.n_train,
+                 train_s)
+        self.trained.append({
+            "version": update.version, "train_rows": trained.n_train, "epochs": epochs,
+            "train_s": round(train_s, 1), "holdout_rows": trained.n_holdout,
+            "holdout": trained.metrics})
+
+
+def summary(report: dict[str, Any], json_out: Path | None) -> str:
+    """What a person reads at the end of a run; the report itself is the JSON."""
+    ctr, warmup, model = report["ctr"], report["warmup"], report["model"]
+    versions = report["served_vs_popularity_by_model"]
+    popularity = ctr["popularity"]
+    lines = [
+        f"streamrank demo: {report['seconds']:.0f} s served at {report['rate']:g} requests/s, "
+        f"after a simulated warm-up of {warmup['simulated_s']:g} s "
+        f"({warmup['requests']:,} random feeds, made in {warmup['wall_s']:.1f} s)",
+        f"expected CTR per shown item, on the same {report['served_requests']:,} served "
+        "requests:",
+        *(f"  {name:<11}{ctr[name]:.4f}" + (f"  ({ctr[name] / popularity:.2f}x popularity)"
+                                            if name == "served" and popularity > 0 else "")
+          for name in ("served", "popularity", "random", "oracle")),
+        f"events: {report['events_published']:,} published, {report['events_processed']:,} "
+        f"applied, {report['dlq']} in the DLQ; {report['timeouts']} requests timed out",
+        f"models (served / popularity): first {model['version']} on "
+        f"{model['train_rows']:,} rows (click AUC {model['holdout']['click']['auc']:.3f})",
+        *(f"  {version}  {ratio:.2f}" for version, ratio in versions.items()),
+    ]
+    if json_out is not None:
+        lines.append(f"full report: {json_out}")
+    return "\n".join(lines)

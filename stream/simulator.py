@@ -6,6 +6,9 @@ uniformly random feed (exploration data for a first model). With ``policy="serve
 for the worker's ranking on the rankings topic and shows that. For every served request it
 also scores, with the world's true probabilities, what a random and a popularity ranking would
 have earned on the same request, so quality is measured against the truth.
+
+:meth:`Simulator.warm_up` plays random feeds on a virtual clock instead: the world is
+synthetic, so a first model's training log need not cost its length in real time.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class SimulationReport:
     # Per served model version: expected clicks of its rankings and of popularity, and shown.
     by_model: dict[str, list[float]] = field(default_factory=dict)
     round_trip_ms: list[float] = field(default_factory=list)
+    warmup_requests: int = 0  # played by warm_up(), on a virtual clock; not in requests
+    warmup_wall_s: float = 0.0
 
     def quality(self) -> dict[str, Any]:
         """CTRs per shown item from the world's true probabilities, on the served requests."""
@@ -101,8 +106,9 @@ class Simulator:
         if self._log is not None:
             self._log.close()
 
-    async def publish_catalogue(self) -> None:
-        world, now = self.world, time.time()
+    async def publish_catalogue(self, now: float | None = None) -> None:
+        """Upsert every item and ad, created at ``now`` (default: the wall clock)."""
+        world, now = self.world, time.time() if now is None else now
         catalogue = [(world.item_ids, world.item_embeddings, None),
                      (world.ad_ids, world.ad_embeddings, world.ad_bids)]
         for ids, embeddings, bids in catalogue:
@@ -139,6 +145,33 @@ class Simulator:
                 self._log.flush()
         finally:
             self.report.seconds += time.monotonic() - phase_start
+        return self.report
+
+    async def warm_up(self, requests: int, rate: float) -> SimulationReport:
+        """Play ``requests`` random feeds as fast as they can be made, stamped as if they had
+        been played at ``rate`` requests/s over the period that ends now.
+
+        Their engagements go to the events topic and to the log, so the worker's features and
+        the first model's training rows see the same history they would after a real-time
+        warm-up. The requests are logged but not sent: no one waits for their rankings. The
+        catalogue is published first, created when the warm-up began.
+        """
+        started, virtual_s = time.monotonic(), requests / rate
+        start = time.time() - virtual_s
+        await self.publish_catalogue(now=start)
+        for index in range(requests):
+            elapsed = index / rate
+            draw = self.world.draw_request(self.rng, elapsed)
+            request = _request(self.world, draw, start + elapsed, self.settings.limits)
+            ranked = self.rng.permutation(draw.candidates)[: self.world.config.shown]
+            await self._play(request, draw, ranked, "random", elapsed, request.ts)
+        await self._producer.flush()
+        if self._log is not None:
+            self._log.flush()
+        self.report.warmup_requests += requests
+        self.report.warmup_wall_s += time.monotonic() - started
+        # The world's clock runs on from the end of the warm-up.
+        self.started = time.monotonic() - virtual_s
         return self.report
 
     async def _send(self, suffix: str, key: str, record: Record) -> None:
@@ -201,11 +234,16 @@ class Simulator:
         else:
             await self._send("requests", request.user_id, request)
         self.report.requests += 1
+        await self._play(request, draw, ranked, served_by, elapsed, time.time())
 
+    async def _play(self, request: RankingRequest, draw: RequestDraw, ranked: np.ndarray,
+                    served_by: str, elapsed: float, ts: float) -> None:
+        """Sample the user's engagements with the shown feed; publish and log them at ``ts``."""
+        world = self.world
         ads_by_slot = {slot: int(self.rng.choice(draw.ads)) for slot in draw.ad_slots}
         engagements = world.play(self.rng, draw, ranked, ads_by_slot, elapsed)
         events = [
-            Event(ts=time.time(), event_id=uuid.uuid4().hex, user_id=request.user_id,
+            Event(ts=ts, event_id=uuid.uuid4().hex, user_id=request.user_id,
                   item_id=e.item_id, type=e.type,  # type: ignore[arg-type]
                   request_id=request.request_id, position=e.position, dwell_s=e.dwell_s,
                   revenue=e.revenue)

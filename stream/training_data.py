@@ -32,8 +32,12 @@ class LogReplay:
     """Replays a growing log incrementally: each :meth:`read` continues where the last stopped,
     so retraining during a run costs the new lines only."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, warming_requests: int = 0) -> None:
         self.settings = settings
+        # The first ``warming_requests`` logged requests only build the store's history: their
+        # rows would show item counters far colder than serving meets after them.
+        self.warming_requests = warming_requests
+        self._requests = 0
         self._store = MemoryStore(settings.dedup_ttl_s, settings.history_length)
         self._reader = FeatureReader(self._store, settings.embedding_dim)
         self._offset = 0
@@ -73,7 +77,8 @@ class LogReplay:
         assert isinstance(served, dict)
         shown: list[str] = served["items"]
         events = [validate(e, Event, limits) for e in record["events"]]  # type: ignore[attr-defined]
-        if shown:
+        self._requests += 1
+        if shown and self._requests > self.warming_requests:
             position = {item_id: row for row, item_id in enumerate(request.candidates)}
             if not all(item_id in position for item_id in shown):
                 raise KeyError("a shown item is not among the request's candidates")

@@ -124,3 +124,14 @@ def test_publishing_a_model_the_workers_would_refuse_is_a_clear_error(tmp_path: 
     assert "outside STREAMRANK_MODEL_DIR" in result.stderr
     assert "k" * 32 not in result.stderr + result.stdout
     assert "signature" not in orjson.loads((model / "manifest.json").read_bytes())
+
+
+@pytest.mark.parametrize("where", ["missing/out.json", "."])
+def test_demo_refuses_a_report_path_it_could_not_write_before_it_starts(
+        tmp_path: Path, where: str) -> None:
+    target = tmp_path / where
+    result = streamrank("demo", "--json", str(target), "--workdir", str(tmp_path / "work"))
+    assert result.returncode == 2
+    assert f"error: --json {target}: not a file in an existing directory" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "work").exists()  # nothing was started

@@ -28,10 +28,14 @@ def test_demo_runs_end_to_end_with_clean_input(tmp_path: Path, redis_url: str,
          "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
     report = orjson.loads(out.read_bytes())
     assert report["dlq"] == 0
     assert report["events_processed"] == report["events_published"] > 0
-    assert report["events_per_s"] > 0
+    # 5 s of warm-up at 100 requests/s, simulated; the first model learns from its second half.
+    assert report["warmup"]["requests"] == 500
+    assert report["warmup"]["trained_on_requests"] == 250
+    assert report["model"]["train_rows"] + report["model"]["holdout_rows"] == 2500
     assert report["users_with_features"] > 100
     assert report["items_with_features"] >= 3000  # the whole catalogue was upserted
     assert report["store"] == ("redis" if redis else "in-memory")
@@ -44,6 +48,11 @@ def test_demo_runs_end_to_end_with_clean_input(tmp_path: Path, redis_url: str,
     assert 0 < report["ndcg10_vs_oracle"] <= 1
     assert set(report["model"]["holdout"]) == {"click", "like", "share", "hide"}
     assert (tmp_path / "work" / report["model"]["version"] / "model.onnx").is_file()
+    # A person reads a summary of the same numbers; the JSON went to the file only.
+    assert f"served     {report['ctr']['served']:.4f}" in result.stdout
+    assert f"{report['dlq']} in the DLQ" in result.stdout
+    assert report["model"]["version"] in result.stdout
+    assert f"full report: {out}" in result.stdout and "{" not in result.stdout
     assert "feature store: " + ("redis" if redis else "in-memory") in result.stderr
     if redis:
         client = Redis.from_url(redis_url)

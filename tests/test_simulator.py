@@ -1,0 +1,85 @@
+"""The simulator's warm-up and phases, against a recording producer: no broker needed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from models.world import World, WorldConfig
+from stream.settings import Settings
+from stream.simulator import Simulator
+
+RATE = 50.0
+
+
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> None:
+        self.sent.append((topic, value, key))
+
+    async def flush(self) -> None:
+        pass
+
+
+def offline_simulator(log_path: Path) -> tuple[Simulator, RecordingProducer]:
+    """A simulator whose producer only records, logging to ``log_path``."""
+    world = World(WorldConfig(n_users=50, n_items=300, n_ads=10, dim=8))
+    simulator = Simulator(Settings(embedding_dim=8), "unused:0", world, log_path=log_path)
+    producer = RecordingProducer()
+    simulator._producer = producer  # type: ignore[assignment]
+    simulator._log = log_path.open("ab")
+    return simulator, producer
+
+
+def _topic(sent: list[tuple[str, bytes, bytes]], suffix: str) -> list[dict[str, object]]:
+    return [orjson.loads(value) for topic, value, _ in sent if topic.endswith("." + suffix)]
+
+
+def test_warm_up_plays_a_virtual_period_that_ends_now(tmp_path: Path) -> None:
+    simulator, producer = offline_simulator(tmp_path / "logs.jsonl")
+    before = time.time()
+    asyncio.run(simulator.warm_up(200, RATE))
+    simulator._log.close()  # type: ignore[union-attr]
+    lines = [orjson.loads(line) for line in (tmp_path / "logs.jsonl").read_bytes().splitlines()]
+    requests = [line["request"] for line in lines if "request" in line]
+    items = _topic(producer.sent, "items")
+    events = _topic(producer.sent, "events")
+
+    # 200 requests, stamped 1/RATE apart over the 4 s before the call: not 4 s of waiting.
+    stamps = [r["ts"] for r in requests]
+    assert len(stamps) == 200 == simulator.report.warmup_requests
+    assert stamps == sorted(stamps)
+    assert stamps[1] - stamps[0] == pytest.approx(1 / RATE)
+    assert before - 200 / RATE <= stamps[0] < stamps[-1] < before
+    # The catalogue exists from the start of that period; events happen at their request's time.
+    assert len(items) == 310 and {i["created_ts"] for i in items} == {items[0]["ts"]}
+    assert items[0]["ts"] <= stamps[0]
+    by_request = {r["request_id"]: r["ts"] for r in requests}
+    assert events and all(e["ts"] == by_request[e["request_id"]] for e in events)
+    assert len(events) == simulator.report.events
+    # Logged for training and published for the features, but nobody is asked to rank them.
+    assert _topic(producer.sent, "requests") == []
+    assert simulator.report.requests == 0
+    assert {line["served"]["policy"] for line in lines if "served" in line} == {"random"}
+
+
+def test_served_and_baselines_are_scored_on_the_same_requests(tmp_path: Path) -> None:
+    simulator, _ = offline_simulator(tmp_path / "logs.jsonl")
+    world, rng = simulator.world, np.random.default_rng(3)
+    for _ in range(20):
+        draw = world.draw_request(rng, 0.0)
+        # A worker that ranked by true popularity must tie with the popularity baseline.
+        simulator._score_against_truth(draw, world.popularity_ranking(draw)[:10], 0.0, "v1")
+    quality = simulator.report.quality()
+    assert quality["served_requests"] == 20
+    assert quality["ctr"]["served"] == quality["ctr"]["popularity"] > 0
+    assert quality["served_vs_popularity_by_model"] == {"v1": 1.0}
+    assert quality["ctr"]["oracle"] > quality["ctr"]["popularity"]
+    simulator._log.close()  # type: ignore[union-attr]
