@@ -52,6 +52,17 @@ class Dataset:
         if not np.isin(self.labels, (0.0, 1.0)).all():
             raise ValueError("labels must be 0 or 1")
 
+    def followed_by(self, later: Dataset) -> Dataset:
+        """This dataset's rows, then ``later``'s (whose requests all come after), as one."""
+        if (later.feature_names, later.task_names) != (self.feature_names, self.task_names):
+            raise ValueError("datasets of different columns cannot be joined")
+        first = int(self.request_index[-1]) + 1 if len(self.request_index) else 0
+        return Dataset(np.concatenate([self.features, later.features]),
+                       np.concatenate([self.labels, later.labels]),
+                       np.concatenate([self.item_ids, later.item_ids]),
+                       np.concatenate([self.request_index, later.request_index + first]),
+                       self.feature_names, self.task_names)
+
 
 @dataclass
 class TrainReport:

@@ -139,6 +139,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             "users_with_features": counts["users"],
             "items_with_features": counts["items"],
             "requests_ranked": int(total("streamrank_requests_ranked")),
+            "outcomes_emitted": int(total("streamrank_outcomes")),
+            "outcome_events_late": int(total("streamrank_outcome_events_late")),
             "model_version": worker.models.current.version,
             "model_load_failures": int(total("streamrank_state_updates_refused",
                                              kind="model")),

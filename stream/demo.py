@@ -4,6 +4,10 @@ The warm-up is simulated, not played in real time: a first model needs far more 
 data than a short demo could log at its request rate, and the synthetic world can produce it in
 a fraction of the time. Only the served phase, whose rankings come from the worker, runs at
 ``rate`` in real time.
+
+The first model learns from the warm-up's log. Retrains learn from production topics, as a
+deployment would: the outcomes of the served requests, each with the feature row it was scored
+from (the feature log), plus the warm-up's rows, which were simulated and never served.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from models.training import DEFAULT_EPOCHS, Dataset, train
 from models.world import World, WorldConfig
+from stream.outcomes.dataset import outcomes_dataset
 from stream.runtime.environment import broker, check_store, describe
 from stream.runtime.worker_process import WorkerProcess
 from stream.scoring.model_kind import publish_model
@@ -26,6 +31,13 @@ from stream.training_data import LogReplay
 log = logging.getLogger(__name__)
 
 TRAIN_ROWS_PER_RETRAIN = 500_000
+# A quarter of the served requests log their feature rows: enough rows for a retrain every
+# 10 s at 150 requests/s, while the embedded broker's feature-log and outcomes partitions stay
+# well under the size at which it stops answering fetches (docs/scoring.md).
+FEATURE_LOG_RATE = 0.25
+# Events follow their ranking within a second here; a short window closes outcomes in time for
+# the next retrain.
+OUTCOME_WINDOW_S = 5.0
 
 
 def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
@@ -35,7 +47,9 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
     check_store(settings)
     workdir.mkdir(parents=True, exist_ok=True)
     # The demo's models are the ones it trains into its workdir.
-    settings = settings.model_copy(update={"model_dir": workdir.resolve()})
+    settings = settings.model_copy(update={
+        "model_dir": workdir.resolve(), "feature_log_rate": FEATURE_LOG_RATE,
+        "outcome_window_s": OUTCOME_WINDOW_S})
     with broker(settings) as bootstrap:
         log.info(describe(bootstrap, settings))
         # The closed loop is about quality, not latency: a 5 ms fetch wait leaves the embedded
@@ -61,6 +75,9 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
         **report["quality"],
         "model": report["model"],
         "retrained": report["retrained"],
+        "training": report["training"],
+        "outcomes": {"count": stats["outcomes_emitted"],
+                     "events_late": stats["outcome_events_late"]},
         "broker": "configured" if settings.broker_url else "embedded tansu",
         "store": "redis" if settings.redis_url else "in-memory",
         "worker_log": str(worker.log_path),
@@ -81,7 +98,7 @@ async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess
     logs.unlink(missing_ok=True)
     world = World(WorldConfig(dim=settings.embedding_dim))
     warmup_requests = max(4, round(warmup_s * rate))
-    training = LogTraining(settings, logs, warming_requests=warmup_requests // 2)
+    training = Training(settings, bootstrap, logs, warming_requests=warmup_requests // 2)
     models = Models(settings, bootstrap, worker, workdir, training)
     async with Simulator(settings, bootstrap, world, log_path=logs) as simulator:
         warmup = await simulator.warm_up(warmup_requests, rate)
@@ -101,6 +118,9 @@ async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess
         "warmup": {"requests": report.warmup_requests, "simulated_s": warmup_s,
                    "wall_s": round(report.warmup_wall_s, 3),
                    "trained_on_requests": warmup_requests - training.replay.warming_requests},
+        # Where the model served last learned: a retrain reads the topics.
+        "training": {"source": "topics" if len(models.trained) > 1 else "log",
+                     "first_model_source": "log", "outcome_rows": training.outcome_rows},
         "requests": report.requests,
         "items": report.items,
         "events_published": report.events,
@@ -110,11 +130,12 @@ async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess
     }
 
 
-class LogTraining:
-    """Where every model's training rows come from: the simulator's log, replayed through the
-    serving feature code. Each call continues where the last stopped, so a retrain costs only
-    the lines logged since. Swapping the source (e.g. to the outcomes topic) touches this
-    class only.
+class Training:
+    """Where every model's training rows come from. The first model: the warm-up's log,
+    replayed through the serving feature code (the warm-up was simulated, not served, so it has
+    no outcomes). Retrains: those rows, then every outcome of a served request that carries the
+    feature row it was scored from, read from the outcomes topic
+    (:func:`stream.outcomes.dataset.outcomes_dataset`).
 
     The first ``warming_requests`` only warm the replayed store. A model trained on every
     warm-up row learns that item counters say little, because early in a warm-up they are
@@ -124,20 +145,28 @@ class LogTraining:
     requests), and 1.29x on the second half of 240 s.
     """
 
-    def __init__(self, settings: Settings, logs: Path, warming_requests: int = 0) -> None:
-        self.logs = logs
+    def __init__(self, settings: Settings, bootstrap: str, logs: Path,
+                 warming_requests: int = 0) -> None:
+        self.settings, self.bootstrap, self.logs = settings, bootstrap, logs
         self.replay = LogReplay(settings, warming_requests)
+        self.outcome_rows = 0  # in the latest retrain
+        self._warmup: Dataset | None = None
 
     async def dataset(self) -> Dataset:
-        await self.replay.read(self.logs)
-        return self.replay.dataset()
+        if self._warmup is None:
+            await self.replay.read(self.logs)
+            self._warmup = self.replay.dataset()
+            return self._warmup
+        served = await outcomes_dataset(self.settings, self.bootstrap)
+        self.outcome_rows = len(served.features)
+        return self._warmup.followed_by(served)
 
 
 class Models:
     """Trains, publishes and records each model version of the run."""
 
     def __init__(self, settings: Settings, bootstrap: str, worker: WorkerProcess,
-                 workdir: Path, training: LogTraining) -> None:
+                 workdir: Path, training: Training) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.worker = worker
@@ -185,6 +214,10 @@ def summary(report: dict[str, Any], json_out: Path | None) -> str:
           for name in ("served", "popularity", "random", "oracle")),
         f"events: {report['events_published']:,} published, {report['events_processed']:,} "
         f"applied, {report['dlq']} in the DLQ; {report['timeouts']} requests timed out",
+        f"outcomes: {report['outcomes']['count']:,} joined"
+        + (f"; retrains learned from the topics ({report['training']['outcome_rows']:,} "
+           "served rows with their logged features, after the warm-up's)"
+           if report["training"]["source"] == "topics" else ""),
         f"models (served / popularity): first {model['version']} on "
         f"{model['train_rows']:,} rows (click AUC {model['holdout']['click']['auc']:.3f})",
         *(f"  {version}  {ratio:.2f}" for version, ratio in versions.items()),

@@ -19,6 +19,8 @@ def _report() -> dict[str, Any]:
         "model": {"version": "demo-1", "train_rows": 144000,
                   "holdout": {"click": {"auc": 0.7291}}},
         "served_vs_popularity_by_model": {"demo-1": 1.29, "demo-2": 1.24},
+        "outcomes": {"count": 52000, "events_late": 0},
+        "training": {"source": "topics", "first_model_source": "log", "outcome_rows": 9100},
     }
 
 
@@ -32,6 +34,7 @@ def test_summary_carries_the_ctrs_events_dlq_and_versions() -> None:
         ["popularity", "0.0670"], ["random", "0.0273"], ["oracle", "0.1062"]]
     assert "391,794 published, 391,791 applied, 3 in the DLQ; 2 requests timed out" in text
     assert "first demo-1 on 144,000 rows (click AUC 0.729)" in text
+    assert "52,000 joined; retrains learned from the topics (9,100 served rows" in text
     assert [line.split() for line in lines[-3:-1]] == [["demo-1", "1.29"], ["demo-2", "1.24"]]
     assert lines[-1] == "full report: out.json"
 

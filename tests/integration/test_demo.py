@@ -42,6 +42,10 @@ def test_demo_runs_end_to_end_with_clean_input(tmp_path: Path, redis_url: str,
     # The closed loop: a model trained on the warm-up served every later request.
     assert report["served_requests"] > 0 and report["timeouts"] == 0
     assert report["requests_ranked"] >= report["served_requests"]
+    # Served rankings were joined with what the users did (windows of 5 s).
+    assert report["outcomes"]["count"] > 0
+    assert report["training"] == {"source": "log", "first_model_source": "log",
+                                  "outcome_rows": 0}  # no retrain in this run
     assert list(report["served_vs_popularity_by_model"]) == [report["model"]["version"]]
     assert set(report["ctr"]) == {"served", "random", "popularity", "oracle"}
     assert report["ctr"]["oracle"] > report["ctr"]["random"] > 0
