@@ -31,7 +31,6 @@ class EmittedLog:
     """Reads the outcomes topic back, and checkpoints how far it is known to reach."""
 
     def __init__(self, settings: Settings, bootstrap: str) -> None:
-        self._settings = settings
         self._topic = settings.topic("outcomes")
         self._consumer: AIOKafkaConsumer = kafka_consumer(
             settings, bootstrap, group_id=f"{settings.outcomes_group}-emitted",

@@ -1,7 +1,9 @@
-"""The outcomes role: rankings and events in, one outcome per shown item and ad slot out.
+"""The outcomes role: rankings, events and the feature log in, one outcome per shown item and
+ad slot out.
 
-Rankings and events are keyed by user, so a user's ranking and its events sit on the same
-partition number of both topics, and its outcomes go to that partition of the outcomes topic.
+All three inputs are keyed by user, so a user's ranking, its events and its feature rows sit
+on the same partition number of each topic, and its outcomes go to that partition of the
+outcomes topic.
 Each partition has its own join (:mod:`stream.outcomes.join`), kept in memory and bounded by
 the window. Its records are committed only once their ranking's outcomes are acknowledged
 (:meth:`holds`), so a restart, kill -9 included, reads them again and rebuilds the join; and the
@@ -19,14 +21,14 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 
 from schemas import Event, FeatureLog, Outcome, RankingResult, encode
 from stream.outcomes.emitted import EmittedLog
-from stream.outcomes.join import INPUTS, PartitionJoin, outcome_key
+from stream.outcomes.join import INPUTS, JoinCounts, OutcomeKey, PartitionJoin, outcome_key
 from stream.runtime.consumer import Decoded, Sends, SupervisedConsumer
 from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
 
 
 class OutcomesService(SupervisedConsumer):
-    """Consumes ``rankings`` and ``events``; publishes ``outcomes``."""
+    """Consumes ``rankings``, ``events`` and ``feature-log``; publishes ``outcomes``."""
 
     def __init__(self, settings: Settings, bootstrap: str, metrics: WorkerMetrics,
                  **kwargs: Any) -> None:
@@ -42,7 +44,7 @@ class OutcomesService(SupervisedConsumer):
         self._outcomes = settings.topic("outcomes")
         self._joins: dict[int, PartitionJoin] = {}
         self._emitted_log = EmittedLog(settings, bootstrap)
-        self._acked: dict[int, tuple[float, str, int]] = {}  # per partition, see forget
+        self._acked: dict[int, OutcomeKey] = {}  # per partition, see forget
         self._to_recover: set[int] = set()  # see assigned
 
     async def on_start(self) -> None:
@@ -81,7 +83,7 @@ class OutcomesService(SupervisedConsumer):
         unread = self.unread  # before the first await
         if self._to_recover:
             await self._recover()
-        late = self._late()
+        before = self._counts()
         touched: set[int] = set()
         for record, value in batch:
             join = self._join(record.partition)
@@ -101,7 +103,7 @@ class OutcomesService(SupervisedConsumer):
                 if unread.get(TopicPartition(topic, number)) == 0)
             for outcome in join.close(caught_up):
                 sends.append(asyncio.ensure_future(self._emit(number, outcome)))
-        self.metrics.outcomes_late.inc(self._late() - late)
+        self._count(before, self._counts())
         if sends:
             sends.append(asyncio.ensure_future(self._checkpoint(list(sends))))
         return sends
@@ -119,8 +121,18 @@ class OutcomesService(SupervisedConsumer):
         await asyncio.gather(*emitted)
         await self._emitted_log.checkpoint()
 
-    def _late(self) -> int:
-        return sum(join.counts.late for join in self._joins.values())
+    def _count(self, before: JoinCounts, after: JoinCounts) -> None:
+        # Nothing awaits between the two counts, so no forget() can reset them in between.
+        self.metrics.outcomes_late.inc(after.late - before.late)
+        self.metrics.outcomes_dropped.labels("unmatched_event").inc(
+            after.unmatched - before.unmatched)
+        self.metrics.outcomes_dropped.labels("late_ranking").inc(
+            after.late_rankings - before.late_rankings)
+
+    def _counts(self) -> JoinCounts:
+        counts = [join.counts for join in self._joins.values()]
+        return JoinCounts(sum(c.late for c in counts), sum(c.unmatched for c in counts),
+                          sum(c.late_rankings for c in counts))
 
     def _join(self, number: int) -> PartitionJoin:
         join = self._joins.get(number)

@@ -161,7 +161,8 @@ class SupervisedConsumer(Service):
         partitions are taken away, those records come again (here or elsewhere)."""
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
-        """Called when partitions are assigned, before any of their records is read."""
+        """Called when partitions are assigned. aiokafka may fetch them, and the loop handle
+        what it fetched, before this returns: whatever a handler needs first, it awaits."""
 
     def in_order(self, effect: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
         """Start ``effect`` once the effect passed here before it has succeeded; return it

@@ -51,6 +51,11 @@ class WorkerMetrics:
             "streamrank_outcome_events_late",
             "Events read after their ranking's outcome window had closed: counted, not joined.",
             registry=self.registry)
+        self.outcomes_dropped = Counter(
+            "streamrank_outcome_inputs_dropped",
+            "Outcome inputs that join nothing, by reason: unmatched_event (its ranking never "
+            "came within the window), late_ranking (read after its own window had closed).",
+            ["reason"], registry=self.registry)
 
         self.state_refused = Counter(
             "streamrank_state_updates_refused",
