@@ -51,7 +51,7 @@ class ScoringService(SupervisedConsumer):
         rate = self.settings.feature_log_rate
         for result in results:
             key = result.user_id.encode()
-            # The log first: the outcomes role then sees it no later than the ranking.
+            # The outcomes role joins a request's feature rows before or after its ranking.
             if logged(result.request_id, rate):
                 sends.append(await self.producer.send(
                     self._feature_log_topic, encode_feature_log(result), key=key))
