@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from schemas.limits import Limits
@@ -178,7 +178,7 @@ class RankedItem(Record):
 
 
 class AdDecision(Record):
-    slot: int
+    slot: Annotated[int, Field(ge=0, le=10_000)]  # a feed position, as in RankingRequest
     ad_id: Id | None
     propensity: Annotated[float, Field(ge=0, le=1)]
     policy: str
@@ -232,7 +232,7 @@ class AdLabels(Record):
 
     impression: bool = False
     click: bool = False
-    revenue: Amount = 0.0  # conversions
+    revenue: NonNegative = 0.0  # conversions: a sum of Amounts, so beyond one Amount's cap
     engagements_after: Annotated[int, Field(ge=0)] = 0  # organic clicks, likes, shares below
     session_ended: bool = True  # no event on any position below the slot
 
@@ -262,6 +262,14 @@ class Outcome(TimedRecord):
     # Items of a request in the feature log: the row it was scored from, and its columns.
     features: list[float] | None = None
     feature_names: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _a_row_has_its_columns(self) -> Outcome:
+        names, row = self.feature_names, self.features
+        if (names is None) != (row is None) or (names is not None and row is not None
+                                                 and len(names) != len(row)):
+            raise ValueError("features and feature_names come together, one value per name")
+        return self
 
 
 Severity = Literal["info", "warning", "critical"]

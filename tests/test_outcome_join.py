@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from schemas import AdDecision, Event, FeatureLog, RankedItem, RankingResult
+import orjson
+import pytest
+
+from schemas import (
+    AdDecision,
+    Event,
+    FeatureLog,
+    Outcome,
+    RankedItem,
+    RankingResult,
+    Rejection,
+    decode,
+)
 from stream.outcomes.join import PartitionJoin, outcome_key
 
 T0 = 1_790_000_000.0
@@ -130,3 +142,30 @@ def test_items_carry_the_feature_rows_they_were_scored_from() -> None:
     assert [(o.item_id, o.features) for o in outcomes] == [
         ("i0", [2.0, -1.0]), ("i1", None), ("i2", [0.5, 1.5]), ("a7", None)]
     assert outcomes[0].feature_names == ["a", "b"] and outcomes[1].feature_names is None
+
+
+def test_hostile_inputs_are_refused_at_decoding_or_join_without_failing() -> None:
+    """A ranking whose outcomes could not be valid never enters the join; sums of valid
+    events (two conversions at the Amount cap) still make a valid outcome."""
+    bad_slot = ranking("r1").model_dump(mode="json")
+    bad_slot["ads"][0]["slot"] = -1
+    with pytest.raises(Rejection) as refused:
+        decode(orjson.dumps(bad_slot), RankingResult)
+    assert refused.value.reason == "invalid_value"
+    join = PartitionJoin(WINDOW)
+    join.add_ranking(ranking("r1"), offset=0)
+    for k in range(2):
+        join.add_event(event(f"c{k}", "conversion", "a7", T0 + 1, position=1,
+                             revenue=1_000_000.0), k)
+    join.add_event(tick(T0 + WINDOW), 2)
+    ad = join.close()[-1].ad_labels
+    assert ad is not None and ad.revenue == 2_000_000.0
+
+
+def test_an_outcome_row_must_match_its_columns() -> None:
+    outcome = {"ts": T0, "request_id": "r1", "user_id": "u1", "seq": 0, "kind": "item",
+               "item_id": "i1", "position": 0, "model_version": "m", "stats_version": "s",
+               "window_s": 60.0, "features": [0.5, 1.0], "feature_names": ["a"]}
+    with pytest.raises(Rejection):
+        decode(orjson.dumps(outcome), Outcome)
+    decode(orjson.dumps({**outcome, "feature_names": ["a", "b"]}), Outcome)

@@ -137,11 +137,12 @@ class PartitionJoin:
                          key=lambda w: (w.result.ts + self.window_s, w.result.request_id))
         outcomes: list[Outcome] = []
         for waiting in closing:
+            # Joined before the state changes: should it raise, the ranking is still waiting.
+            ranking = joined(waiting.result, list(waiting.events.values()), self.window_s,
+                             waiting.features)
             del self._waiting[waiting.result.request_id]
             self._closed[waiting.result.request_id] = waiting.result.ts + self.window_s
-            outcomes += [o for o in joined(waiting.result, list(waiting.events.values()),
-                                           self.window_s, waiting.features)
-                         if self.emitted_through is None
+            outcomes += [o for o in ranking if self.emitted_through is None
                          or outcome_key(o) > self.emitted_through]
         self._forget()
         return outcomes
