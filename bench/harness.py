@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -234,6 +234,17 @@ async def assigned_consumer(bootstrap: str, topic: str, from_end: bool, fetch_wa
     for partition in partitions:
         await consumer.position(partition)
     return consumer
+
+
+async def paced(rate: float, stop: asyncio.Event) -> AsyncIterator[int]:
+    """0, 1, 2, ... at ``rate`` per second (on schedule from the first) until ``stop``."""
+    started, k = time.monotonic(), 0
+    while not stop.is_set():
+        delay = started + k / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield k
+        k += 1
 
 
 class TopicTail:

@@ -16,7 +16,7 @@ import numpy as np
 
 from bench.faults.config import FaultsConfig
 from bench.faults.kills import Lives
-from bench.harness import Environment, Record, TopicTail, environment
+from bench.harness import Environment, Record, TopicTail, environment, paced
 from schemas import AdDecision, Event, Outcome, RankedItem, RankingResult, decode, encode
 from stream.outcomes.join import OutcomeKey, joined, outcome_key
 from stream.runtime.clients import kafka_producer
@@ -95,13 +95,8 @@ async def _publish(env: Environment, config: FaultsConfig, stream: Stream,
     settings = env.settings
     producer = kafka_producer(settings, env.bootstrap, linger_ms=5)
     await producer.start()
-    started = time.monotonic()
     try:
-        k = 0
-        while not stop.is_set():
-            delay = started + k / config.ranking_rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for k in paced(config.ranking_rate, stop):
             user, ts = f"u{rng.integers(USERS)}", time.time()
             ranking = RankingResult(
                 ts=ts, request_id=f"r{k}", user_id=user,
@@ -115,7 +110,6 @@ async def _publish(env: Environment, config: FaultsConfig, stream: Stream,
             await producer.send(settings.topic("rankings"), encode(ranking), key=user.encode())
             for event in events:
                 await producer.send(settings.topic("events"), encode(event), key=user.encode())
-            k += 1
         closing_ts = time.time() + 3 * WINDOW_S
         for u in range(USERS):
             closing = Event(ts=closing_ts, event_id=f"close-u{u}", user_id=f"u{u}",

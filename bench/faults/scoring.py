@@ -28,6 +28,7 @@ from bench.harness import (
     Record,
     TopicTail,
     environment,
+    paced,
     percentile,
 )
 from schemas import DeadLetter, RankingRequest, decode, encode
@@ -133,18 +134,13 @@ async def _publish(env: Environment, config: FaultsConfig, answers: Answers,
     await producer.start()
     started = time.monotonic()
     try:
-        k = 0
-        while not stop.is_set():
-            delay = started + k / config.request_rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for k in paced(config.request_rate, stop):
             user = f"u{rng.integers(CATALOGUE_USERS)}"
             chosen = rng.choice(CATALOGUE_ITEMS, size=config.candidates, replace=False)
             request = RankingRequest(ts=time.time(), request_id=f"{tag}-r{k}", user_id=user,
                                      candidates=[f"i{i}" for i in chosen], n=RESULT_N)
             answers.sent[request.request_id] = time.monotonic()
             await producer.send(topic, encode(request), key=user.encode())
-            k += 1
         await producer.flush()
     finally:
         await producer.stop()

@@ -15,10 +15,8 @@ from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
 from models.training import Dataset
 from schemas import Outcome, Rejection, decode
 from stream.errors import StreamrankError
-from stream.runtime.clients import kafka_consumer
+from stream.runtime.clients import READ_TO_END_WAIT_MS, kafka_consumer, read_to_end
 from stream.settings import Settings
-
-READ_WAIT_MS = 500  # see stream.outcomes.emitted: tansu answers short fetches empty
 
 
 class NoTrainingRows(StreamrankError):
@@ -49,9 +47,10 @@ async def outcomes_dataset(settings: Settings, bootstrap: str) -> Dataset:
 
 
 async def _read_all(settings: Settings, bootstrap: str) -> list[Outcome]:
-    """The topic from its start until a fetch comes back empty (nothing is left to read)."""
+    """The topic from its start to its end."""
     consumer = kafka_consumer(settings, bootstrap, group_id=None, enable_auto_commit=False,
-                              auto_offset_reset="earliest", fetch_max_wait_ms=READ_WAIT_MS)
+                              auto_offset_reset="earliest",
+                              fetch_max_wait_ms=READ_TO_END_WAIT_MS)
     await consumer.start()
     try:
         topic = settings.topic("outcomes")
@@ -59,13 +58,11 @@ async def _read_all(settings: Settings, bootstrap: str) -> list[Outcome]:
         partitions = consumer.partitions_for_topic(topic) or {0}
         consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
         outcomes: list[Outcome] = []
-        while batch := await consumer.getmany(timeout_ms=2 * READ_WAIT_MS):
-            for records in batch.values():
-                for record in records:
-                    try:
-                        outcomes.append(decode(record.value or b"", Outcome))
-                    except Rejection:
-                        continue  # not a training row; its consumers dead-letter it
+        async for _, record in read_to_end(consumer):
+            try:
+                outcomes.append(decode(record.value or b"", Outcome))
+            except Rejection:
+                continue  # not a training row; its consumers dead-letter it
         return outcomes
     finally:
         await consumer.stop()

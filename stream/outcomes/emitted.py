@@ -19,12 +19,10 @@ from aiokafka.structs import TopicPartition
 
 from schemas import Outcome, Rejection, decode
 from stream.outcomes.join import OutcomeKey, outcome_key
-from stream.runtime.clients import kafka_consumer
+from stream.runtime.clients import READ_TO_END_WAIT_MS, kafka_consumer, read_to_end
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
-
-READ_BACK_WAIT_MS = 500  # tansu answers a short fetch empty when it has many batches to scan
 
 
 class EmittedLog:
@@ -35,7 +33,7 @@ class EmittedLog:
         self._consumer: AIOKafkaConsumer = kafka_consumer(
             settings, bootstrap, group_id=f"{settings.outcomes_group}-emitted",
             enable_auto_commit=False, auto_offset_reset="earliest",
-            fetch_max_wait_ms=READ_BACK_WAIT_MS)
+            fetch_max_wait_ms=READ_TO_END_WAIT_MS)
         self._acked: dict[int, int] = {}  # partition -> next offset after the last acknowledged
         self._committing = asyncio.Lock()  # one assignment at a time
 
@@ -61,16 +59,14 @@ class EmittedLog:
                 await self._consumer.seek_to_beginning(tp)
         last: dict[int, OutcomeKey] = {}
         read = 0
-        while batch := await self._consumer.getmany(timeout_ms=2 * READ_BACK_WAIT_MS):
-            for tp, records in batch.items():
-                for record in records:
-                    try:
-                        key = outcome_key(decode(record.value or b"", Outcome))
-                    except Rejection:
-                        continue  # not ours to judge; the topic's consumers dead-letter it
-                    if tp.partition not in last or key > last[tp.partition]:
-                        last[tp.partition] = key
-                read += len(records)
+        async for tp, record in read_to_end(self._consumer):
+            read += 1
+            try:
+                key = outcome_key(decode(record.value or b"", Outcome))
+            except Rejection:
+                continue  # not ours to judge; the topic's consumers dead-letter it
+            if tp.partition not in last or key > last[tp.partition]:
+                last[tp.partition] = key
         self._consumer.pause(*tps)  # this consumer only reads at assignment
         log.info("outcomes: read back %d emitted outcome(s) of %d partition(s)", read, len(tps))
         return last
