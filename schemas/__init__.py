@@ -3,8 +3,10 @@
 from schemas.codec import REASONS, Rejection, decode, encode
 from schemas.limits import Limits
 from schemas.records import (
+    DETECTORS,
     EVENT_TYPES,
     SCHEMA_VERSION,
+    SEVERITIES,
     AdDecision,
     AdLabels,
     Context,
@@ -21,12 +23,15 @@ from schemas.records import (
     RankingRequest,
     RankingResult,
     Record,
+    WindowStats,
 )
 from schemas.topics import TOPIC_RECORDS, topic_name
 
 __all__ = [
-    "EVENT_TYPES", "REASONS", "SCHEMA_VERSION", "TOPIC_RECORDS", "AdDecision", "AdLabels",
+    "DETECTORS", "EVENT_TYPES", "REASONS", "SCHEMA_VERSION", "SEVERITIES", "TOPIC_RECORDS",
+    "AdDecision", "AdLabels",
     "Context", "DeadLetter", "DriftAlert", "DriftSubscription", "Event", "FeatureLog", "ItemLabels",
     "ItemUpsert", "Limits", "ModelUpdate", "Outcome", "RankedItem", "RankingRequest",
-    "RankingResult", "Record", "Rejection", "decode", "encode", "topic_name",
+    "RankingResult", "Record", "Rejection", "WindowStats", "decode", "encode",
+    "topic_name",
 ]

@@ -43,9 +43,20 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "model_version": "m-20260921-1", "stats_version": "bn-3", "latency_ms": 4.2,
     },
     "drift-alerts": {
-        "schema_version": 1, "ts": EXAMPLE_TS, "alert_id": "d-88",
-        "signal": "score_mean.click", "detector": "adwin", "severity": "warning",
-        "before": {"mean": 0.081}, "after": {"mean": 0.112},
+        "schema_version": 1, "ts": EXAMPLE_TS, "alert_id": "calibration.click-adwin-41230",
+        "signal": "calibration.click", "detector": "adwin", "severity": "critical",
+        "direction": "down", "effect_size": 0.62,
+        "before": {"mean": 0.002, "std": 0.27, "n": 40960, "mean_prediction": 0.081,
+                   "mean_label": 0.083, "calibration_ratio": 0.976},
+        "after": {"mean": -0.041, "std": 0.21, "n": 270, "mean_prediction": 0.082,
+                  "mean_label": 0.041, "calibration_ratio": 2.0},
+        "update": 41230, "model_version": "m-20260921-1", "stats_version": "bn-3",
+    },
+    "subscriptions": {
+        "schema_version": 1, "ts": EXAMPLE_TS, "subscription_id": "ops-calibration",
+        "owner": "ml-platform", "signals": ["calibration.*"], "min_severity": "warning",
+        "sink": {"kind": "webhook", "url": "https://ops.example.com/hooks/drift",
+                 "secret": "whsec-0123456789abcdef"},
     },
     "model-updates": {
         "schema_version": 1, "ts": EXAMPLE_TS, "model": "ranker", "kind": "model",
@@ -57,10 +68,4 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "detail": "NaN is not a finite number", "source_topic": "streamrank.events",
         "partition": 0, "offset": 1234, "original_b64": "eyJ0cyI6IE5hTn0=",
     },
-}
-
-SUBSCRIPTION_EXAMPLE: dict[str, Any] = {
-    "schema_version": 1, "ts": EXAMPLE_TS, "subscription_id": "ops-calibration",
-    "signals": ["calibration.*"], "min_severity": "warning",
-    "sink": {"kind": "webhook", "url": "https://ops.example.com/hooks/drift"},
 }

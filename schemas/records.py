@@ -273,32 +273,65 @@ class Outcome(TimedRecord):
 
 
 Severity = Literal["info", "warning", "critical"]
+SEVERITIES: tuple[str, ...] = Severity.__args__  # type: ignore[attr-defined]  # ascending
+Detector = Literal["adwin", "page_hinkley", "kswin"]
+DETECTORS: tuple[str, ...] = Detector.__args__  # type: ignore[attr-defined]
+# "<family>.<name>", e.g. "calibration.click" or "feature.sim_max".
+SignalName = Annotated[str, Field(min_length=3, max_length=128,
+                                  pattern=r"^[a-z_]+\.[A-Za-z0-9_.-]+$")]
+
+
+class WindowStats(Record):
+    """A signal's values on one side of a detected change."""
+
+    mean: float
+    std: NonNegative
+    n: Annotated[int, Field(ge=0)]
+    # Calibration signals: the predictions and labels behind the residuals, and their ratio
+    # (mean prediction / mean label; None when no label was positive).
+    mean_prediction: float | None = None
+    mean_label: float | None = None
+    calibration_ratio: float | None = None
 
 
 class DriftAlert(TimedRecord):
+    """One detected change of one signal. ``ts`` is the event time of the value that
+    completed the detection; ``update`` counts the signal's values up to it."""
+
     alert_id: Id
-    signal: str
-    detector: Literal["adwin", "page_hinkley", "kswin"]
+    signal: SignalName
+    detector: Detector
     severity: Severity
-    before: dict[str, float]
-    after: dict[str, float]
+    direction: Literal["up", "down"]
+    effect_size: NonNegative
+    before: WindowStats
+    after: WindowStats
+    update: Annotated[int, Field(ge=0)]
+    model_version: str
+    stats_version: str
 
 
 class KafkaSink(Record):
     kind: Literal["kafka"] = "kafka"
-    topic: Id
+    topic: Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
 
 
 class WebhookSink(Record):
     kind: Literal["webhook"] = "webhook"
-    url: Annotated[str, Field(pattern=r"^https?://", max_length=2048)]
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]
+    # The HMAC key of X-Streamrank-Signature; never returned by the API.
+    secret: Annotated[str, Field(min_length=16, max_length=256)]
 
 
 class DriftSubscription(TimedRecord):
+    """Who wants which alerts, and where. ``signals`` are globs (``calibration.*``); an empty
+    ``detectors`` list means every detector."""
+
     subscription_id: Id
+    owner: Id
     signals: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
-        default_factory=lambda: ["*"], max_length=64)
-    detectors: list[Literal["adwin", "page_hinkley", "kswin"]] = Field(default_factory=list)
+        default_factory=lambda: ["*"], min_length=1, max_length=64)
+    detectors: list[Detector] = Field(default_factory=list, max_length=3)
     min_severity: Severity = "warning"
     sink: KafkaSink | WebhookSink = Field(discriminator="kind")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from schemas.records import (
     DeadLetter,
     DriftAlert,
+    DriftSubscription,
     Event,
     FeatureLog,
     ItemUpsert,
@@ -23,6 +24,7 @@ TOPIC_RECORDS: dict[str, type[Record]] = {
     "feature-log": FeatureLog,
     "outcomes": Outcome,
     "drift-alerts": DriftAlert,
+    "subscriptions": DriftSubscription,
     "model-updates": ModelUpdate,
     "dlq": DeadLetter,
 }

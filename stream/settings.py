@@ -13,11 +13,17 @@ from pydantic import Field, FilePath, SecretStr, field_serializer, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.ranking_features import TASK_NAMES
-from schemas import Limits, topic_name
+from schemas import DETECTORS, Limits, topic_name
 from stream.redaction import Redactor, redact_url, url_secrets
 
 # Every role is a consumer group of its own, so a deployment can scale each apart.
-ROLES = ("features", "scoring", "outcomes")
+ROLES = ("features", "scoring", "outcomes", "drift")
+# Features whose distribution holds still while traffic does: context, similarities and
+# smoothed rates. Decayed counters grow until their half-life is reached, so monitoring them
+# would alert on every warm-up.
+DRIFT_FEATURES = ("device_mobile", "device_desktop", "device_tablet", "surface_feed",
+                  "sim_max", "sim_mean", "cand_centroid_sim", "item_click_rate_1d",
+                  "user_click_rate_1d")
 
 
 class Settings(BaseSettings):
@@ -108,6 +114,34 @@ class Settings(BaseSettings):
         300.0, gt=0, description="How long after a ranking (by event time) its items' and ad "
         "slots' events still count; the outcome goes out once the watermark passes it.")
 
+    drift_group: str = "streamrank-drift"
+    drift_detectors: dict[str, str] = Field(
+        default_factory=dict, description="Detector per signal glob, first match wins, e.g. "
+        '{"feature.*": "kswin"}; unmatched signals use adwin.')
+    drift_params: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {"adwin": {"delta": 0.002, "clock": 32}},
+        description="River parameters per detector, e.g. "
+        '{"adwin": {"delta": 0.002, "clock": 32}, "page_hinkley": {"threshold": 50}}.')
+    drift_features: list[str] = Field(
+        default_factory=lambda: list(DRIFT_FEATURES),
+        description="Dense ranking features monitored as feature.<name>, from the feature log.")
+    drift_replay_records: int = Field(
+        20_000, ge=0, description="Records per input partition read again, before the "
+        "committed offset, to rebuild the monitors when the drift role starts.")
+    drift_severity_warning: float = Field(0.2, gt=0, description="Effect size of a warning.")
+    drift_severity_critical: float = Field(0.5, gt=0, description="Effect size of a critical.")
+    alert_cooldown_s: float = Field(
+        600.0, ge=0, description="After an alert, further detections of the same signal in "
+        "the same direction within this many seconds (event time) are the same change.")
+    alert_delivery_group: str = "streamrank-alert-delivery"
+    webhook_allow: list[str] = Field(
+        default_factory=list, description="Hosts, addresses or CIDR networks webhooks may "
+        "reach although they are loopback, private, link-local or metadata addresses.")
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Per delivery attempt.")
+    webhook_attempts: int = Field(6, ge=1, description="Attempts before delivery_failed.")
+    webhook_backoff_max_s: float = Field(
+        60.0, gt=0, description="Cap of the exponential backoff between attempts.")
+
     roles: str = Field(
         ",".join(ROLES), pattern=r"^[a-z]+(,[a-z]+)*$",
         description="Roles this worker runs, comma-separated; each is its own consumer group.")
@@ -195,6 +229,25 @@ class Settings(BaseSettings):
         key = self.model_signing_key
         return None if key is None else key.get_secret_value().encode()
 
+    @field_validator("drift_detectors")
+    @classmethod
+    def _detectors_known(cls, chosen: dict[str, str]) -> dict[str, str]:
+        unknown = set(chosen.values()) - set(DETECTORS)
+        if unknown:
+            raise ValueError(f"unknown detectors {sorted(unknown)}; "
+                             f"detectors are {list(DETECTORS)}")
+        return chosen
+
+    @field_validator("drift_params")
+    @classmethod
+    def _params_name_detectors(cls, params: dict[str, dict[str, float]]
+                               ) -> dict[str, dict[str, float]]:
+        unknown = set(params) - set(DETECTORS)
+        if unknown:
+            raise ValueError(f"unknown detectors {sorted(unknown)}; "
+                             f"detectors are {list(DETECTORS)}")
+        return params
+
     @field_validator("value_weights")
     @classmethod
     def _weights_name_tasks(cls, weights: dict[str, float]) -> dict[str, float]:
@@ -214,7 +267,8 @@ class Settings(BaseSettings):
             if isinstance(value, SecretStr):
                 text = value.get_secret_value()
             else:
-                text = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
+                text = (orjson.dumps(value).decode() if isinstance(value, dict | list)
+                        else str(value))
             env[f"STREAMRANK_{name.upper()}"] = text
         return env
 

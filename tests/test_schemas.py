@@ -24,7 +24,7 @@ from schemas import (
     encode,
 )
 from schemas.codec import DECODE_REASONS
-from schemas.examples import EXAMPLES, SUBSCRIPTION_EXAMPLE
+from schemas.examples import EXAMPLES
 from schemas.export import EXPORTED, export_schemas
 
 EVENT = EXAMPLES["events"]
@@ -110,8 +110,8 @@ def test_rejection_names_the_field() -> None:
 
 
 def test_subscription_sinks_are_validated() -> None:
-    DriftSubscription.model_validate(SUBSCRIPTION_EXAMPLE)
-    bad = {**SUBSCRIPTION_EXAMPLE, "sink": {"kind": "webhook", "url": "ftp://x"}}
+    DriftSubscription.model_validate(EXAMPLES["subscriptions"])
+    bad = {**EXAMPLES["subscriptions"], "sink": {"kind": "webhook", "url": "ftp://x"}}
     assert reason_of(orjson.dumps(bad), DriftSubscription) == "invalid_value"
 
 

@@ -41,6 +41,8 @@ def broker(settings: Settings) -> Iterator[str]:
 # when the newest cannot be loaded. tansu (embedded) accepts and reports these configs; its
 # memory engine never removes a record, which the readers do not rely on.
 STATE_TOPIC = "model-updates"
+# Topics that hold the latest value per key: one partition each, compacted.
+COMPACTED_TOPICS = (STATE_TOPIC, "subscriptions")
 STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": str(7 * 86_400_000)}
 
 
@@ -64,7 +66,7 @@ def ensure_topics(bootstrap: str, settings: Settings) -> None:
 
 
 def _new_topic(suffix: str, settings: Settings) -> NewTopic:
-    if suffix == STATE_TOPIC:
+    if suffix in COMPACTED_TOPICS:
         return NewTopic(settings.topic(suffix), 1, settings.replication_factor,
                         topic_configs=STATE_TOPIC_CONFIG)
     return NewTopic(settings.topic(suffix), settings.partitions, settings.replication_factor)
