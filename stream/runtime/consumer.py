@@ -91,7 +91,14 @@ class SupervisedConsumer(Service):
     ``dead_letters=False`` counts and logs rejections without sending them: for a broadcast
     reader, which every worker runs from the start at every start, one service of its own
     sends each verdict once instead.
+
+    ``tombstones = True`` (a class attribute) is for readers of a compacted topic, where a
+    record with a null value deletes its key: such a record reaches :meth:`handle` in its
+    place in the batch as ``Decoded(record, None)``, instead of being refused as ``not_json``
+    like any other null value.
     """
+
+    tombstones = False
 
     def __init__(self, settings: Settings, bootstrap: str, metrics: WorkerMetrics, *,
                  name: str, topics: Mapping[str, type[Record]], group_id: str | None,
@@ -129,6 +136,8 @@ class SupervisedConsumer(Service):
         self.unread: dict[TopicPartition, int] = {}
         self._stopping = False
         self._durable: dict[TopicPartition, int] = {}  # next offset after durable effects
+        # Next offset after acknowledged batches, before holds(): what release() may commit.
+        self._read: dict[TopicPartition, int] = {}
         self._rewinds = 0  # consecutive rewinds, for their backoff
         self._commit_interval_s = settings.commit_interval_ms / 1000
         self._to_commit: dict[TopicPartition, int] = {}
@@ -155,6 +164,18 @@ class SupervisedConsumer(Service):
         only (a join waiting for its window): commits stop there, so a restart reads it
         again and rebuilds that state."""
         return {}
+
+    def release(self) -> None:
+        """Commit what :meth:`holds` no longer keeps. A role whose held records are done with
+        between batches (an alert delivered minutes after it was read) calls this, so their
+        offsets commit without waiting for the next record to arrive."""
+        held = self.holds()
+        offsets = {tp: min(read, held.get(tp, read)) for tp, read in self._read.items()}
+        offsets = {tp: offset for tp, offset in offsets.items()
+                   if offset > self._durable.get(tp, -1)}
+        if offsets:
+            self._durable.update(offsets)
+            self._commit(offsets)
 
     def forget(self) -> None:
         """Drop state kept in memory past the last durable offsets: after a rewind or when
@@ -255,9 +276,13 @@ class SupervisedConsumer(Service):
         batch = _Batch(offsets={tp: rs[-1].offset + 1 for tp, rs in records.items() if rs},
                        unread=lag)
         limits, check, kept = self.settings.limits, self.check, batch.decoded  # per record:
+        tombstones = self.tombstones
         for tp, partition_records in records.items():
             record_type = self._topics[tp.topic]
             for record in partition_records:
+                if tombstones and record.value is None:
+                    kept.append(Decoded(record, None))
+                    continue
                 try:
                     decoded = Decoded(record, decode(record.value or b"", record_type, limits))
                     check(decoded)
@@ -324,6 +349,7 @@ class SupervisedConsumer(Service):
     async def _rewind(self) -> None:
         assert self._consumer is not None
         self.forget()
+        self._read.clear()
         for tp in self._consumer.assignment():
             offset = self._durable.get(tp)
             if offset is None and self._group_id is not None:
@@ -350,11 +376,14 @@ class SupervisedConsumer(Service):
         held = self.holds()
         offsets = {tp: min(offset, held.get(tp, offset)) for tp, offset in batch.offsets.items()}
         previous = self._acks[-1] if self._acks else None
-        self._acks.append(asyncio.ensure_future(self._acknowledge(previous, sends, offsets)))
+        self._acks.append(asyncio.ensure_future(
+            self._acknowledge(previous, sends, offsets, batch.offsets)))
 
     async def _acknowledge(self, previous: asyncio.Task[None] | None, sends: Sends,
-                           offsets: dict[TopicPartition, int]) -> None:
-        """Commit ``offsets`` once the batch's sends and every earlier batch's are through."""
+                           offsets: dict[TopicPartition, int],
+                           read: dict[TopicPartition, int]) -> None:
+        """Commit ``offsets`` (``read``, less what is held) once the batch's sends and every
+        earlier batch's are through."""
         earlier = [previous] if previous is not None else []
         for outcome in await asyncio.gather(*earlier, *sends, return_exceptions=True):
             if isinstance(outcome, BaseException):
@@ -362,7 +391,11 @@ class SupervisedConsumer(Service):
         if self._rewinds:  # the sends went through again after a rewind
             self._rewinds = 0
             self.health.recovered()
+        # Never back: release() may have committed past what this batch held when handled.
+        offsets = {tp: max(offset, self._durable.get(tp, offset))
+                   for tp, offset in offsets.items()}
         self._durable.update(offsets)
+        self._read.update(read)
         self._commit(offsets)
 
     async def _handle_batch(self, decoded: list[Decoded[Any]], careful: bool) -> Sends:
@@ -512,6 +545,7 @@ class SupervisedConsumer(Service):
                         exc)
         await self._flush_commits()
         self._durable.clear()
+        self._read.clear()
         self.forget()
 
     async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
