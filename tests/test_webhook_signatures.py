@@ -1,0 +1,49 @@
+"""The webhook signature: what a receiver computes, and what it refuses."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from stream.drift.signatures import sign, verify_signature
+
+SECRET = "whsec-0123456789abcdef"
+BODY = b'{"alert_id":"calibration.click-adwin-41230","signal":"calibration.click"}'
+SENT_AT = 1_790_000_000
+
+
+def test_the_signature_is_the_hmac_of_timestamp_dot_body() -> None:
+    expected = hmac.new(SECRET.encode(), b"1790000000." + BODY, hashlib.sha256).hexdigest()
+    assert sign(SECRET, SENT_AT, BODY) == f"sha256={expected}"
+
+
+def test_a_fresh_authentic_delivery_verifies() -> None:
+    signature = sign(SECRET, SENT_AT, BODY)
+    assert verify_signature(SECRET, str(SENT_AT), BODY, signature, now=SENT_AT + 5)
+    assert verify_signature(SECRET, str(SENT_AT), BODY, signature, now=SENT_AT - 5)  # skew
+
+
+def test_a_tampered_delivery_is_refused() -> None:
+    signature = sign(SECRET, SENT_AT, BODY)
+    now = SENT_AT + 1
+    assert not verify_signature(SECRET, str(SENT_AT), BODY.replace(b"click", b"share"),
+                                signature, now)
+    assert not verify_signature(SECRET, str(SENT_AT + 1), BODY, signature, now)  # new stamp
+    assert not verify_signature("another-secret-0123", str(SENT_AT), BODY, signature, now)
+    assert not verify_signature(SECRET, str(SENT_AT), BODY, signature[:-1] + "0", now)
+
+
+def test_a_replayed_delivery_is_refused_once_it_is_old() -> None:
+    signature = sign(SECRET, SENT_AT, BODY)
+    assert verify_signature(SECRET, str(SENT_AT), BODY, signature, now=SENT_AT + 300)
+    assert not verify_signature(SECRET, str(SENT_AT), BODY, signature, now=SENT_AT + 301)
+    assert not verify_signature(SECRET, str(SENT_AT), BODY, signature, now=SENT_AT + 60,
+                                tolerance_s=30)
+
+
+def test_malformed_headers_are_refused_not_raised() -> None:
+    signature = sign(SECRET, SENT_AT, BODY)
+    for timestamp in ("", "-1790000000", "1.79e9", "１７９", "abc"):
+        assert not verify_signature(SECRET, timestamp, BODY, signature, now=SENT_AT)
+    for bad in ("", "sha256=", "sha256=ünïcode", "md5=00"):
+        assert not verify_signature(SECRET, str(SENT_AT), BODY, bad, now=SENT_AT)
