@@ -71,5 +71,5 @@ async def test_the_allow_list_lets_listed_hosts_addresses_and_networks_through(
 
 
 async def test_an_allow_list_entry_covers_only_itself() -> None:
-    with pytest.raises(UnsafeWebhook, match="10.0.1.7 is a private address"):
+    with pytest.raises(UnsafeWebhook, match=r"10\.0\.1\.7 is a private address"):
         await check_webhook("http://10.0.1.7/", allow=["10.0.0.0/24", "127.0.0.1", "not-it"])
