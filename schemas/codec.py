@@ -34,11 +34,12 @@ DECODE_REASONS: tuple[str, ...] = (
     "unsupported_version", "invalid_value",
 )
 # ... and what a role can refuse a well-formed one for: a request with nothing to rank, one
-# nobody waits for any more, a record whose handler kept failing, and a version on
+# nobody waits for any more, a record whose handler kept failing, a version on
 # model-updates that does not load or that the worker may not trust (outside
-# STREAMRANK_MODEL_DIR, unsigned or wrongly signed).
+# STREAMRANK_MODEL_DIR, unsigned or wrongly signed), and a drift alert that could not be
+# delivered to one of its subscriptions.
 ROLE_REASONS: tuple[str, ...] = ("no_candidates", "expired", "handler_error", "invalid_state",
-                                 "untrusted_state")
+                                 "untrusted_state", "delivery_failed")
 REASONS: tuple[str, ...] = DECODE_REASONS + ROLE_REASONS
 
 

@@ -67,6 +67,15 @@ class WorkerMetrics:
             "Versions on model-updates of a kind this worker has no loader for.", ["kind"],
             registry=self.registry)
 
+        self.alert_deliveries = Counter(
+            "streamrank_alert_deliveries", "Drift-alert deliveries to subscriptions, by sink "
+            "(kafka, webhook) and outcome: delivered; retried (an attempt failed, another "
+            "follows); failed (dead-lettered as delivery_failed).", ["sink", "outcome"],
+            registry=self.registry)
+        self.alert_delivery_failures = Counter(
+            "streamrank_alert_delivery_failures", "Alerts dead-lettered as delivery_failed, by "
+            "subscription id.", ["subscription"], registry=self.registry)
+
     def observe_ranking(self, model_version: str, latency_ms: float) -> None:
         self.requests.labels(model_version).inc()
         self.ranking_ms.observe(latency_ms)
