@@ -15,6 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from threadpoolctl import threadpool_limits
 
 from models.value import ValueModel
+from stream.drift.delivery import AlertDelivery
+from stream.drift.subscriptions import SubscriptionRegistry
+from stream.drift.views import add_subscription_views
 from stream.features.reader import FeatureReader
 from stream.features.role import FeatureService
 from stream.features.store import FeatureStore
@@ -49,6 +52,7 @@ class Worker:
     models: ModelSlot
     store: FeatureStore | None = None
     ranker: MicroBatcher | None = None
+    subscriptions: SubscriptionRegistry | None = None
     consumers: list[SupervisedConsumer] = field(default_factory=list)
 
     @property
@@ -94,6 +98,14 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         worker.store = store
         supervision: dict[str, Any] = {"loop": app.loop, "on_fatal": exit_on_loop_failure}
         roles = settings.role_names
+        # Drift-alert subscriptions: every worker reads them, because every worker serves
+        # their API; the drift role delivers the alerts.
+        worker.subscriptions = SubscriptionRegistry(settings, bootstrap, worker.metrics,
+                                                    **supervision)
+        worker.consumers.append(worker.subscriptions)
+        if "drift" in roles:
+            worker.consumers.append(AlertDelivery(settings, bootstrap, worker.subscriptions,
+                                                  worker.metrics, **supervision))
         if "features" in roles:
             worker.consumers.append(
                 FeatureService(settings, bootstrap, store, worker.metrics, **supervision))
@@ -153,5 +165,6 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                          content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
     add_rank_view(app, settings, worker.metrics, lambda: worker.ranker)
+    add_subscription_views(app, settings, worker.metrics, lambda: worker.subscriptions)
 
     return app

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from models.scorer import ModelError
 from schemas.export import export_schemas
+from stream.drift.client import SubscriptionsApi
 from stream.errors import StreamrankError
 from stream.redaction import mask, mask_secrets
 from stream.settings import Settings
@@ -29,6 +30,9 @@ app.add_typer(schemas_app, name="schemas")
 model_app = typer.Typer(no_args_is_help=True, help="Trained models.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(model_app, name="model")
+alerts_app = typer.Typer(no_args_is_help=True,
+                         help="Drift-alert subscriptions, through a worker's HTTP API.")
+app.add_typer(alerts_app, name="alerts")
 
 log = logging.getLogger("streamrank")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -305,6 +309,78 @@ def bench_faults(
     config = FaultsConfig(events=events, kills=kills, scoring_kills=scoring_kills,
                           outcome_kills=outcome_kills, outage_s=outage_s, png=png)
     _report(run_faults_bench(_settings(), chosen, config), json_out)
+
+
+UrlOption = Annotated[str | None, typer.Option(
+    help="A worker's web address; default http://127.0.0.1:$STREAMRANK_WEB_PORT. The token "
+         "comes from STREAMRANK_API_TOKEN.")]
+
+
+def _subscriptions_api(url: str | None) -> SubscriptionsApi:
+    settings = _settings()
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return SubscriptionsApi(url or f"http://127.0.0.1:{settings.web_port}", token)
+
+
+@alerts_app.command("subscribe")
+@_clear_errors
+def alerts_subscribe(
+    subscription_id: Annotated[str | None, typer.Option("--id", help="Subscription id; "
+                                                        "an existing one is replaced.")] = None,
+    owner: Annotated[str | None, typer.Option(help="Who to ask about it.")] = None,
+    signal: Annotated[list[str] | None, typer.Option(
+        "--signal", help="Signal glob, e.g. 'calibration.*'; repeatable; default every "
+        "signal.")] = None,
+    min_severity: Annotated[str | None, typer.Option(
+        help="info, warning or critical; default warning.")] = None,
+    detector: Annotated[list[str] | None, typer.Option(
+        "--detector", help="adwin, page_hinkley or kswin; repeatable; default all.")] = None,
+    kafka_topic: Annotated[str | None, typer.Option(help="Sink: this Kafka topic.")] = None,
+    webhook: Annotated[str | None, typer.Option(help="Sink: POST to this http(s) URL.")] = None,
+    secret: Annotated[str | None, typer.Option(
+        help="The webhook's HMAC key, at least 16 characters (a --file keeps it out of the "
+             "shell's history).")] = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", help="A DriftSubscription JSON body, instead of the options above.")] = None,
+    url: UrlOption = None,
+) -> None:
+    """Create or replace a subscription; prints it as stored (the secret masked)."""
+    options = (subscription_id, owner, signal, min_severity, detector, kafka_topic, webhook,
+               secret)
+    if file is not None:
+        if any(option is not None for option in options):
+            _fail("give --file or the subscription's options, not both")
+        body = file.read_bytes()
+    else:
+        if subscription_id is None or owner is None:
+            _fail("give --id and --owner (or --file)")
+        if (kafka_topic is None) == (webhook is None):
+            _fail("give one sink: --kafka-topic TOPIC or --webhook URL --secret S")
+        if (webhook is None) != (secret is None):
+            _fail("--webhook needs --secret, and --secret goes with --webhook")
+        sink = ({"kind": "kafka", "topic": kafka_topic} if kafka_topic is not None
+                else {"kind": "webhook", "url": webhook, "secret": secret})
+        fields = {"subscription_id": subscription_id, "owner": owner, "signals": signal,
+                  "min_severity": min_severity, "detectors": detector, "sink": sink}
+        body = orjson.dumps({k: v for k, v in fields.items() if v is not None})
+    _report(_subscriptions_api(url).subscribe(body), None)
+
+
+@alerts_app.command("list")
+@_clear_errors
+def alerts_list(url: UrlOption = None) -> None:
+    """Every subscription (secrets masked)."""
+    _report(_subscriptions_api(url).list(), None)
+
+
+@alerts_app.command("unsubscribe")
+@_clear_errors
+def alerts_unsubscribe(
+    subscription_id: Annotated[str, typer.Argument(help="The subscription's id.")],
+    url: UrlOption = None,
+) -> None:
+    """Delete a subscription; prints what it was."""
+    _report(_subscriptions_api(url).unsubscribe(subscription_id), None)
 
 
 def _terminate(signum: int, frame: object) -> None:
