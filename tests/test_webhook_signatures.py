@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import time
+from pathlib import Path
+from typing import Any
 
 from stream.drift.signatures import sign, verify_signature
 
@@ -47,3 +51,21 @@ def test_malformed_headers_are_refused_not_raised() -> None:
         assert not verify_signature(SECRET, timestamp, BODY, signature, now=SENT_AT)
     for bad in ("", "sha256=", "sha256=ünïcode", "md5=00"):
         assert not verify_signature(SECRET, str(SENT_AT), BODY, bad, now=SENT_AT)
+
+
+def test_the_readme_verification_accepts_a_delivery_and_refuses_a_forgery() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    match = re.search(r"```python verify-signature\n(.*?)\n```", readme, re.S)
+    assert match, "README shows no signature check"
+    assert len(match.group(1).splitlines()) == 5
+    namespace: dict[str, Any] = {}
+    exec(match.group(1), namespace)  # the README's own code
+    verify = namespace["verify"]
+    now = int(time.time())
+    headers = {"X-Streamrank-Timestamp": str(now),
+               "X-Streamrank-Signature": sign(SECRET, now, BODY)}
+    assert verify(SECRET.encode(), headers, BODY)
+    assert not verify(SECRET.encode(), headers, BODY + b" ")
+    stale = {"X-Streamrank-Timestamp": str(now - 600),
+             "X-Streamrank-Signature": sign(SECRET, now - 600, BODY)}
+    assert not verify(SECRET.encode(), stale, BODY)
