@@ -280,7 +280,7 @@ class SupervisedConsumer(Service):
         for tp, partition_records in records.items():
             record_type = self._topics[tp.topic]
             for record in partition_records:
-                if tombstones and record.value is None:
+                if tombstones and record.value is None:  # a deletion: see ``tombstones``
                     kept.append(Decoded(record, None))
                     continue
                 try:
