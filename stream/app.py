@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from threadpoolctl import threadpool_limits
 
 from models.value import ValueModel
+from stream.drift.role import DriftService
 from stream.features.reader import FeatureReader
 from stream.features.role import FeatureService
 from stream.features.store import FeatureStore
@@ -112,6 +113,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         if "outcomes" in roles:
             worker.consumers.append(
                 OutcomesService(settings, bootstrap, worker.metrics, **supervision))
+        if "drift" in roles:
+            worker.consumers.append(
+                DriftService(settings, bootstrap, worker.metrics, **supervision))
         # Concurrently: each consumer-group join waits out the broker's rebalance delay.
         await asyncio.gather(*(app.add_runtime_dependency(c) for c in worker.consumers))
         # Everything loaded so far (Faust, aiokafka, pydantic schemas, the model) lives as long
@@ -141,6 +145,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             "requests_ranked": int(total("streamrank_requests_ranked")),
             "outcomes_emitted": int(total("streamrank_outcomes")),
             "outcome_events_late": int(total("streamrank_outcome_events_late")),
+            "drift_updates": int(total("streamrank_drift_updates")),
+            "drift_alerts": int(total("streamrank_drift_alerts")),
+            "drift_detections_merged": int(total("streamrank_drift_detections_merged")),
             "model_version": worker.models.current.version,
             "model_load_failures": int(total("streamrank_state_updates_refused",
                                              kind="model")),

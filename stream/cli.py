@@ -29,6 +29,8 @@ app.add_typer(schemas_app, name="schemas")
 model_app = typer.Typer(no_args_is_help=True, help="Trained models.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(model_app, name="model")
+drift_app = typer.Typer(no_args_is_help=True, help="Drift monitors.")
+app.add_typer(drift_app, name="drift")
 
 log = logging.getLogger("streamrank")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -238,6 +240,38 @@ def schemas_export(directory: Path) -> None:
     """Write one JSON Schema file per wire record into DIRECTORY."""
     for path in export_schemas(directory):
         typer.echo(str(path))
+
+
+@drift_app.command("replay")
+@_clear_errors
+def drift_replay(
+    series: Annotated[Path, typer.Argument(
+        help="JSON lines or CSV (by suffix) of ts, signal, value, in time order.")],
+    detector: Annotated[str, typer.Option(help="adwin, page_hinkley or kswin.")] = "adwin",
+    param: Annotated[list[str] | None, typer.Option(
+        help="A detector parameter, k=v (repeatable), e.g. --param delta=0.002.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+) -> None:
+    """Run the drift role's monitors on a series from a file and report every detection."""
+    from models.drift import DETECTOR_CLASSES, make_detector
+    from stream.drift.replay import read_series, replay
+
+    if detector not in DETECTOR_CLASSES:
+        _fail(f"--detector must be one of {', '.join(DETECTOR_CLASSES)}, not {detector!r}")
+    params: dict[str, float] = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        try:
+            params[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            _fail(f"--param {item!r}: expected name=number, e.g. delta=0.002")
+    try:
+        make_detector(detector, params)
+    except (TypeError, ValueError) as exc:
+        _fail(f"{detector} does not take these parameters: {exc}")
+    _report(replay(read_series(series), detector, params), json_out)
 
 
 @bench_app.command("features")

@@ -1,0 +1,1 @@
+"""The drift role: monitors, alerts, subscriptions and their delivery."""
