@@ -132,7 +132,7 @@ def simulate(
                 report = sim.report
         summary = {k: v for k, v in report.__dict__.items()
                    if k not in ("expected_clicks", "round_trip_ms", "ndcg10_sum",
-                                "warmup_requests", "warmup_wall_s")}
+                                "warmup_requests", "warmup_wall_s", "change_request")}
         return summary | (report.quality() if policy == "served" else {})
 
     with broker(settings) as bootstrap:
