@@ -158,7 +158,10 @@ def load_scenario(spec: str) -> Scenario:
 def shifts_at(scenario: Scenario, change_at_s: float) -> tuple[Shift, ...]:
     """The scenario's shifts for a change at ``change_at_s``, checked: a benchmark measures
     every delay from the change point, so the first shift must start exactly there."""
-    shifts = tuple(scenario.shifts(change_at_s))
+    try:
+        shifts = tuple(scenario.shifts(change_at_s))
+    except Exception as exc:  # the plug-in's own code, a Shift it built wrong included
+        raise ValueError(f"scenario {scenario.name!r}: shifts() failed: {exc}") from exc
     if not shifts or not all(isinstance(s, Shift) for s in shifts):
         raise ValueError(f"scenario {scenario.name!r}: shifts() must return Shift objects, "
                          f"at least one, not {shifts!r}")
