@@ -3,6 +3,7 @@ the same way, and a wrong spec says what is wrong."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class NeedsArguments(Surge):
 
 
 not_a_class = Surge()
+DOC = Path(__file__).parent.parent / "docs" / "scenarios.md"
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
@@ -71,23 +73,20 @@ def test_a_class_elsewhere_loads_by_its_import_path() -> None:
     assert [s.at_s for s in shifts_at(scenario, 10.0)] == [10.0, 15.0]
 
 
-def test_a_scenario_outside_the_repository_loads_from_a_package(
+def test_the_documented_example_loads_from_a_package_outside_the_repository(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    assert example, "docs/scenarios.md has no example"
     package = tmp_path / "my_scenarios"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "mobile.py").write_text(
-        "from models.world import Shift\n\n\n"
-        "class MobileOnly:\n"
-        "    name = 'mobile_only'\n"
-        "    signals = ('feature.device_*',)\n"
-        "    incidental = ()\n\n"
-        "    def shifts(self, change_at_s):\n"
-        "        return (Shift(change_at_s, 'device_mix', 0.0),)\n")
+    (package / "weekend.py").write_text(example.group(1))
     monkeypatch.syspath_prepend(str(tmp_path))
-    scenario = load_scenario("my_scenarios.mobile:MobileOnly")
-    assert shifts_at(scenario, 3.0) == (Shift(3.0, "device_mix", 0.0),)
-    monkeypatch.delitem(sys.modules, "my_scenarios.mobile")
+    scenario = load_scenario("my_scenarios.weekend:Weekend")
+    assert scenario.name == "weekend"
+    assert shifts_at(scenario, 3.0) == (Shift(3.0, "label_rate", -0.2),
+                                        Shift(3.0, "device_mix", 0.5))
+    monkeypatch.delitem(sys.modules, "my_scenarios.weekend")
     monkeypatch.delitem(sys.modules, "my_scenarios")
 
 
