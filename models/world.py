@@ -107,7 +107,7 @@ class Shift:
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Sizes and scenarios of a world; the seed alone fixes everything that is not a request."""
+    """Sizes and shifts of a world; the seed alone fixes everything that is not a request."""
 
     seed: int = 7
     n_users: int = 1000
@@ -119,7 +119,7 @@ class WorldConfig:
     ads_per_request: int = 5
     ad_slots: tuple[int, ...] = (2, 7)
     shown: int = 10  # items a user sees per request (n)
-    scenarios: tuple[Shift, ...] = ()
+    shifts: tuple[Shift, ...] = ()  # distribution changes at known times
 
     def __post_init__(self) -> None:
         low, high = self.interests_per_user
@@ -360,7 +360,7 @@ class World:
     def _state(self, elapsed_s: float) -> _State:
         """The state with every shift due by elapsed_s applied. Steps are built once per set of
         shifts; calibration ramps move continuously, so their offset is added per call."""
-        shifts = self.config.scenarios
+        shifts = self.config.shifts
         active = tuple(sorted(
             (s.at_s, i) for i, s in enumerate(shifts)
             if elapsed_s >= s.at_s and s.kind != "calibration"))
@@ -377,7 +377,7 @@ class World:
 
     def _apply(self, state: _State, index: int) -> _State:
         """One shift; its own seeded stream keeps it independent of the traffic before it."""
-        shift = self.config.scenarios[index]
+        shift = self.config.shifts[index]
         rng = np.random.default_rng([self.config.seed, index])
         if shift.kind == "label_rate":
             return replace(state, click_scale=state.click_scale * (1.0 + shift.magnitude))

@@ -139,7 +139,7 @@ async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess
     logs = workdir / "logs.jsonl"
     logs.unlink(missing_ok=True)
     world = World(WorldConfig(dim=settings.embedding_dim,
-                              scenarios=scenario.shifts if scenario else ()))
+                              shifts=scenario.shifts if scenario else ()))
     warmup = warmup_requests(warmup_s, rate)
     training = Training(settings, bootstrap, logs, warming_requests=warmup // 2)
     models = Models(settings, bootstrap, worker, workdir, training)

@@ -90,7 +90,7 @@ class Simulator:
         self.result_timeout_s = result_timeout_s
         self.report = SimulationReport()
         self.world_s = 0.0  # the world's clock: seconds of traffic played so far
-        self._change_at_s = min((s.at_s for s in world.config.scenarios), default=None)
+        self._change_at_s = min((s.at_s for s in world.config.shifts), default=None)
         self._scheduled = 0  # requests of run() so far
         self._producer: AIOKafkaProducer  # started on entry: idempotent where the broker can
         self._rankings: AIOKafkaConsumer | None = None

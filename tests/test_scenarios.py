@@ -57,7 +57,7 @@ def test_builtins_load_by_name_and_start_at_the_change_point(name: str) -> None:
     assert min(s.at_s for s in shifts) == 120.0
     assert scenario.signals and all("." in glob for glob in scenario.signals)
     World(WorldConfig(n_users=20, n_items=200, n_ads=5, candidates_per_request=20,
-                      scenarios=shifts))  # the world accepts them
+                      shifts=shifts))  # the world accepts them
 
 
 def test_builtins_say_what_they_change() -> None:

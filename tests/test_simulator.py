@@ -28,10 +28,10 @@ class RecordingProducer:
         pass
 
 
-def offline_simulator(log_path: Path, scenarios: tuple[Shift, ...] = ()
+def offline_simulator(log_path: Path, shifts: tuple[Shift, ...] = ()
                       ) -> tuple[Simulator, RecordingProducer]:
     """A simulator whose producer only records, logging to ``log_path``."""
-    world = World(WorldConfig(n_users=50, n_items=300, n_ads=10, dim=8, scenarios=scenarios))
+    world = World(WorldConfig(n_users=50, n_items=300, n_ads=10, dim=8, shifts=shifts))
     simulator = Simulator(Settings(embedding_dim=8), "unused:0", world, log_path=log_path)
     producer = RecordingProducer()
     simulator._producer = producer  # type: ignore[assignment]
@@ -91,7 +91,7 @@ def test_the_worlds_clock_counts_traffic_and_marks_the_change_request(tmp_path: 
     0.1 s into the served traffic (20 requests at 200/s) meets the 21st served request."""
     warmup, rate = 100, 200.0
     change = Shift(warmup / RATE + 0.1, "device_mix", 1.0)
-    simulator, _ = offline_simulator(tmp_path / "logs.jsonl", scenarios=(change,))
+    simulator, _ = offline_simulator(tmp_path / "logs.jsonl", shifts=(change,))
     seen: list[float] = []
     draw_request = simulator.world.draw_request
 

@@ -203,7 +203,7 @@ def test_expected_clicks_matches_play(world: World) -> None:
 
 def test_label_rate_shift_scales_clicks_from_at_s() -> None:
     base = World(WorldConfig(seed=11))
-    shifted = World(WorldConfig(seed=11, scenarios=(Shift(100.0, "label_rate", 0.5),)))
+    shifted = World(WorldConfig(seed=11, shifts=(Shift(100.0, "label_rate", 0.5),)))
     draw = draws(base, 1)[0]
     items, zeros = draw.candidates, np.zeros(len(draw.candidates), dtype=np.int64)
 
@@ -216,7 +216,7 @@ def test_label_rate_shift_scales_clicks_from_at_s() -> None:
 
 
 def test_new_interest_shift_adds_an_interest() -> None:
-    cfg = WorldConfig(seed=12, scenarios=(Shift(50.0, "new_interest"),))
+    cfg = WorldConfig(seed=12, shifts=(Shift(50.0, "new_interest"),))
     world = World(cfg)
     for user in range(0, cfg.n_users, 97):
         before, after = world.interests(user, 49.0), world.interests(user, 50.0)
@@ -233,7 +233,7 @@ def test_new_interest_shift_adds_an_interest() -> None:
 
 
 def test_covariate_shift_moves_interests_and_candidates() -> None:
-    cfg = WorldConfig(seed=13, scenarios=(Shift(10.0, "covariate"),))
+    cfg = WorldConfig(seed=13, shifts=(Shift(10.0, "covariate"),))
     world, base = World(cfg), World(WorldConfig(seed=13))
     np.testing.assert_array_equal(world.interests(0, 9.0), base.interests(0, 9.0))
     moved = np.sum(world.interests(0, 10.0) * base.interests(0, 10.0), axis=1)
@@ -248,7 +248,7 @@ SMALL = {"n_users": 100, "n_items": 400, "n_ads": 10, "candidates_per_request": 
 
 
 def test_device_mix_shift_sets_the_desktop_share_and_keeps_the_rest_in_proportion() -> None:
-    world = World(WorldConfig(seed=14, **SMALL, scenarios=(Shift(10.0, "device_mix", 0.6),)))
+    world = World(WorldConfig(seed=14, **SMALL, shifts=(Shift(10.0, "device_mix", 0.6),)))
     n = 3000
 
     def shares(elapsed_s: float) -> dict[str, float]:
@@ -270,7 +270,7 @@ def test_device_mix_shift_sets_the_desktop_share_and_keeps_the_rest_in_proportio
 
 def test_calibration_ramp_moves_the_click_logit_but_not_the_order() -> None:
     ramp = Shift(100.0, "calibration", 0.8, duration_s=20.0)
-    world = World(WorldConfig(seed=15, **SMALL, scenarios=(ramp,)))
+    world = World(WorldConfig(seed=15, **SMALL, shifts=(ramp,)))
     base = World(WorldConfig(seed=15, **SMALL))
     draw = draws(base, 1, seed=4)[0]
     zeros = np.zeros(len(draw.candidates), dtype=np.int64)
