@@ -15,6 +15,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 
+from models.scenarios import SCENARIOS
 from models.scorer import ModelError
 from schemas.export import export_schemas
 from stream.errors import StreamrankError
@@ -134,7 +135,7 @@ def simulate(
                 report = sim.report
         summary = {k: v for k, v in report.__dict__.items()
                    if k not in ("expected_clicks", "round_trip_ms", "ndcg10_sum",
-                                "warmup_requests", "warmup_wall_s")}
+                                "warmup_requests", "warmup_wall_s", "change_request")}
         return summary | (report.quality() if policy == "served" else {})
 
     with broker(settings) as bootstrap:
@@ -158,16 +159,34 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Logs and trained models go here.")] = Path(
         "artifacts/demo"),
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    scenario: Annotated[str | None, typer.Option(
+        help=f"Change the world during the served phase: {', '.join(SCENARIOS)}, or a "
+        "scenario class of your own as package.module:Class (docs/scenarios.md).")] = None,
+    change_after: Annotated[float | None, typer.Option(
+        min=0, help="Seconds into the served phase (retrain pauses not counted) at which "
+        "--scenario's change happens; default: half of --seconds.")] = None,
 ) -> None:
     """Broker, worker and simulator end to end: warm up, train, publish, serve, measure.
     Prints a summary; --json writes the full report."""
-    from stream.demo import run_demo, summary
+    from models.scenarios import load_scenario
+    from stream.demo import ScenarioPlan, run_demo, summary
 
     # A run takes minutes: a report that cannot be written fails now, not after it.
     if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
         _fail(f"--json {json_out}: not a file in an existing directory")
+    plan = None
+    if scenario is None and change_after is not None:
+        _fail("--change-after places a --scenario's change; give --scenario too")
+    if scenario is not None:
+        after = seconds / 2 if change_after is None else change_after
+        if after >= seconds:
+            _fail(f"--change-after {after:g} must fall within the --seconds {seconds:g} served")
+        try:
+            plan = ScenarioPlan.place(load_scenario(scenario), warmup, rate, after)
+        except ValueError as exc:
+            _fail(str(exc))
     report = run_demo(_settings(), seconds=seconds, rate=rate, warmup_s=warmup,
-                      retrain_every_s=retrain_every, workdir=workdir)
+                      retrain_every_s=retrain_every, workdir=workdir, scenario=plan)
     if json_out is not None:
         json_out.write_bytes(_json(report))
     typer.echo(summary(report, json_out))
