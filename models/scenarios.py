@@ -28,7 +28,7 @@ from models.world import Shift
 
 # Smoothed click rates count clicks as they happen, so any change in clicking moves them (and,
 # through them, the model's scores) a while after the change.
-CLICK_FOLLOWERS = ("feature.*click_rate*", "score.*")
+CLICK_FOLLOWERS = ("feature.*click_rate*", "score_mean.*", "logloss.*")
 
 
 @runtime_checkable

@@ -326,6 +326,34 @@ def bench_scoring(
             json_out)
 
 
+@bench_app.command("drift")
+@_clear_errors
+def bench_drift(
+    scenarios: Annotated[str, typer.Option(
+        help="Comma-separated scenarios to play (models.scenarios).")
+    ] = "label_rate,covariate,stale_calibration",
+    seconds: Annotated[float, typer.Option(min=10, help="Served seconds per scenario.")] = 40.0,
+    control_seconds: Annotated[float, typer.Option(
+        min=10, help="Served seconds of the run with no change.")] = 60.0,
+    rate: Annotated[float, typer.Option(min=1, help="Ranking requests per second.")] = 120.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+) -> None:
+    """Scenarios with known change points through the whole system: delay, misses, alerts per
+    change and false alarms, against River's ADWIN alone on the raw series."""
+    from bench.drift import DriftBenchConfig, run_drift_bench
+    from models.scenarios import load_scenario
+
+    chosen = tuple(name.strip() for name in scenarios.split(",") if name.strip())
+    for name in chosen:
+        try:
+            load_scenario(name)
+        except ValueError as exc:
+            _fail(str(exc))
+    config = DriftBenchConfig(scenarios=chosen, seconds=seconds, change_after_s=seconds / 2,
+                              control_seconds=control_seconds, rate=rate)
+    _report(run_drift_bench(_settings(), config), json_out)
+
+
 @bench_app.command("faults")
 @_clear_errors
 def bench_faults(

@@ -68,20 +68,22 @@ class ScenarioPlan:
         return cls(scenario, change_after_served_s, change_at_s,
                    shifts_at(scenario, change_at_s))
 
-    def report(self, change_request: int | None) -> dict[str, Any]:
+    def report(self, change_request: int | None, change_ts: float | None) -> dict[str, Any]:
         """``change_request``: the index of the first served request after the change, from
-        which a detector's delay is counted in requests."""
+        which a detector's delay is counted in requests; ``change_ts``: its event time."""
         return {
             "name": self.scenario.name, "change_at_s": round(self.change_at_s, 6),
             "change_after_served_s": self.change_after_served_s,
-            "change_request": change_request, "signals": list(self.scenario.signals),
+            "change_request": change_request, "change_ts": change_ts,
+            "signals": list(self.scenario.signals),
             "incidental": list(self.scenario.incidental),
             "shifts": [asdict(shift) for shift in self.shifts]}
 
 
 def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
              retrain_every_s: float, workdir: Path,
-             scenario: ScenarioPlan | None = None) -> dict[str, Any]:
+             scenario: ScenarioPlan | None = None,
+             feature_log_rate: float = FEATURE_LOG_RATE) -> dict[str, Any]:
     """Simulate ``warmup_s`` of random feeds, train on that log, publish, then serve for
     ``seconds``, retraining on everything logged so far every ``retrain_every_s`` (0: never).
     A scenario's shifts change the world at their planned moment."""
@@ -89,7 +91,7 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
     workdir.mkdir(parents=True, exist_ok=True)
     # The demo's models are the ones it trains into its workdir.
     settings = settings.model_copy(update={
-        "model_dir": workdir.resolve(), "feature_log_rate": FEATURE_LOG_RATE,
+        "model_dir": workdir.resolve(), "feature_log_rate": feature_log_rate,
         "outcome_window_s": OUTCOME_WINDOW_S})
     with broker(settings) as bootstrap:
         log.info(describe(bootstrap, settings))
@@ -120,6 +122,7 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
         "outcomes": {"count": stats["outcomes_emitted"],
                      "events_late": stats["outcome_events_late"]},
         "scenario": report["scenario"],
+        "drift": {"updates": stats["drift_updates"], "alerts": stats["drift_alerts"]},
         "broker": "configured" if settings.broker_url else "embedded tansu",
         "store": "redis" if settings.redis_url else "in-memory",
         "worker_log": str(worker.log_path),
@@ -170,7 +173,8 @@ async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess
         "quality": report.quality(),
         "model": models.trained[0],
         "retrained": [m["version"] for m in models.trained[1:]],
-        "scenario": scenario.report(report.change_request) if scenario else None,
+        "scenario": scenario.report(report.change_request, report.change_ts)
+        if scenario else None,
     }
 
 

@@ -60,6 +60,7 @@ class SimulationReport:
     # Index (0-based, among the requests of run()) of the first one played at or after the
     # world's first shift; None while there is none.
     change_request: int | None = None
+    change_ts: float | None = None  # wall time then: the change's event time
 
     def quality(self) -> dict[str, Any]:
         """CTRs per shown item from the world's true probabilities, on the served requests."""
@@ -149,6 +150,7 @@ class Simulator:
                 if (self.report.change_request is None and self._change_at_s is not None
                         and elapsed >= self._change_at_s):
                     self.report.change_request = self._scheduled
+                    self.report.change_ts = time.time()
                 self._scheduled += 1
                 task = asyncio.ensure_future(self._play_one(policy, elapsed))
                 tasks.add(task)

@@ -26,10 +26,12 @@ def test_the_change_lands_after_the_warm_ups_simulated_seconds() -> None:
 
 def test_the_report_names_the_change_and_what_should_alert() -> None:
     plan = ScenarioPlan.place(load_scenario("stale_calibration"), 240.0, 150.0, 15.0)
-    assert plan.report(2250) == {
+    assert plan.report(2250, 1_790_000_000.0) == {
         "name": "stale_calibration", "change_at_s": 255.0, "change_after_served_s": 15.0,
-        "change_request": 2250, "signals": ["calibration.click", "label_rate.click"],
-        "incidental": ["label_rate.*", "calibration.*", "feature.*click_rate*", "score.*"],
+        "change_request": 2250, "change_ts": 1_790_000_000.0,
+        "signals": ["calibration.click", "label_rate.click"],
+        "incidental": ["label_rate.*", "calibration.*", "feature.*click_rate*", "score_mean.*",
+                       "logloss.*"],
         "shifts": [{"at_s": 255.0, "kind": "calibration", "magnitude": 0.7,
                     "duration_s": 10.0}]}
 
