@@ -16,7 +16,7 @@ import numpy as np
 ENGAGEMENT_TASKS = ("click", "like", "share", "hide")
 DEVICES = ("mobile", "desktop", "tablet")
 SURFACES = ("feed", "search", "related")
-ShiftKind = Literal["covariate", "label_rate", "new_interest"]
+ShiftKind = Literal["covariate", "label_rate", "new_interest", "device_mix", "calibration"]
 
 # Latent space. Users concentrate on a few mainstream topics (Zipf), items cover all topics evenly,
 # so a popularity ranking is a real baseline but personalisation still pays.
@@ -62,11 +62,26 @@ POPULARITY_CHUNK = 256  # users per block when averaging click rates for popular
 
 @dataclass(frozen=True)
 class Shift:
-    """A distribution change at a known time, for drift tests of later issues."""
+    """A distribution change at a known time, so a drift detector can be scored against it.
+
+    What ``magnitude`` means depends on the kind:
+
+    - ``covariate``: how far every interest vector moves towards a random topic centre;
+    - ``label_rate``: P(click | examined) is scaled by 1 + magnitude;
+    - ``new_interest``: the weight of a new interest every user gains, far from the old ones;
+    - ``device_mix``: the share of desktop requests; mobile and tablet split the rest as in
+      DEVICE_MIX. Only the context moves, but desktop users click less (DEVICE_EFFECT), so the
+      overall click rate moves a little too;
+    - ``calibration``: a logit offset added to every organic click, reached ``duration_s``
+      after ``at_s`` on a linear ramp (0: a step). It is the same for every item, so the true
+      order of any request's candidates never changes: a model trained before stays a good
+      ranker while its probabilities go stale.
+    """
 
     at_s: float  # seconds since the world's start (elapsed_s)
     kind: ShiftKind
     magnitude: float = 1.0
+    duration_s: float = 0.0  # calibration only: length of the ramp
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(ShiftKind):
@@ -75,11 +90,24 @@ class Shift:
             raise ValueError("label_rate scales click rates by 1 + magnitude, which must be > 0")
         if self.kind == "new_interest" and self.magnitude < 0.0:
             raise ValueError("new_interest magnitude is the new interest's weight, so >= 0")
+        if self.kind == "device_mix" and not 0.0 <= self.magnitude <= 1.0:
+            raise ValueError("device_mix magnitude is the desktop share, so in [0, 1]")
+        if self.duration_s < 0.0 or (self.duration_s and self.kind != "calibration"):
+            raise ValueError("duration_s is a calibration ramp's length, so >= 0, and the "
+                             "other kinds are steps")
+
+    def ramp(self, elapsed_s: float) -> float:
+        """How much of the change has happened by elapsed_s: 0 before at_s, 1 once complete."""
+        if elapsed_s < self.at_s:
+            return 0.0
+        if self.duration_s == 0.0:
+            return 1.0
+        return min(1.0, (elapsed_s - self.at_s) / self.duration_s)
 
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Sizes and scenarios of a world; the seed alone fixes everything that is not a request."""
+    """Sizes and shifts of a world; the seed alone fixes everything that is not a request."""
 
     seed: int = 7
     n_users: int = 1000
@@ -91,7 +119,7 @@ class WorldConfig:
     ads_per_request: int = 5
     ad_slots: tuple[int, ...] = (2, 7)
     shown: int = 10  # items a user sees per request (n)
-    scenarios: tuple[Shift, ...] = ()
+    shifts: tuple[Shift, ...] = ()  # distribution changes at known times
 
     def __post_init__(self) -> None:
         low, high = self.interests_per_user
@@ -127,13 +155,16 @@ class Engagement:
 
 
 @dataclass(frozen=True)
-class _Interests:
-    """Every user's interests at one moment; shifts replace it rather than mutate it."""
+class _State:
+    """Everything shifts change, at one moment: every user's interests, the device mix and the
+    click model's scale and offset. Shifts replace it rather than mutate it."""
 
     vectors: np.ndarray  # float32 [total, dim], unit rows, user u owns offsets[u]:offsets[u + 1]
     offsets: np.ndarray  # int64 [n_users + 1]
     weights: np.ndarray  # float64 [total], sum to 1 per user: how often each interest retrieves
-    click_scale: float  # label_rate multiplier on P(click | examined)
+    click_scale: float = 1.0  # label_rate multiplier on P(click | examined)
+    click_offset: float = 0.0  # calibration offset on the organic click logit
+    device_mix: tuple[float, ...] = DEVICE_MIX  # P(device), in the order of DEVICES
 
 
 @dataclass(frozen=True)
@@ -183,7 +214,7 @@ class World:
         self._activity = rng.lognormal(0.0, ACTIVITY_SD, config.n_users)
         self._activity /= self._activity.sum()
         self._user_cdf = np.cumsum(self._activity)
-        self._states: dict[tuple[int, ...], _Interests] = {(): self._draw_interests(rng)}
+        self._states: dict[tuple[int, ...], _State] = {(): self._draw_interests(rng)}
         self.item_popularity = self._popularity()
         self.user_ids = [f"u{i}" for i in range(config.n_users)]
         self.item_ids = [f"i{i}" for i in range(config.n_items)]
@@ -200,7 +231,7 @@ class World:
         state = self._state(elapsed_s)
         user = int(np.searchsorted(self._user_cdf, rng.random(), side="right"))
         user = min(user, cfg.n_users - 1)  # in case the cumulative sum rounds below 1
-        device = DEVICES[rng.choice(len(DEVICES), p=DEVICE_MIX)]
+        device = DEVICES[rng.choice(len(DEVICES), p=state.device_mix)]
         surface = SURFACES[rng.choice(len(SURFACES), p=SURFACE_MIX)]
         candidates = self._candidates(rng, state, user, surface)
         ads = rng.choice(cfg.n_ads, size=cfg.ads_per_request, replace=False).astype(np.int64)
@@ -326,24 +357,35 @@ class World:
                 events.append(Engagement(ad_id, pos, "conversion", revenue=float(revenue)))
         return END_AD
 
-    def _state(self, elapsed_s: float) -> _Interests:
-        """Interests with every shift due by elapsed_s applied, built once per set of shifts."""
-        shifts = self.config.scenarios
-        active = tuple(sorted((s.at_s, i) for i, s in enumerate(shifts) if elapsed_s >= s.at_s))
+    def _state(self, elapsed_s: float) -> _State:
+        """The state with every shift due by elapsed_s applied. Steps are built once per set of
+        shifts; calibration ramps move continuously, so their offset is added per call."""
+        shifts = self.config.shifts
+        active = tuple(sorted(
+            (s.at_s, i) for i, s in enumerate(shifts)
+            if elapsed_s >= s.at_s and s.kind != "calibration"))
         key = tuple(i for _, i in active)
         if key not in self._states:
             state = self._states[()]
             for _, i in active:
                 state = self._apply(state, i)
             self._states[key] = state
+        offset = sum(s.magnitude * s.ramp(elapsed_s) for s in shifts if s.kind == "calibration")
+        if offset:
+            return replace(self._states[key], click_offset=offset)
         return self._states[key]
 
-    def _apply(self, state: _Interests, index: int) -> _Interests:
+    def _apply(self, state: _State, index: int) -> _State:
         """One shift; its own seeded stream keeps it independent of the traffic before it."""
-        shift = self.config.scenarios[index]
+        shift = self.config.shifts[index]
         rng = np.random.default_rng([self.config.seed, index])
         if shift.kind == "label_rate":
             return replace(state, click_scale=state.click_scale * (1.0 + shift.magnitude))
+        if shift.kind == "device_mix":
+            desktop = DEVICES.index("desktop")
+            rest = np.delete(np.asarray(DEVICE_MIX), desktop)
+            mix = np.insert(rest / rest.sum() * (1.0 - shift.magnitude), desktop, shift.magnitude)
+            return replace(state, device_mix=tuple(float(p) for p in mix))
         if shift.kind == "covariate":
             targets = self._centres[rng.integers(N_TOPICS, size=len(state.vectors))]
             moved = _normalise(state.vectors + shift.magnitude * targets).astype(np.float32)
@@ -363,7 +405,7 @@ class World:
             weights=weights,
         )
 
-    def _draw_interests(self, rng: np.random.Generator) -> _Interests:
+    def _draw_interests(self, rng: np.random.Generator) -> _State:
         """Each user gets a few distinct topics, mainstream ones more often, and weights on them."""
         low, high = self.config.interests_per_user
         topic_p = 1.0 / np.arange(1, N_TOPICS + 1) ** TOPIC_ZIPF
@@ -374,7 +416,7 @@ class World:
         weights = np.concatenate([rng.dirichlet(np.full(k, prior)) for k in counts])
         offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
         vectors = _around(rng, self._centres[topics], INTEREST_NOISE)
-        return _Interests(vectors, offsets, weights, 1.0)
+        return _State(vectors, offsets, weights)
 
     def _popularity(self) -> np.ndarray:
         """Activity-weighted mean top-slot click rate at the start: a perfect global CTR."""
@@ -390,7 +432,7 @@ class World:
         return total
 
     def _candidates(
-        self, rng: np.random.Generator, state: _Interests, user: int, surface: str
+        self, rng: np.random.Generator, state: _State, user: int, surface: str
     ) -> np.ndarray:
         """Near items per interest (just one for search: a query has one intent), then random."""
         n = self.config.candidates_per_request
@@ -417,18 +459,19 @@ class World:
         rng.shuffle(candidates)
         return candidates
 
-    def _affinity(self, state: _Interests, user: int, embeddings: np.ndarray) -> np.ndarray:
+    def _affinity(self, state: _State, user: int, embeddings: np.ndarray) -> np.ndarray:
         """Max cosine over the user's interests: a user likes an item if any interest does."""
         vectors = state.vectors[state.offsets[user] : state.offsets[user + 1]]
         return (embeddings @ vectors.T).max(axis=1).astype(np.float64)
 
     def _rates(
-        self, state: _Interests, user: int, items: np.ndarray, positions: np.ndarray, device: str
+        self, state: _State, user: int, items: np.ndarray, positions: np.ndarray, device: str
     ) -> _Rates:
         items = np.asarray(items, dtype=np.int64)
         affinity = self._affinity(state, user, self.item_embeddings[items])
         quality = self.item_quality[items]
-        logit = CLICK_AFFINITY * affinity + quality + DEVICE_EFFECT[device] + CLICK_BIAS
+        logit = (CLICK_AFFINITY * affinity + quality + DEVICE_EFFECT[device] + CLICK_BIAS
+                 + state.click_offset)
         return _Rates(
             affinity=affinity,
             exam=position_bias(positions),
@@ -439,7 +482,7 @@ class World:
         )
 
     def _ad_rates(
-        self, state: _Interests, user: int, ads: np.ndarray, positions: np.ndarray
+        self, state: _State, user: int, ads: np.ndarray, positions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """P(ad_click) at each slot and P(conversion | ad_click), both rising with affinity."""
         affinity = self._affinity(state, user, self.ad_embeddings[ads])

@@ -31,6 +31,10 @@ NonNegative = Annotated[float, Field(ge=0)]
 # Finite is not enough: 1e300 is finite in JSON but overflows the float32 feature store.
 Amount = Annotated[float, Field(ge=0, le=1e6)]
 EmbeddingValue = Annotated[float, Field(ge=-1e3, le=1e3)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+# Ranking features are logs, rates, similarities and bids: a bound keeps a hostile row from
+# overflowing the statistics that read it (drift monitors, training).
+FeatureValue = Annotated[float, Field(ge=-1e6, le=1e6)]
 Scalar = str | int | float | bool
 
 
@@ -174,7 +178,7 @@ class RankingRequest(TimedRecord):
 class RankedItem(Record):
     item_id: Id
     value: float
-    probs: dict[str, float]
+    probs: dict[str, Probability]
 
 
 class AdDecision(Record):
@@ -203,7 +207,7 @@ class FeatureLog(TimedRecord):
     model_version: str
     feature_names: list[str]  # the columns of ``rows``
     item_ids: list[Id]
-    rows: list[list[float]]
+    rows: list[list[FeatureValue]]
 
     @field_validator("rows")
     @classmethod
@@ -253,14 +257,14 @@ class Outcome(TimedRecord):
     model_version: str
     stats_version: str
     window_s: Annotated[float, Field(gt=0)]
-    probs: dict[str, float] = Field(default_factory=dict)
+    probs: dict[str, Probability] = Field(default_factory=dict)
     value: float | None = None
     propensity: Annotated[float, Field(ge=0, le=1)] | None = None
     policy: str | None = None
     item_labels: ItemLabels | None = None
     ad_labels: AdLabels | None = None
     # Items of a request in the feature log: the row it was scored from, and its columns.
-    features: list[float] | None = None
+    features: list[FeatureValue] | None = None
     feature_names: list[str] | None = None
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from models.value import ValueModel
 from stream.drift.delivery import AlertDelivery
+from stream.drift.role import DriftService
 from stream.drift.subscriptions import SubscriptionRegistry
 from stream.drift.views import add_subscription_views
 from stream.features.reader import FeatureReader
@@ -103,9 +104,6 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         worker.subscriptions = SubscriptionRegistry(settings, bootstrap, worker.metrics,
                                                     **supervision)
         worker.consumers.append(worker.subscriptions)
-        if "drift" in roles:
-            worker.consumers.append(AlertDelivery(settings, bootstrap, worker.subscriptions,
-                                                  worker.metrics, **supervision))
         if "features" in roles:
             worker.consumers.append(
                 FeatureService(settings, bootstrap, store, worker.metrics, **supervision))
@@ -124,6 +122,11 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         if "outcomes" in roles:
             worker.consumers.append(
                 OutcomesService(settings, bootstrap, worker.metrics, **supervision))
+        if "drift" in roles:
+            worker.consumers += [
+                DriftService(settings, bootstrap, worker.metrics, **supervision),
+                AlertDelivery(settings, bootstrap, worker.subscriptions, worker.metrics,
+                              **supervision)]
         # Concurrently: each consumer-group join waits out the broker's rebalance delay.
         await asyncio.gather(*(app.add_runtime_dependency(c) for c in worker.consumers))
         # Everything loaded so far (Faust, aiokafka, pydantic schemas, the model) lives as long
@@ -153,6 +156,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             "requests_ranked": int(total("streamrank_requests_ranked")),
             "outcomes_emitted": int(total("streamrank_outcomes")),
             "outcome_events_late": int(total("streamrank_outcome_events_late")),
+            "drift_updates": int(total("streamrank_drift_updates")),
+            "drift_alerts": int(total("streamrank_drift_alerts")),
+            "drift_detections_merged": int(total("streamrank_drift_detections_merged")),
             "model_version": worker.models.current.version,
             "model_load_failures": int(total("streamrank_state_updates_refused",
                                              kind="model")),

@@ -15,6 +15,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 
+from models.scenarios import SCENARIOS
 from models.scorer import ModelError
 from schemas.export import export_schemas
 from stream.drift.client import SubscriptionsApi
@@ -33,6 +34,8 @@ app.add_typer(model_app, name="model")
 alerts_app = typer.Typer(no_args_is_help=True,
                          help="Drift-alert subscriptions, through a worker's HTTP API.")
 app.add_typer(alerts_app, name="alerts")
+drift_app = typer.Typer(no_args_is_help=True, help="Drift monitors.")
+app.add_typer(drift_app, name="drift")
 
 log = logging.getLogger("streamrank")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -136,7 +139,7 @@ def simulate(
                 report = sim.report
         summary = {k: v for k, v in report.__dict__.items()
                    if k not in ("expected_clicks", "round_trip_ms", "ndcg10_sum",
-                                "warmup_requests", "warmup_wall_s")}
+                                "warmup_requests", "warmup_wall_s", "change_request")}
         return summary | (report.quality() if policy == "served" else {})
 
     with broker(settings) as bootstrap:
@@ -160,16 +163,34 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Logs and trained models go here.")] = Path(
         "artifacts/demo"),
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    scenario: Annotated[str | None, typer.Option(
+        help=f"Change the world during the served phase: {', '.join(SCENARIOS)}, or a "
+        "scenario class of your own as package.module:Class (docs/scenarios.md).")] = None,
+    change_after: Annotated[float | None, typer.Option(
+        min=0, help="Seconds into the served phase (retrain pauses not counted) at which "
+        "--scenario's change happens; default: half of --seconds.")] = None,
 ) -> None:
     """Broker, worker and simulator end to end: warm up, train, publish, serve, measure.
     Prints a summary; --json writes the full report."""
-    from stream.demo import run_demo, summary
+    from models.scenarios import load_scenario
+    from stream.demo import ScenarioPlan, run_demo, summary
 
     # A run takes minutes: a report that cannot be written fails now, not after it.
     if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
         _fail(f"--json {json_out}: not a file in an existing directory")
+    plan = None
+    if scenario is None and change_after is not None:
+        _fail("--change-after places a --scenario's change; give --scenario too")
+    if scenario is not None:
+        after = seconds / 2 if change_after is None else change_after
+        if after >= seconds:
+            _fail(f"--change-after {after:g} must fall within the --seconds {seconds:g} served")
+        try:
+            plan = ScenarioPlan.place(load_scenario(scenario), warmup, rate, after)
+        except ValueError as exc:
+            _fail(str(exc))
     report = run_demo(_settings(), seconds=seconds, rate=rate, warmup_s=warmup,
-                      retrain_every_s=retrain_every, workdir=workdir)
+                      retrain_every_s=retrain_every, workdir=workdir, scenario=plan)
     if json_out is not None:
         json_out.write_bytes(_json(report))
     typer.echo(summary(report, json_out))
@@ -244,6 +265,38 @@ def schemas_export(directory: Path) -> None:
         typer.echo(str(path))
 
 
+@drift_app.command("replay")
+@_clear_errors
+def drift_replay(
+    series: Annotated[Path, typer.Argument(
+        help="JSON lines or CSV (by suffix) of ts, signal, value, in time order.")],
+    detector: Annotated[str, typer.Option(help="adwin, page_hinkley or kswin.")] = "adwin",
+    param: Annotated[list[str] | None, typer.Option(
+        help="A detector parameter, k=v (repeatable), e.g. --param delta=0.002.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+) -> None:
+    """Run the drift role's monitors on a series from a file and report every detection."""
+    from models.drift import DETECTOR_CLASSES, make_detector
+    from stream.drift.replay import read_series, replay
+
+    if detector not in DETECTOR_CLASSES:
+        _fail(f"--detector must be one of {', '.join(DETECTOR_CLASSES)}, not {detector!r}")
+    params: dict[str, float] = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        try:
+            params[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            _fail(f"--param {item!r}: expected name=number, e.g. delta=0.002")
+    try:
+        make_detector(detector, params)
+    except (TypeError, ValueError) as exc:
+        _fail(f"{detector} does not take these parameters: {exc}")
+    _report(replay(read_series(series), detector, params), json_out)
+
+
 @bench_app.command("features")
 @_clear_errors
 def bench_features(
@@ -275,6 +328,34 @@ def bench_scoring(
         _fail(str(exc))
     _report(run_scoring_bench(settings, ScoringBenchConfig(candidates=sizes, repeats=repeats)),
             json_out)
+
+
+@bench_app.command("drift")
+@_clear_errors
+def bench_drift(
+    scenarios: Annotated[str, typer.Option(
+        help="Comma-separated scenarios to play (models.scenarios).")
+    ] = "label_rate,covariate,stale_calibration",
+    seconds: Annotated[float, typer.Option(min=10, help="Served seconds per scenario.")] = 40.0,
+    control_seconds: Annotated[float, typer.Option(
+        min=10, help="Served seconds of the run with no change.")] = 60.0,
+    rate: Annotated[float, typer.Option(min=1, help="Ranking requests per second.")] = 120.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+) -> None:
+    """Scenarios with known change points through the whole system: delay, misses, alerts per
+    change and false alarms, against River's ADWIN alone on the raw series."""
+    from bench.drift import DriftBenchConfig, run_drift_bench
+    from models.scenarios import load_scenario
+
+    chosen = tuple(name.strip() for name in scenarios.split(",") if name.strip())
+    for name in chosen:
+        try:
+            load_scenario(name)
+        except ValueError as exc:
+            _fail(str(exc))
+    config = DriftBenchConfig(scenarios=chosen, seconds=seconds, change_after_s=seconds / 2,
+                              control_seconds=control_seconds, rate=rate)
+    _report(run_drift_bench(_settings(), config), json_out)
 
 
 @bench_app.command("faults")

@@ -5,6 +5,9 @@ data than a short demo could log at its request rate, and the synthetic world ca
 a fraction of the time. Only the served phase, whose rankings come from the worker, runs at
 ``rate`` in real time.
 
+With a scenario (:mod:`models.scenarios`), the world changes at a known moment of the served
+phase, so a drift detector's alerts can be scored against the truth.
+
 The first model learns from the warm-up's log. Retrains learn from production topics, as a
 deployment would: the outcomes of the served requests, each with the feature row it was scored
 from (the feature log), plus the warm-up's rows, which were simulated and never served.
@@ -15,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from models.scenarios import Scenario, shifts_at
 from models.training import DEFAULT_EPOCHS, Dataset, train
-from models.world import World, WorldConfig
+from models.world import Shift, World, WorldConfig
 from stream.outcomes.dataset import outcomes_dataset
 from stream.runtime.environment import broker, check_store, describe
 from stream.runtime.worker_process import WorkerProcess
@@ -40,15 +45,53 @@ FEATURE_LOG_RATE = 0.25
 OUTCOME_WINDOW_S = 5.0
 
 
+def warmup_requests(warmup_s: float, rate: float) -> int:
+    """Requests the simulated warm-up plays: ``warmup_s`` of traffic at ``rate``, at least 4."""
+    return max(4, round(warmup_s * rate))
+
+
+@dataclass(frozen=True)
+class ScenarioPlan:
+    """A scenario placed on the world's clock. The world counts traffic, not the pauses for
+    training (stream/simulator.py), so the moment ``change_after_served_s`` into the served
+    phase is known before the run: the warm-up's simulated seconds plus that."""
+
+    scenario: Scenario
+    change_after_served_s: float
+    change_at_s: float  # world seconds (elapsed_s)
+    shifts: tuple[Shift, ...]
+
+    @classmethod
+    def place(cls, scenario: Scenario, warmup_s: float, rate: float,
+              change_after_served_s: float) -> ScenarioPlan:
+        change_at_s = warmup_requests(warmup_s, rate) / rate + change_after_served_s
+        return cls(scenario, change_after_served_s, change_at_s,
+                   shifts_at(scenario, change_at_s))
+
+    def report(self, change_request: int | None, change_ts: float | None) -> dict[str, Any]:
+        """``change_request``: the index of the first served request after the change, from
+        which a detector's delay is counted in requests; ``change_ts``: its event time."""
+        return {
+            "name": self.scenario.name, "change_at_s": round(self.change_at_s, 6),
+            "change_after_served_s": self.change_after_served_s,
+            "change_request": change_request, "change_ts": change_ts,
+            "signals": list(self.scenario.signals),
+            "incidental": list(self.scenario.incidental),
+            "shifts": [asdict(shift) for shift in self.shifts]}
+
+
 def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
-             retrain_every_s: float, workdir: Path) -> dict[str, Any]:
+             retrain_every_s: float, workdir: Path,
+             scenario: ScenarioPlan | None = None,
+             feature_log_rate: float = FEATURE_LOG_RATE) -> dict[str, Any]:
     """Simulate ``warmup_s`` of random feeds, train on that log, publish, then serve for
-    ``seconds``, retraining on everything logged so far every ``retrain_every_s`` (0: never)."""
+    ``seconds``, retraining on everything logged so far every ``retrain_every_s`` (0: never).
+    A scenario's shifts change the world at their planned moment."""
     check_store(settings)
     workdir.mkdir(parents=True, exist_ok=True)
     # The demo's models are the ones it trains into its workdir.
     settings = settings.model_copy(update={
-        "model_dir": workdir.resolve(), "feature_log_rate": FEATURE_LOG_RATE,
+        "model_dir": workdir.resolve(), "feature_log_rate": feature_log_rate,
         "outcome_window_s": OUTCOME_WINDOW_S})
     with broker(settings) as bootstrap:
         log.info(describe(bootstrap, settings))
@@ -58,7 +101,7 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
             update={"scoring_wait_ms": max(settings.scoring_wait_ms, 5)})
         with WorkerProcess(serving, bootstrap) as worker:
             report = asyncio.run(_closed_loop(settings, bootstrap, worker, seconds, rate,
-                                              warmup_s, retrain_every_s, workdir))
+                                              warmup_s, retrain_every_s, workdir, scenario))
             stats = _applied_all(worker, report["events_published"], report["items"])
     return {
         "seconds": report["seconds"],
@@ -78,6 +121,8 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
         "training": report["training"],
         "outcomes": {"count": stats["outcomes_emitted"],
                      "events_late": stats["outcome_events_late"]},
+        "scenario": report["scenario"],
+        "drift": {"updates": stats["drift_updates"], "alerts": stats["drift_alerts"]},
         "broker": "configured" if settings.broker_url else "embedded tansu",
         "store": "redis" if settings.redis_url else "in-memory",
         "worker_log": str(worker.log_path),
@@ -93,19 +138,20 @@ def _applied_all(worker: WorkerProcess, events: int, items: int) -> dict[str, An
 
 async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess,
                        seconds: float, rate: float, warmup_s: float, retrain_every_s: float,
-                       workdir: Path) -> dict[str, Any]:
+                       workdir: Path, scenario: ScenarioPlan | None) -> dict[str, Any]:
     logs = workdir / "logs.jsonl"
     logs.unlink(missing_ok=True)
-    world = World(WorldConfig(dim=settings.embedding_dim))
-    warmup_requests = max(4, round(warmup_s * rate))
-    training = Training(settings, bootstrap, logs, warming_requests=warmup_requests // 2)
+    world = World(WorldConfig(dim=settings.embedding_dim,
+                              shifts=scenario.shifts if scenario else ()))
+    warmup = warmup_requests(warmup_s, rate)
+    training = Training(settings, bootstrap, logs, warming_requests=warmup // 2)
     models = Models(settings, bootstrap, worker, workdir, training)
     async with Simulator(settings, bootstrap, world, log_path=logs) as simulator:
-        warmup = await simulator.warm_up(warmup_requests, rate)
+        warmed = await simulator.warm_up(warmup, rate)
         log.info("warm-up: %d requests (%.0f s of traffic) simulated in %.1f s",
-                 warmup.warmup_requests, warmup_s, warmup.warmup_wall_s)
+                 warmed.warmup_requests, warmup_s, warmed.warmup_wall_s)
         # The first served request must meet features that hold the whole warm-up.
-        await asyncio.to_thread(_applied_all, worker, warmup.events, warmup.items)
+        await asyncio.to_thread(_applied_all, worker, warmed.events, warmed.items)
         remaining = seconds
         while remaining > 0:
             await models.next()
@@ -117,7 +163,7 @@ async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess
         "seconds": round(report.seconds, 3),
         "warmup": {"requests": report.warmup_requests, "simulated_s": warmup_s,
                    "wall_s": round(report.warmup_wall_s, 3),
-                   "trained_on_requests": warmup_requests - training.replay.warming_requests},
+                   "trained_on_requests": warmup - training.replay.warming_requests},
         # Where the model served last learned: a retrain reads the topics.
         "training": {"source": "topics" if len(models.trained) > 1 else "log",
                      "first_model_source": "log", "outcome_rows": training.outcome_rows},
@@ -127,6 +173,8 @@ async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess
         "quality": report.quality(),
         "model": models.trained[0],
         "retrained": [m["version"] for m in models.trained[1:]],
+        "scenario": scenario.report(report.change_request, report.change_ts)
+        if scenario else None,
     }
 
 
@@ -222,6 +270,16 @@ def summary(report: dict[str, Any], json_out: Path | None) -> str:
         f"{model['train_rows']:,} rows (click AUC {model['holdout']['click']['auc']:.3f})",
         *(f"  {version}  {ratio:.2f}" for version, ratio in versions.items()),
     ]
+    if report["scenario"] is not None:
+        lines.append(_scenario_line(report["scenario"]))
     if json_out is not None:
         lines.append(f"full report: {json_out}")
     return "\n".join(lines)
+
+
+def _scenario_line(scenario: dict[str, Any]) -> str:
+    request = scenario["change_request"]
+    at = "after the last request" if request is None else f"from served request {request:,}"
+    return (f"scenario {scenario['name']}: the world changed {scenario['change_after_served_s']:g}"
+            f" s into the served phase (world clock {scenario['change_at_s']:g} s), {at}; "
+            f"expected alerts: {', '.join(scenario['signals'])}")

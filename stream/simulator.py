@@ -9,6 +9,11 @@ have earned on the same request, so quality is measured against the truth.
 
 :meth:`Simulator.warm_up` plays random feeds on a virtual clock instead: the world is
 synthetic, so a first model's training log need not cost its length in real time.
+
+The world's clock (``world_s``, the ``elapsed_s`` the world is asked at) counts traffic, not
+wall time: the warm-up's virtual seconds, then each phase's schedule. It stands still between
+phases, while a model trains, so a change set at a world time falls on the same request however
+long training takes (``streamrank demo --scenario``).
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class SimulationReport:
     round_trip_ms: list[float] = field(default_factory=list)
     warmup_requests: int = 0  # played by warm_up(), on a virtual clock; not in requests
     warmup_wall_s: float = 0.0
+    # Index (0-based, among the requests of run()) of the first one played at or after the
+    # world's first shift; None while there is none.
+    change_request: int | None = None
+    change_ts: float | None = None  # wall time then: the change's event time
 
     def quality(self) -> dict[str, Any]:
         """CTRs per shown item from the world's true probabilities, on the served requests."""
@@ -81,7 +90,9 @@ class Simulator:
         self.log_path = log_path
         self.result_timeout_s = result_timeout_s
         self.report = SimulationReport()
-        self.started = time.monotonic()
+        self.world_s = 0.0  # the world's clock: seconds of traffic played so far
+        self._change_at_s = min((s.at_s for s in world.config.shifts), default=None)
+        self._scheduled = 0  # requests of run() so far
         self._producer: AIOKafkaProducer  # started on entry: idempotent where the broker can
         self._rankings: AIOKafkaConsumer | None = None
         self._waiting: dict[str, asyncio.Future[RankingResult]] = {}
@@ -124,17 +135,24 @@ class Simulator:
         await self._producer.flush()
 
     async def run(self, rate: float, seconds: float, policy: Policy) -> SimulationReport:
-        """Play ``rate`` requests/s for ``seconds`` (0 = until cancelled)."""
+        """Play ``rate`` requests/s for ``seconds`` (0 = until cancelled). Each request meets
+        the world at its scheduled time, so the world's clock advances by ``seconds``."""
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
-        phase_start = time.monotonic()
+        phase_start, phase_world_s = time.monotonic(), self.world_s
         try:
-            for due in _schedule(rate, seconds, phase_start):
-                delay = due - time.monotonic()
+            for offset in _schedule(rate, seconds):
+                delay = phase_start + offset - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await in_flight.acquire()
-                task = asyncio.ensure_future(self._play_one(policy))
+                elapsed = phase_world_s + offset
+                if (self.report.change_request is None and self._change_at_s is not None
+                        and elapsed >= self._change_at_s):
+                    self.report.change_request = self._scheduled
+                    self.report.change_ts = time.time()
+                self._scheduled += 1
+                task = asyncio.ensure_future(self._play_one(policy, elapsed))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _: in_flight.release())
@@ -144,7 +162,9 @@ class Simulator:
             if self._log is not None:
                 self._log.flush()
         finally:
-            self.report.seconds += time.monotonic() - phase_start
+            wall_s = time.monotonic() - phase_start
+            self.report.seconds += wall_s
+            self.world_s = phase_world_s + (seconds or wall_s)
         return self.report
 
     async def warm_up(self, requests: int, rate: float) -> SimulationReport:
@@ -160,7 +180,7 @@ class Simulator:
         start = time.time() - virtual_s
         await self.publish_catalogue(now=start)
         for index in range(requests):
-            elapsed = index / rate
+            elapsed = self.world_s + index / rate
             draw = self.world.draw_request(self.rng, elapsed)
             request = _request(self.world, draw, start + elapsed, self.settings.limits)
             ranked = self.rng.permutation(draw.candidates)[: self.world.config.shown]
@@ -170,8 +190,7 @@ class Simulator:
             self._log.flush()
         self.report.warmup_requests += requests
         self.report.warmup_wall_s += time.monotonic() - started
-        # The world's clock runs on from the end of the warm-up.
-        self.started = time.monotonic() - virtual_s
+        self.world_s += virtual_s
         return self.report
 
     async def _send(self, suffix: str, key: str, record: Record) -> None:
@@ -210,9 +229,8 @@ class Simulator:
                     if waiter is not None and not waiter.done():
                         waiter.set_result(result)
 
-    async def _play_one(self, policy: Policy) -> None:
+    async def _play_one(self, policy: Policy, elapsed: float) -> None:
         world, now = self.world, time.time()
-        elapsed = time.monotonic() - self.started
         draw = world.draw_request(self.rng, elapsed)
         request = _request(world, draw, now, self.settings.limits)
         ranked = self.rng.permutation(draw.candidates)[: world.config.shown]
@@ -299,10 +317,11 @@ def _request(world: World, draw: RequestDraw, now: float, limits: Limits) -> Ran
     }, RankingRequest, limits)
 
 
-def _schedule(rate: float, seconds: float, started: float) -> Iterator[float]:
-    """Due times of requests at a steady ``rate``; endless when ``seconds`` is 0."""
+def _schedule(rate: float, seconds: float) -> Iterator[float]:
+    """Due times of requests at a steady ``rate``, in seconds from the phase's start; endless
+    when ``seconds`` is 0."""
     interval = 1.0 / rate
     index = 0
     while seconds <= 0 or index * interval < seconds:
-        yield started + index * interval
+        yield index * interval
         index += 1

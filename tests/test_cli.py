@@ -135,3 +135,22 @@ def test_demo_refuses_a_report_path_it_could_not_write_before_it_starts(
     assert f"error: --json {target}: not a file in an existing directory" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "work").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--scenario", "nope"], "unknown scenario 'nope': give one of label_rate, covariate, "
+                             "stale_calibration, or package.module:Class"),
+    (["--scenario", "no_such_package.mod:Cls"], "no module named 'no_such_package'"),
+    (["--scenario", "models.world:Nope"], "models.world has no class 'Nope'"),
+    (["--scenario", "models.world:WorldConfig"], "does not satisfy the Scenario interface"),
+    (["--scenario", "covariate", "--seconds", "20", "--change-after", "20"],
+     "--change-after 20 must fall within the --seconds 20 served"),
+    (["--change-after", "5"], "--change-after places a --scenario's change; give --scenario"),
+])
+def test_demo_refuses_a_bad_scenario_before_it_starts(
+        tmp_path: Path, args: list[str], message: str) -> None:
+    result = streamrank("demo", *args, "--workdir", str(tmp_path / "work"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "work").exists()  # nothing was started

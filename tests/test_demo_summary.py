@@ -21,6 +21,7 @@ def _report() -> dict[str, Any]:
         "served_vs_popularity_by_model": {"demo-1": 1.29, "demo-2": 1.24},
         "outcomes": {"count": 52000, "events_late": 0},
         "training": {"source": "topics", "first_model_source": "log", "outcome_rows": 9100},
+        "scenario": None,
     }
 
 
@@ -44,3 +45,16 @@ def test_summary_without_a_json_file_or_a_popularity_ctr() -> None:
     report["ctr"]["popularity"] = 0.0
     text = summary(report, None)
     assert "full report" not in text and "x popularity" not in text
+
+
+def test_summary_says_when_a_scenario_changed_the_world() -> None:
+    report = _report()
+    report["scenario"] = {"name": "label_rate", "change_at_s": 255.0,
+                          "change_after_served_s": 15.0, "change_request": 2250,
+                          "signals": ["label_rate.click", "calibration.click"]}
+    lines = summary(report, Path("out.json")).splitlines()
+    assert lines[-2] == (
+        "scenario label_rate: the world changed 15 s into the served phase (world clock 255 s), "
+        "from served request 2,250; expected alerts: label_rate.click, calibration.click")
+    report["scenario"]["change_request"] = None
+    assert "after the last request" in summary(report, None).splitlines()[-1]

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from models.world import World, WorldConfig
+from models.world import RequestDraw, Shift, World, WorldConfig
 from stream.settings import Settings
 from stream.simulator import Simulator
 
@@ -28,9 +28,10 @@ class RecordingProducer:
         pass
 
 
-def offline_simulator(log_path: Path) -> tuple[Simulator, RecordingProducer]:
+def offline_simulator(log_path: Path, shifts: tuple[Shift, ...] = ()
+                      ) -> tuple[Simulator, RecordingProducer]:
     """A simulator whose producer only records, logging to ``log_path``."""
-    world = World(WorldConfig(n_users=50, n_items=300, n_ads=10, dim=8))
+    world = World(WorldConfig(n_users=50, n_items=300, n_ads=10, dim=8, shifts=shifts))
     simulator = Simulator(Settings(embedding_dim=8), "unused:0", world, log_path=log_path)
     producer = RecordingProducer()
     simulator._producer = producer  # type: ignore[assignment]
@@ -83,3 +84,37 @@ def test_served_and_baselines_are_scored_on_the_same_requests(tmp_path: Path) ->
     assert quality["served_vs_popularity_by_model"] == {"v1": 1.0}
     assert quality["ctr"]["oracle"] > quality["ctr"]["popularity"]
     simulator._log.close()  # type: ignore[union-attr]
+
+
+def test_the_worlds_clock_counts_traffic_and_marks_the_change_request(tmp_path: Path) -> None:
+    """Warm-up, then phases with a pause between: the world sees traffic time, so a change set
+    0.1 s into the served traffic (20 requests at 200/s) meets the 21st served request."""
+    warmup, rate = 100, 200.0
+    change = Shift(warmup / RATE + 0.1, "device_mix", 1.0)
+    simulator, _ = offline_simulator(tmp_path / "logs.jsonl", shifts=(change,))
+    seen: list[float] = []
+    draw_request = simulator.world.draw_request
+
+    def recording(rng: np.random.Generator, elapsed_s: float) -> RequestDraw:
+        seen.append(elapsed_s)
+        return draw_request(rng, elapsed_s)
+
+    simulator.world.draw_request = recording  # type: ignore[method-assign]
+
+    async def play() -> None:
+        await simulator.warm_up(warmup, RATE)
+        await simulator.run(rate, 0.075, "random")
+        await asyncio.sleep(0.2)  # a retrain's pause: the world's clock stands still
+        await simulator.run(rate, 0.075, "random")
+
+    asyncio.run(play())
+    simulator._log.close()  # type: ignore[union-attr]
+    served = seen[warmup:]
+    assert seen[:warmup] == pytest.approx([i / RATE for i in range(warmup)])
+    assert served == pytest.approx([2.0 + i / rate for i in range(30)])
+    assert simulator.world_s == pytest.approx(2.15)
+    assert simulator.report.change_request == 20
+    devices = [line["request"]["context"]["device"]
+               for line in map(orjson.loads, (tmp_path / "logs.jsonl").read_bytes().splitlines())
+               if "request" in line][warmup:]
+    assert set(devices[20:]) == {"desktop"} and set(devices[:20]) != {"desktop"}

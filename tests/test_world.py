@@ -203,7 +203,7 @@ def test_expected_clicks_matches_play(world: World) -> None:
 
 def test_label_rate_shift_scales_clicks_from_at_s() -> None:
     base = World(WorldConfig(seed=11))
-    shifted = World(WorldConfig(seed=11, scenarios=(Shift(100.0, "label_rate", 0.5),)))
+    shifted = World(WorldConfig(seed=11, shifts=(Shift(100.0, "label_rate", 0.5),)))
     draw = draws(base, 1)[0]
     items, zeros = draw.candidates, np.zeros(len(draw.candidates), dtype=np.int64)
 
@@ -216,7 +216,7 @@ def test_label_rate_shift_scales_clicks_from_at_s() -> None:
 
 
 def test_new_interest_shift_adds_an_interest() -> None:
-    cfg = WorldConfig(seed=12, scenarios=(Shift(50.0, "new_interest"),))
+    cfg = WorldConfig(seed=12, shifts=(Shift(50.0, "new_interest"),))
     world = World(cfg)
     for user in range(0, cfg.n_users, 97):
         before, after = world.interests(user, 49.0), world.interests(user, 50.0)
@@ -233,7 +233,7 @@ def test_new_interest_shift_adds_an_interest() -> None:
 
 
 def test_covariate_shift_moves_interests_and_candidates() -> None:
-    cfg = WorldConfig(seed=13, scenarios=(Shift(10.0, "covariate"),))
+    cfg = WorldConfig(seed=13, shifts=(Shift(10.0, "covariate"),))
     world, base = World(cfg), World(WorldConfig(seed=13))
     np.testing.assert_array_equal(world.interests(0, 9.0), base.interests(0, 9.0))
     moved = np.sum(world.interests(0, 10.0) * base.interests(0, 10.0), axis=1)
@@ -242,3 +242,67 @@ def test_covariate_shift_moves_interests_and_candidates() -> None:
     after = draws(world, 1, seed=1, elapsed_s=10.0)[0]
     assert before.user == after.user
     assert len(np.intersect1d(before.candidates, after.candidates)) < 0.8 * len(before.candidates)
+
+
+SMALL = {"n_users": 100, "n_items": 400, "n_ads": 10, "candidates_per_request": 30}
+
+
+def test_device_mix_shift_sets_the_desktop_share_and_keeps_the_rest_in_proportion() -> None:
+    world = World(WorldConfig(seed=14, **SMALL, shifts=(Shift(10.0, "device_mix", 0.6),)))
+    n = 3000
+
+    def shares(elapsed_s: float) -> dict[str, float]:
+        devices = [d.device for d in draws(world, n, seed=2, elapsed_s=elapsed_s)]
+        return {d: devices.count(d) / n for d in ("mobile", "desktop", "tablet")}
+
+    before, after = shares(9.9), shares(10.0)
+    # P(mobile), P(desktop), P(tablet): (0.6, 0.3, 0.1) before, (0.4 * 6/7, 0.6, 0.4 / 7) after.
+    for share, expected in [(before["desktop"], 0.3), (after["desktop"], 0.6),
+                            (after["mobile"], 0.4 * 6 / 7), (after["tablet"], 0.4 / 7)]:
+        assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / n)
+    # Nothing else about the requests moves: the same users, the same candidates.
+    same = zip(draws(world, 20, seed=3, elapsed_s=9.9), draws(world, 20, seed=3, elapsed_s=10.0),
+               strict=True)
+    for a, b in same:
+        assert a.user == b.user and a.surface == b.surface
+        np.testing.assert_array_equal(a.candidates, b.candidates)
+
+
+def test_calibration_ramp_moves_the_click_logit_but_not_the_order() -> None:
+    ramp = Shift(100.0, "calibration", 0.8, duration_s=20.0)
+    world = World(WorldConfig(seed=15, **SMALL, shifts=(ramp,)))
+    base = World(WorldConfig(seed=15, **SMALL))
+    draw = draws(base, 1, seed=4)[0]
+    zeros = np.zeros(len(draw.candidates), dtype=np.int64)
+
+    def logit(w: World, t: float) -> np.ndarray:
+        p = w.probabilities(draw.user, draw.candidates, zeros, draw.device, t)["click"]
+        return np.log(p / (1.0 - p))
+
+    for t, offset in [(99.9, 0.0), (100.0, 0.0), (110.0, 0.4), (120.0, 0.8), (500.0, 0.8)]:
+        np.testing.assert_allclose(logit(world, t) - logit(base, t), offset, atol=1e-9)
+    assert ramp.ramp(105.0) == 0.25 and Shift(1.0, "calibration", 0.8).ramp(1.0) == 1.0
+    # Every request's true order stays, while its click rate rises by a third or more.
+    for d in draws(world, 30, seed=5):
+        np.testing.assert_array_equal(oracle_ranking(world, d, 99.0),
+                                      oracle_ranking(world, d, 130.0))
+    p = {t: world.probabilities(draw.user, draw.candidates, zeros, draw.device, t)["click"]
+         for t in (99.0, 130.0)}
+    assert p[130.0].mean() > 1.5 * p[99.0].mean()
+    # What follows a click (like, share) is as likely per click as before.
+    shifted, unshifted = (w.probabilities(draw.user, draw.candidates, zeros, draw.device, 130.0)
+                          for w in (world, base))
+    for after_click in ("like", "share"):
+        np.testing.assert_allclose(shifted[after_click] / shifted["click"],
+                                   unshifted[after_click] / unshifted["click"])
+
+
+@pytest.mark.parametrize(("shift", "message"), [
+    (dict(kind="device_mix", magnitude=1.2), "desktop share"),
+    (dict(kind="calibration", duration_s=-1.0), "duration_s"),
+    (dict(kind="label_rate", magnitude=-0.5, duration_s=5.0), "other kinds are steps"),
+    (dict(kind="surge"), "unknown shift kind"),
+])
+def test_bad_shifts_are_refused(shift: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Shift(0.0, **shift)  # type: ignore[arg-type]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class WorkerMetrics:
@@ -56,6 +56,21 @@ class WorkerMetrics:
             "Outcome inputs that join nothing, by reason: unmatched_event (its ranking never "
             "came within the window), late_ranking (read after its own window had closed).",
             ["reason"], registry=self.registry)
+
+        self.drift_updates = Counter(
+            "streamrank_drift_updates", "Signal values fed to the drift monitors.",
+            registry=self.registry)
+        self.drift_signal = Gauge(
+            "streamrank_drift_signal", "Each monitored signal's current level: the mean of "
+            "its latest values (up to 1000) since its last change.", ["signal"],
+            registry=self.registry)
+        self.drift_alerts = Counter(
+            "streamrank_drift_alerts", "Drift alerts published.", ["signal", "severity"],
+            registry=self.registry)
+        self.drift_detections_merged = Counter(
+            "streamrank_drift_detections_merged", "Detections that were the same change as an "
+            "alert within STREAMRANK_ALERT_COOLDOWN_S, so sent no alert of their own.",
+            registry=self.registry)
 
         self.state_refused = Counter(
             "streamrank_state_updates_refused",

@@ -1,0 +1,112 @@
+"""What each input record contributes to each drift signal.
+
+Every value is fed to its monitor as it came, one per event; nothing is averaged over a batch,
+so a detector's delay counts the same events as River's alone would (River's ADWIN takes ~0.2
+µs a value, cheap next to decoding the record). The sampling is upstream: ``feature.<name>``
+sees only the requests whose rows the scoring path logs (``STREAMRANK_FEATURE_LOG_RATE``), one
+value per shown item.
+
+- ``score_mean.<task>``: per ranking, the mean probability of its items;
+- ``label_rate.<task>``: per item outcome, 1 if the user did it, else 0;
+- ``logloss.<task>``: per item outcome, the log loss of its prediction;
+- ``calibration.<task>``: per item outcome, label - prediction (with both kept for the ratio);
+- ``feature.<name>``: per logged row, the value of each monitored feature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.ranking_features import TASK_NAMES
+from schemas import FeatureLog, Outcome, RankingResult
+
+EPSILON = 1e-6  # a prediction of exactly 0 or 1 would make an infinite log loss
+
+
+@dataclass
+class SignalBatch:
+    """One signal's new values, with the event time of each and the versions that made them."""
+
+    values: np.ndarray
+    ts: np.ndarray
+    model_version: str
+    stats_version: str
+    predictions: np.ndarray | None = None  # calibration only
+    labels: np.ndarray | None = None
+
+
+@dataclass
+class _Columns:
+    values: list[float] = field(default_factory=list)
+    ts: list[float] = field(default_factory=list)
+
+
+def from_rankings(rankings: Sequence[RankingResult]) -> dict[str, SignalBatch]:
+    rankings = [r for r in rankings if r.items]
+    if not rankings:
+        return {}
+    probs = np.array([[np.mean([item.probs.get(task, np.nan) for item in r.items])
+                       for task in TASK_NAMES] for r in rankings])
+    ts = np.array([r.ts for r in rankings])
+    last = rankings[-1]
+    return {f"score_mean.{task}": _batch(probs[:, t], ts, last.model_version, last.stats_version)
+            for t, task in enumerate(TASK_NAMES)
+            if len(_finite(probs[:, t]))}
+
+
+def from_outcomes(outcomes: Sequence[Outcome]) -> dict[str, SignalBatch]:
+    items = [o for o in outcomes if o.kind == "item" and o.item_labels is not None]
+    if not items:
+        return {}
+    ts = np.array([o.ts for o in items])
+    last = items[-1]
+    signals: dict[str, SignalBatch] = {}
+    for task in TASK_NAMES:
+        predicted = np.array([o.probs.get(task, np.nan) for o in items])
+        labels = np.array([float(getattr(o.item_labels, task)) for o in items])
+        keep = np.isfinite(predicted)
+        if not keep.any():
+            continue
+        p, y, when = np.clip(predicted[keep], EPSILON, 1 - EPSILON), labels[keep], ts[keep]
+        versions = (last.model_version, last.stats_version)
+        signals[f"label_rate.{task}"] = SignalBatch(y, when, *versions)
+        signals[f"logloss.{task}"] = SignalBatch(
+            -(y * np.log(p) + (1 - y) * np.log(1 - p)), when, *versions)
+        signals[f"calibration.{task}"] = SignalBatch(y - p, when, *versions, p, y)
+    return signals
+
+
+def from_feature_logs(logs: Sequence[FeatureLog], features: Iterable[str],
+                      stats_version: str) -> dict[str, SignalBatch]:
+    """``stats_version``: the feature log does not carry one; the latest the role saw."""
+    wanted = tuple(features)
+    columns: dict[str, _Columns] = {}
+    for log in logs:
+        if not log.rows:
+            continue
+        rows = np.asarray(log.rows)
+        index = {name: i for i, name in enumerate(log.feature_names)}
+        for name in wanted:
+            if name in index:
+                column = columns.setdefault(name, _Columns())
+                column.values += rows[:, index[name]].tolist()
+                column.ts += [log.ts] * len(rows)
+    if not columns:
+        return {}
+    last = logs[-1]
+    return {f"feature.{name}": _batch(np.array(c.values), np.array(c.ts), last.model_version,
+                                      stats_version)
+            for name, c in columns.items()}
+
+
+def _batch(values: np.ndarray, ts: np.ndarray, model_version: str, stats_version: str
+           ) -> SignalBatch:
+    keep = np.isfinite(values)
+    return SignalBatch(values[keep], ts[keep], model_version, stats_version)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
