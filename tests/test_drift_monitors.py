@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from models.drift import AlertGate, Monitor, MonitorSet, Side, effect_size
-from schemas import Outcome
+from schemas import FeatureLog, Outcome
 from schemas.examples import EXAMPLES
-from stream.drift.signals import from_outcomes
+from stream.drift.signals import from_feature_logs, from_outcomes
 
 ADWIN = {"delta": 0.002, "clock": 32}
 
@@ -140,3 +140,13 @@ def test_outcome_signals_follow_their_closed_form() -> None:
     assert got["calibration.click"].values == pytest.approx([0.8, -0.4])
     assert got["calibration.click"].predictions == pytest.approx([0.2, 0.4])
     assert len(got["label_rate.like"].values) == 1  # the second has no like prediction
+
+
+def test_a_logged_request_is_one_feature_value_the_mean_of_its_rows() -> None:
+    base = EXAMPLES["feature-log"]
+    log = FeatureLog.model_validate({**base, "feature_names": ["sim_max", "item_bid"],
+                                     "item_ids": ["i1", "i2"], "rows": [[0.2, 1.0], [0.6, 3.0]]})
+    got = from_feature_logs([log, log], ["sim_max"], "bn-1")
+    assert list(got) == ["feature.sim_max"]
+    assert got["feature.sim_max"].values == pytest.approx([0.4, 0.4])
+    assert got["feature.sim_max"].stats_version == "bn-1"

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 from river import drift
 
+from bench.drift.delivery import run_delivery
 from bench.drift.truth import Clock, false_alarms_alone, raw_series, score_scenario
 from bench.harness import Record, TopicTail, run_settings
 from models.scenarios import load_scenario
@@ -44,6 +45,8 @@ class DriftBenchConfig:
     rate: float = 120.0
     warmup_s: float = 120.0
     partitions: int = 8  # spreads the fully logged run over partitions of a sane size
+    delivery_alerts: int = 300
+    delivery_rate: float = 20.0  # alerts per second
 
 
 @dataclass
@@ -67,6 +70,9 @@ def run_drift_bench(settings: Settings, config: DriftBenchConfig) -> dict[str, A
         control_run = _play(settings, bootstrap, config, config.control_seconds, None)
         control = _control(control_run, settings)
         speed = _speed(control_run.settings, control["updates"])
+    with embedded_broker() as bootstrap:
+        delivery = run_delivery(settings, bootstrap, config.delivery_alerts,
+                                config.delivery_rate)
     updates_ratio = speed["updates_per_s"] / speed["river_updates_per_s"]
     delays = [s["delay_ratio"] for s in scenarios.values() if s["delay_ratio"] is not None]
     per_change = [s["alerts_per_change"] for s in scenarios.values() if not s["missed"]]
@@ -76,6 +82,7 @@ def run_drift_bench(settings: Settings, config: DriftBenchConfig) -> dict[str, A
         "alerts_per_change": round(float(np.mean(per_change)), 3) if per_change else None,
         **speed,
         "updates_ratio": round(updates_ratio, 4),
+        "delivery": delivery,
         "config": config.__dict__,
     }
     result["bar_met"] = bool(
