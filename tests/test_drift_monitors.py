@@ -150,3 +150,15 @@ def test_a_logged_request_is_one_feature_value_the_mean_of_its_rows() -> None:
     assert list(got) == ["feature.sim_max"]
     assert got["feature.sim_max"].values == pytest.approx([0.4, 0.4])
     assert got["feature.sim_max"].stats_version == "bn-1"
+
+
+def test_a_signal_batch_is_in_event_time_order() -> None:
+    base = EXAMPLES["outcomes"]
+    late = Outcome.model_validate({**base, "ts": base["ts"] + 10, "probs": {"click": 0.3},
+                                   "item_labels": {"click": True}})
+    early = Outcome.model_validate({**base, "seq": 1, "probs": {"click": 0.6},
+                                    "item_labels": {"click": False}})
+    calibration = from_outcomes([late, early])["calibration.click"]
+    assert calibration.ts.tolist() == [base["ts"], base["ts"] + 10]
+    assert calibration.values == pytest.approx([-0.6, 0.7])
+    assert calibration.predictions == pytest.approx([0.6, 0.3])

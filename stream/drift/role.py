@@ -52,26 +52,26 @@ class DriftService(SupervisedConsumer):
         # Per partition, the next offset not yet fed to the monitors: a batch read again
         # after a rewind feeds nothing twice.
         self._fed: dict[TopicPartition, int] = {}
-        self._to_rebuild: set[TopicPartition] = set()  # see assigned
+        self._rebuilt: set[TopicPartition] = set()  # see handle
 
     async def on_start(self) -> None:
         read = await prime_from_topic(self._gate, self.settings, self.bootstrap)
         log.info("drift: %d alerts read back from %s", read, self._alerts_topic)
         await super().on_start()
 
-    async def assigned(self, partitions: set[TopicPartition]) -> None:
-        # aiokafka may fetch, and the loop handle, before this returns: the next handler
-        # rebuilds first (and is retried as a whole if that fails).
-        self._to_rebuild |= partitions
-
     async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
-        sends = await self._rebuild() if self._to_rebuild else []
+        # Nothing new is fed until what came before it, in every partition assigned, is
+        # replayed. Checked here, not when partitions are assigned: aiokafka may fetch, and
+        # the loop handle, before its assignment callback runs.
+        assert self._consumer is not None
+        pending = self._consumer.assignment() - self._rebuilt
+        sends = await self._rebuild(pending) if pending else []
         return sends + self._feed(batch)
 
-    async def _rebuild(self) -> Sends:
+    async def _rebuild(self, partitions: set[TopicPartition]) -> Sends:
         consumer = self._consumer
         assert consumer is not None
-        committed = {tp: await consumer.committed(tp) or 0 for tp in self._to_rebuild}
+        committed = {tp: await consumer.committed(tp) or 0 for tp in partitions}
         replayed: list[Decoded[Any]] = []
         async for record in records_before(self.settings, self.bootstrap, committed,
                                            self.settings.drift_replay_records):
@@ -83,7 +83,7 @@ class DriftService(SupervisedConsumer):
             replayed.append(Decoded(record, value))
         log.info("drift: monitors rebuilt from %d records before the committed offsets of %d "
                  "partitions", len(replayed), len(committed))
-        self._to_rebuild = set()
+        self._rebuilt |= partitions
         return self._feed(replayed)
 
     def _feed(self, batch: Sequence[Decoded[Any]]) -> Sends:

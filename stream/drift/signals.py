@@ -32,7 +32,8 @@ EPSILON = 1e-6  # a prediction of exactly 0 or 1 would make an infinite log loss
 
 @dataclass
 class SignalBatch:
-    """One signal's new values, with the event time of each and the versions that made them."""
+    """One signal's new values in event-time order, with the event time of each and the
+    versions that made them."""
 
     values: np.ndarray
     ts: np.ndarray
@@ -40,6 +41,17 @@ class SignalBatch:
     stats_version: str
     predictions: np.ndarray | None = None  # calibration only
     labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        # A batch holds each partition's records one run after the other; a monitor fed
+        # partition by partition would see time go back at every run, and the values of the
+        # earlier regime come back (measured: a step down in one partition, then the next
+        # partition's records from before the step, read as a change back up).
+        order = np.argsort(self.ts, kind="stable")
+        if (order != np.arange(len(order))).any():
+            self.values, self.ts = self.values[order], self.ts[order]
+            if self.predictions is not None and self.labels is not None:
+                self.predictions, self.labels = self.predictions[order], self.labels[order]
 
 
 @dataclass
