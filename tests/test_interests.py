@@ -22,6 +22,7 @@ from models.interests import (
     sample_medoids,
     update_interests,
 )
+from models.scenarios import NewInterest
 from models.world import World, WorldConfig
 
 DIM = 32
@@ -130,10 +131,9 @@ def test_a_far_action_opens_an_interest_and_the_online_set_filling_reclusters() 
         step = update_interests(step, history_ts, history, history_ts[0], params)
         assert step.pending == (i + 2) % 4
     assert step.last_full_ts == history_ts[0]
-    np.testing.assert_array_equal(
-        step.to_bytes(),
-        recluster(*bounded_history(history_ts, history, step.as_of, params), step.as_of,
-                  params).to_bytes())
+    full = recluster(*bounded_history(history_ts, history, step.as_of, params), step.as_of,
+                     params)
+    assert step.to_bytes() == full.to_bytes()
 
 
 def test_the_history_is_bounded_by_age_and_count() -> None:
@@ -324,3 +324,29 @@ def test_params_refuse_nonsense() -> None:
         InterestParams(join_cosine=1.5)
     with pytest.raises(ValueError, match="online_max"):
         InterestParams(online_max=0)
+
+
+def test_a_new_interest_in_the_world_gets_a_medoid_at_its_first_action() -> None:
+    """The ``new_interest`` scenario as the interests role sees it: a user engaged near their
+    old interests, then with items near the new one, one action at a time."""
+    world = World(WorldConfig(seed=4, n_users=40, n_items=2000,
+                              shifts=NewInterest().shifts(100.0)))
+    rng = np.random.default_rng(14)
+
+    def near(vector: np.ndarray, n: int) -> np.ndarray:
+        return rng.choice(np.argsort(-(world.item_embeddings @ vector))[:20], n, replace=False)
+
+    for user in range(0, 40, 8):
+        old, new = world.interests(user, 99.0), world.interests(user, 100.0)[-1]
+        items = np.concatenate([near(v, 30 // len(old)) for v in old])
+        history = world.item_embeddings[rng.permutation(items)]
+        ts = newest_first(len(history))
+        state = update_interests(None, ts, history, NOW, PARAMS)
+        assert np.max(state.medoids @ new) < 0.5
+        for step, item in enumerate(near(new, 5), start=1):
+            ts = np.r_[NOW + step, ts]
+            history = np.vstack([world.item_embeddings[item], history])
+            state = update_interests(state, ts, history, ts[0], PARAMS)
+            nearest = int(np.argmax(state.medoids @ new))
+            assert state.medoids[nearest] @ new >= 0.5
+            assert state.sizes[nearest] == step and state.pending == step
