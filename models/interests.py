@@ -42,7 +42,8 @@ LAYOUT_VERSION = 1
 # PinnerSage keeps every cluster, but retrieval seeds from 3 and the ranker reads a max and a
 # weighted mean: past a few interests, the least important ones only cost bytes. 16 keeps a
 # packed value near 2.3 KB at dim 32, and in the world (2-4 true interests, 5 with a new one)
-# the default cut gives 3-4 clusters of 50 actions, so the cap drops only the odd outlier.
+# the default cut gives 3.5 clusters of 50 actions on average and never more than 5 in 100
+# users, so the cap only guards against a history of unrelated one-offs.
 MAX_INTERESTS = 16
 RETRIEVAL_MEDOIDS = 3  # medoids sampled per retrieval, as in the paper
 
@@ -74,8 +75,8 @@ class InterestParams:
     other interests' medoids median 0.11 (90th percentile 0.34). Replaying 19 actions online
     after a new interest appeared (100 users): at 0.35, 0.9% of the joins went to the wrong
     interest, 6.7% of the actions opened a needless small interest (the next recluster folds
-    it back), and 109 of 111 new interests were opened; 0.2 had 2.6% wrong joins, 0.5 11%
-    needless ones.
+    it back), and an action whose true interest had no medoid yet opened one 109 times (111
+    at 0.5); 0.2 had 2.6% wrong joins, 0.5 11% needless opens.
     """
 
     threshold: float = 2.0
@@ -175,7 +176,8 @@ def recluster(ts: np.ndarray, unit: np.ndarray, now: float,
     """Full Ward clustering of a bounded history (:func:`bounded_history`'s output).
 
     scipy's ``linkage`` runs Müllner's nearest-neighbour-chain Ward, the algorithm fastcluster
-    packages: on 50 and 500 points both gave the same trees within 15% of each other's time.
+    packages. Both gave the same trees; fastcluster saved 0.04 ms on 50 points and 13% on 500
+    (2.8 against 3.2 ms), not worth a second dependency.
     """
     n, dim = unit.shape
     if n == 0:
