@@ -139,7 +139,7 @@ def test_demo_refuses_a_report_path_it_could_not_write_before_it_starts(
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--scenario", "nope"], "unknown scenario 'nope': give one of label_rate, covariate, "
-                             "stale_calibration, or package.module:Class"),
+                             "stale_calibration, new_interest, or package.module:Class"),
     (["--scenario", "no_such_package.mod:Cls"], "no module named 'no_such_package'"),
     (["--scenario", "models.world:Nope"], "models.world has no class 'Nope'"),
     (["--scenario", "models.world:WorldConfig"], "does not satisfy the Scenario interface"),

@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.scenarios import SCENARIOS, Scenario, load_scenario, shifts_at
@@ -65,6 +66,26 @@ def test_builtins_say_what_they_change() -> None:
     assert shifts_at(load_scenario("covariate"), 5.0) == (Shift(5.0, "device_mix", 0.6),)
     assert shifts_at(load_scenario("stale_calibration"), 5.0) == (
         Shift(5.0, "calibration", 0.7, duration_s=10.0),)
+    assert shifts_at(load_scenario("new_interest"), 5.0) == (Shift(5.0, "new_interest", 1.0),)
+
+
+def test_a_new_interest_brings_candidates_far_from_the_history() -> None:
+    """What ``new_interest`` names as its signals: candidates retrieved for the new interest are
+    far from everything the user engaged with before (here: the old interests themselves)."""
+    world = World(WorldConfig(n_users=100, n_items=1000, n_ads=5,
+                              shifts=shifts_at(load_scenario("new_interest"), 50.0)))
+    rng = np.random.default_rng(0)
+
+    def similarity_to_old_interests(elapsed_s: float) -> float:
+        means = []
+        for _ in range(400):
+            draw = world.draw_request(rng, elapsed_s)
+            old = world.interests(draw.user, 0.0)
+            means.append((world.item_embeddings[draw.candidates] @ old.T).max(axis=1).mean())
+        return float(np.mean(means))
+
+    assert len(world.interests(0, 50.0)) == len(world.interests(0, 49.0)) + 1
+    assert similarity_to_old_interests(50.0) < similarity_to_old_interests(49.0) - 0.02
 
 
 def test_a_class_elsewhere_loads_by_its_import_path() -> None:
