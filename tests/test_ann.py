@@ -165,3 +165,16 @@ def test_concurrent_inserts_and_searches_do_not_crash_and_return_live_ids() -> N
     writer.join()
     assert not errors
     assert len(index) == len(set(index.ids())) > 3000
+
+
+def test_creation_times_say_which_items_are_old_and_survive_a_snapshot(tmp_path: Path) -> None:
+    index = ItemIndex(2)
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    index.upsert(["old", "new", "ageless"], vectors, created_ts=None)
+    index.upsert(["old", "new"], vectors[:2], created_ts=[100.0, 900.0])
+    assert index.created_before(500.0) == ["old"]
+    index.save(tmp_path / "items.npz")
+    loaded = ItemIndex.load(tmp_path / "items.npz").items
+    assert loaded.created_before(1000.0) == ["old", "new"]
+    loaded.remove(["old"])
+    assert loaded.created_before(1000.0) == ["new"]
