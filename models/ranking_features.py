@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.features import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
+from models.interests import Interests, medoid_similarities
 from schemas import Context
 
 DEVICES: tuple[str, ...] = Context.model_fields["device"].annotation.__args__  # type: ignore[union-attr]
@@ -20,9 +21,12 @@ CONTEXT_NAMES: tuple[str, ...] = (*(f"device_{d}" for d in DEVICES),
                                   *(f"surface_{s}" for s in SURFACES))
 SIMILARITY_NAMES: tuple[str, ...] = ("sim_max", "sim_mean", "sim_recent", "log_history_len")
 CANDIDATE_SET_NAMES: tuple[str, ...] = ("cand_density", "cand_centroid_sim")
+# PinnerSage (models/interests.py): the candidate against the user's interest medoids.
+INTEREST_NAMES: tuple[str, ...] = ("interest_max_cos", "interest_weighted_cos",
+                                   "log_interests")
 RANKER_FEATURE_NAMES: tuple[str, ...] = (
     *USER_FEATURE_NAMES, *ITEM_FEATURE_NAMES, *CONTEXT_NAMES, *SIMILARITY_NAMES,
-    *CANDIDATE_SET_NAMES)
+    *CANDIDATE_SET_NAMES, *INTEREST_NAMES)
 
 # The ranker's tasks: engagement types it predicts per shown item.
 TASK_NAMES: tuple[str, ...] = ("click", "like", "share", "hide")
@@ -43,6 +47,7 @@ class CandidateFeatures:
     known: np.ndarray       # bool [n]: the item has counters or metadata
     history_ts: np.ndarray  # float64 [k]: the user's recent positive engagements, newest first
     history: np.ndarray     # float32 [k, dim]: embeddings of those engaged items
+    interests: Interests | None = None  # the user's interest medoids, when known
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -100,6 +105,18 @@ def _candidate_set(unit: np.ndarray) -> np.ndarray:
     return out
 
 
+def interest_features(unit: np.ndarray, interests: Interests | None, now: float
+                      ) -> np.ndarray:
+    """``[n, 3]``: each candidate's largest cosine to a medoid, its cosine to the medoids
+    weighted by their importance, and log(1 + number of interests); zeros with none."""
+    out = np.zeros((len(unit), len(INTEREST_NAMES)), dtype=np.float32)
+    if interests is None or len(interests) == 0 or len(unit) == 0:
+        return out
+    out[:, 0], out[:, 1] = medoid_similarities(interests, unit, now)
+    out[:, 2] = np.log1p(len(interests))
+    return out
+
+
 def context_features(context: Context) -> np.ndarray:
     row = np.zeros(len(CONTEXT_NAMES), dtype=np.float32)
     row[DEVICES.index(context.device)] = 1.0
@@ -110,7 +127,7 @@ def context_features(context: Context) -> np.ndarray:
 # Where each block of columns sits in the matrix, in RANKER_FEATURE_NAMES order.
 _BLOCK_COLUMNS = [slice(start, stop) for start, stop in itertools.pairwise(np.cumsum(
     [0, len(USER_FEATURE_NAMES), len(ITEM_FEATURE_NAMES), len(CONTEXT_NAMES),
-     len(SIMILARITY_NAMES), len(CANDIDATE_SET_NAMES)]).tolist())]
+     len(SIMILARITY_NAMES), len(CANDIDATE_SET_NAMES), len(INTEREST_NAMES)]).tolist())]
 
 
 def ranking_matrix(features: CandidateFeatures, context: Context, now: float,
@@ -122,7 +139,7 @@ def ranking_matrix(features: CandidateFeatures, context: Context, now: float,
     shown rows are kept afterwards: the candidate-set columns depend on all of it.
     """
     unit = _unit(features.embeddings)
-    user, items, context_columns, similarity, candidate_set = _BLOCK_COLUMNS
+    user, items, context_columns, similarity, candidate_set, interest = _BLOCK_COLUMNS
     if out is None:
         out = np.empty((len(features.items), len(RANKER_FEATURE_NAMES)), dtype=np.float32)
     out[:, user] = features.user
@@ -130,4 +147,5 @@ def ranking_matrix(features: CandidateFeatures, context: Context, now: float,
     out[:, context_columns] = context_features(context)
     out[:, similarity] = similarity_features(unit, features, now)
     out[:, candidate_set] = _candidate_set(unit)
+    out[:, interest] = interest_features(unit, features.interests, now)
     return out

@@ -38,8 +38,8 @@ DECODE_REASONS: tuple[str, ...] = (
 # model-updates that does not load or that the worker may not trust (outside
 # STREAMRANK_MODEL_DIR, unsigned or wrongly signed), and a drift alert that could not be
 # delivered to one of its subscriptions.
-ROLE_REASONS: tuple[str, ...] = ("no_candidates", "expired", "handler_error", "invalid_state",
-                                 "untrusted_state", "delivery_failed")
+ROLE_REASONS: tuple[str, ...] = ("expired", "handler_error", "invalid_state", "untrusted_state",
+                                 "delivery_failed")
 REASONS: tuple[str, ...] = DECODE_REASONS + ROLE_REASONS
 
 

@@ -158,6 +158,16 @@ class RankingRequest(TimedRecord):
     ad_candidates: list[Id] = Field(default_factory=list)
     ad_slots: list[Annotated[int, Field(ge=0, le=10_000)]] = Field(default_factory=list)
     n: Annotated[int, Field(ge=1, le=10_000)] = 20
+    # Candidates to retrieve from the user's interests (or trending items), after the ones
+    # given; a request with no candidates gets STREAMRANK_RETRIEVAL_K when this is unset.
+    retrieve: Annotated[int, Field(ge=1, le=10_000)] | None = None
+
+    @model_validator(mode="after")
+    def _retrieval_within_limit(self, info: ValidationInfo) -> RankingRequest:
+        if self.retrieve is not None:
+            _check_length([None] * (len(self.candidates) + self.retrieve),
+                          _limits(info).max_candidates, "candidates with those retrieved")
+        return self
 
     @field_validator("candidates")
     @classmethod
@@ -175,10 +185,16 @@ class RankingRequest(TimedRecord):
         return _check_length(value, _limits(info).max_ad_slots, "ad slots")
 
 
+# Where a ranked item came from: the request's own candidates, one of the user's interests
+# (by its rank, 0 the most important), or the trending items.
+Source = Annotated[str, Field(pattern=r"^(request|trending|interest:[0-9]{1,2})$")]
+
+
 class RankedItem(Record):
     item_id: Id
     value: float
     probs: dict[str, Probability]
+    source: Source | None = None  # only on a request with retrieval
 
 
 class AdDecision(Record):

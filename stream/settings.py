@@ -17,7 +17,7 @@ from schemas import DETECTORS, Limits, topic_name
 from stream.redaction import Redactor, redact_url, url_secrets
 
 # Every role is a consumer group of its own, so a deployment can scale each apart.
-ROLES = ("features", "scoring", "outcomes", "drift")
+ROLES = ("features", "scoring", "outcomes", "drift", "interests")
 # Features whose distribution holds still while traffic does: context, similarities and
 # smoothed rates. Decayed counters grow until their half-life is reached, so monitoring them
 # would alert on every warm-up.
@@ -141,6 +141,30 @@ class Settings(BaseSettings):
     webhook_attempts: int = Field(6, ge=1, description="Attempts before delivery_failed.")
     webhook_backoff_max_s: float = Field(
         60.0, gt=0, description="Cap of the exponential backoff between attempts.")
+
+    interests_group: str = "streamrank-interests"
+    interests_threshold: float = Field(
+        2.0, gt=0, description="Ward distance at which a user's engagements are cut into "
+        "interests (models/interests.py says how it was chosen).")
+    interests_join_cosine: float = Field(
+        0.35, ge=-1, le=1, description="Cosine to the nearest medoid from which a new "
+        "engagement joins that interest online; below it, it opens one.")
+    interests_lambda_per_day: float = Field(
+        0.01, ge=0, description="Importance decay: sum of exp(-lambda (now - t)) per day.")
+    interests_max_history: int = Field(50, ge=1, le=1000,
+                                       description="Engagements kept per user.")
+    interests_max_age_s: float = Field(90 * 86_400.0, gt=0,
+                                       description="Engagements older than this are dropped.")
+    interests_online_max: int = Field(
+        20, ge=1, description="Engagements joined online before a full recluster.")
+    interests_long_dwell_s: float = Field(
+        30.0, ge=0, description="A dwell this long is a positive engagement.")
+    trending_size: int = Field(500, ge=1, description="Trending items kept for retrieval.")
+    trending_interval_s: float = Field(
+        5.0, gt=0, description="How often (event time) the trending items are written.")
+    retrieval_k: int = Field(
+        200, ge=1, description="Candidates retrieved for a request that has none and does "
+        "not say how many (retrieve).")
 
     roles: str = Field(
         ",".join(ROLES), pattern=r"^[a-z]+(,[a-z]+)*$",

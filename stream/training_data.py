@@ -2,7 +2,8 @@
 
 Each logged request is featurised with the same store, reader and matrix code the worker uses,
 at the request's own timestamp and with only the events logged before it; then its engagements
-are applied. Training and serving therefore cannot disagree about what a feature means.
+are applied, to the features and to the users' interests (the interests role's own step).
+Training and serving therefore cannot disagree about what a feature means.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from stream.errors import StreamrankError
 from stream.features.reader import FeatureReader
 from stream.features.store import EventBatch, MemoryStore
 from stream.features.watermarks import Origin
+from stream.interests.role import interest_params
+from stream.interests.update import update_users
 from stream.settings import Settings
 
 
@@ -40,6 +43,7 @@ class LogReplay:
         self._requests = 0
         self._store = MemoryStore(settings.dedup_ttl_s, settings.history_length)
         self._reader = FeatureReader(self._store, settings.embedding_dim)
+        self._interests = interest_params(settings)
         self._offset = 0
         self._lines = 0
         self._events = 0
@@ -93,6 +97,8 @@ class LogReplay:
         origins = [Origin(0, self._events + k) for k in range(len(events))]
         self._events += len(events)
         await self._store.apply(EventBatch(events, origins))
+        await update_users(self._store, events, self._interests,
+                           self.settings.interests_long_dwell_s, self.settings.embedding_dim)
 
     def dataset(self) -> Dataset:
         if not self._matrices:

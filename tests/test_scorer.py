@@ -197,9 +197,12 @@ def test_the_feature_log_holds_the_rows_scored_exactly() -> None:
 
 async def test_non_finite_scores_never_go_out() -> None:
     """A NaN score must fail its request (the runtime dead-letters it), not go out as null."""
+    from models.ann import ItemIndex
     from models.value import ValueModel
     from stream.features.reader import FeatureReader
     from stream.features.store import MemoryStore
+    from stream.interests.retrieval import Retriever
+    from stream.runtime.metrics import WorkerMetrics
     from stream.scoring.ranker import ModelSlot, NonFiniteScores, Ranker, Received
     from stream.settings import Settings
 
@@ -212,7 +215,9 @@ async def test_non_finite_scores_never_go_out() -> None:
 
     slot = ModelSlot(Settings())
     slot.current = NaNScorer(RANKER_FEATURE_NAMES, TASK_NAMES)
-    ranker = Ranker(FeatureReader(MemoryStore(60, 5), 32), slot, ValueModel({"click": 1.0}))
+    store = MemoryStore(60, 5)
+    retriever = Retriever(store, ItemIndex(32), default_k=10, metrics=WorkerMetrics())
+    ranker = Ranker(FeatureReader(store, 32), slot, ValueModel({"click": 1.0}), retriever)
     requests = [Received(RankingRequest(request_id=f"r{n}", user_id="u", ts=time.time(),
                                         candidates=["i1", "i2"]), 0.0) for n in range(3)]
     with pytest.raises(NonFiniteScores, match="r2"):

@@ -1,7 +1,9 @@
-"""Read side of the feature store: user and candidate features as numpy arrays, one round trip."""
+"""Read side of the feature store: user and candidate features as numpy arrays, one round trip
+(and, beside it, the users' interests)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -16,6 +18,7 @@ from models.features import (
 from models.ranking_features import CandidateFeatures
 from stream.features.item_cache import ItemFeatureCache
 from stream.features.store import FeatureStore, Lookup
+from stream.interests.state import STATE, stored_interests
 
 
 class FeatureReader:
@@ -46,7 +49,9 @@ class FeatureReader:
                        if item_id not in claimed]
             claimed.update(missing)
             wanted.append((user_id, missing))
-        fetched = await self._store.fetch_many(wanted)
+        fetched, states = await asyncio.gather(
+            self._store.fetch_many(wanted),
+            self._store.get_states(STATE, [user_id for user_id, _ in lookups]))
         # Users and refilled items decoded in one call: per-call overhead dominates (one call
         # of 34 rows took 58 us, two of 1 and 33 rows 95 us).
         counters = [v for f in fetched for v in f.items]
@@ -65,8 +70,8 @@ class FeatureReader:
                                                             for k in positions.tolist()])
         return [
             CandidateFeatures(user, *cache.gather(request_slots),
-                              *unpack_history(f.history, self._dim))
-            for request_slots, f, user in zip(slots, fetched, users, strict=True)
+                              *unpack_history(f.history, self._dim), stored_interests(state))
+            for request_slots, f, user, state in zip(slots, fetched, users, states, strict=True)
         ]
 
     def _refill(self, item_ids: list[str], counters: list[bytes | None],

@@ -247,7 +247,8 @@ class RedisStore(FeatureStore):
         return zlib.crc32(entity_id.encode()) % self._slots if self._slots > 1 else 0
 
     def prefix(self, tag: int, kind: str) -> str:
-        """Key prefix of one kind (u, i: counters; m: item metas; h: histories) in one tag."""
+        """Key prefix of one kind (u, i: counters; m: item metas; h: histories; s:<role kind>:
+        other roles' state) in one tag."""
         return f"{self._ns}:{{{tag}}}:{LAYOUT_ID}:{kind}:"
 
     def _census(self, tag: int, kind: str, day: int) -> str:
@@ -401,6 +402,28 @@ class RedisStore(FeatureStore):
         async with pipe:
             commands(pipe)
             return cast(list[Any], await pipe.execute())
+
+    async def get_states(self, kind: str, ids: Sequence[str]) -> list[bytes | None]:
+        by_tag = self._by_tag(dict.fromkeys(ids))
+
+        def commands(pipe: Any) -> None:
+            for tag, tagged in by_tag.items():
+                prefix = self.prefix(tag, f"s:{kind}")
+                pipe.mget([prefix + i for i in tagged])
+
+        found: dict[str, bytes | None] = {}
+        for tagged, reply in zip(by_tag.values(), await self._pipeline(commands), strict=True):
+            found.update(zip(tagged, reply, strict=True))
+        return [found[i] for i in ids]
+
+    async def put_states(self, kind: str, values: Mapping[str, bytes]) -> None:
+        def commands(pipe: Any) -> None:
+            for tag, tagged in self._by_tag(values).items():
+                prefix = self.prefix(tag, f"s:{kind}")
+                for entity_id in tagged:
+                    pipe.set(prefix + entity_id, values[entity_id], ex=self._ttl_s)
+
+        await self._pipeline(commands)
 
     async def counts(self) -> dict[str, int]:
         """Entities written within the TTL, estimated (HyperLogLog: exact for small numbers,

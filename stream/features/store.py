@@ -153,6 +153,14 @@ class FeatureStore(ABC):
         return (await self.fetch_many([(user_id, item_ids)]))[0]
 
     @abstractmethod
+    async def get_states(self, kind: str, ids: Sequence[str]) -> list[bytes | None]:
+        """Other roles' packed per-entity state (``kind``: e.g. ``"interests"``), by id."""
+
+    @abstractmethod
+    async def put_states(self, kind: str, values: Mapping[str, bytes]) -> None:
+        """Write other roles' packed per-entity state; it expires with the features' TTL."""
+
+    @abstractmethod
     async def counts(self) -> dict[str, int]:
         """Number of users and items that have features."""
 
@@ -203,6 +211,7 @@ class MemoryStore(FeatureStore):
         self._values: dict[str, dict[str, tuple[bytes, Marks]]] = {"user": {}, "item": {}}
         self._history: dict[str, deque[bytes]] = {}
         self._meta: dict[str, bytes] = {}
+        self._states: dict[str, dict[str, bytes]] = {}
 
     async def _claim(self, batch: EventBatch, history_items: Sequence[str]
                      ) -> tuple[set[int], dict[str, bytes]]:
@@ -260,6 +269,13 @@ class MemoryStore(FeatureStore):
             )
             for user_id, item_ids in lookups
         ]
+
+    async def get_states(self, kind: str, ids: Sequence[str]) -> list[bytes | None]:
+        states = self._states.get(kind, {})
+        return [states.get(i) for i in ids]
+
+    async def put_states(self, kind: str, values: Mapping[str, bytes]) -> None:
+        self._states.setdefault(kind, {}).update(values)
 
     async def counts(self) -> dict[str, int]:
         return {"users": len(self._values["user"]),

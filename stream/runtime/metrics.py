@@ -72,6 +72,21 @@ class WorkerMetrics:
             "alert within STREAMRANK_ALERT_COOLDOWN_S, so sent no alert of their own.",
             registry=self.registry)
 
+        self.interests_updated = Counter(
+            "streamrank_interests_updated", "Users whose interests were written.",
+            registry=self.registry)
+        self.interests_unknown_items = Counter(
+            "streamrank_interests_unknown_items", "Positive engagements with an item that had "
+            "no embedding in the store yet: left out of the interests.",
+            registry=self.registry)
+        self.interests_reset = Counter(
+            "streamrank_interests_reset", "Stored interests that could not be read (another "
+            "layout, or damaged) and were started over.", registry=self.registry)
+        self.retrieved = Counter(
+            "streamrank_retrieved_requests", "Requests whose candidates were retrieved, by "
+            "source: interests, trending, none (nothing to retrieve yet).", ["source"],
+            registry=self.registry)
+
         self.state_refused = Counter(
             "streamrank_state_updates_refused",
             "Versions on model-updates this worker could not install, by kind and reason "

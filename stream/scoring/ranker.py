@@ -17,8 +17,9 @@ import orjson
 from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES, ranking_matrix
 from models.scorer import PopularityScorer, Scorer, load_scorer
 from models.value import ValueModel
-from schemas import SCHEMA_VERSION, RankingRequest, Rejection
+from schemas import SCHEMA_VERSION, RankingRequest
 from stream.features.reader import FeatureReader
+from stream.interests.retrieval import Retriever, wants_retrieval
 from stream.settings import Settings
 
 
@@ -52,11 +53,6 @@ class Received:
     at: float  # perf_counter() when the worker got it, for the latency it reports
 
 
-def check_rankable(request: RankingRequest) -> None:
-    if not request.candidates:
-        raise Rejection("no_candidates",
-                        "the request has no candidates (retrieval is not available yet)")
-
 
 @dataclass(frozen=True)
 class Ranked:
@@ -83,13 +79,18 @@ class Ranked:
 
 
 class Ranker:
-    def __init__(self, reader: FeatureReader, models: ModelSlot, value: ValueModel) -> None:
+    def __init__(self, reader: FeatureReader, models: ModelSlot, value: ValueModel,
+                 retriever: Retriever) -> None:
         self.reader = reader
         self.models = models
         self.value = value
+        self.retriever = retriever
 
     async def rank(self, received: Sequence[Received]) -> list[Ranked]:
-        """Score a micro-batch of requests with one feature round trip and one model run."""
+        """Score a micro-batch of requests with one feature round trip and one model run,
+        after retrieving candidates for those that want them."""
+        retrieved = await self.retriever.retrieve([r.request for r in received])
+        received = [Received(x.request, r.at) for x, r in zip(retrieved, received, strict=True)]
         now = time.time()
         features = await self.reader.fetch_many(
             [(r.request.user_id, r.request.candidates) for r in received], now)
@@ -104,11 +105,11 @@ class Ranker:
         values = self.value.values(probs, scorer.task_names)
         _refuse_non_finite(received, rows, probs, values)
         return [self._result(r, scorer, probs[request_rows], values[request_rows],
-                             batch[request_rows])
-                for r, request_rows in zip(received, rows, strict=True)]
+                             batch[request_rows], x.sources if wants_retrieval(x.request) else None)
+                for r, x, request_rows in zip(received, retrieved, rows, strict=True)]
 
     def _result(self, received: Received, scorer: Scorer, probs: np.ndarray,
-                values: np.ndarray, features: np.ndarray) -> Ranked:
+                values: np.ndarray, features: np.ndarray, sources: list[str] | None) -> Ranked:
         request = received.request
         n = min(request.n, len(values))
         top = np.argpartition(-values, n - 1)[:n] if n < len(values) else np.arange(n)
@@ -120,6 +121,9 @@ class Ranker:
             for i, value, item_probs in zip(top.tolist(), values[top].tolist(),
                                             probs[top].tolist(), strict=True)
         ]
+        if sources is not None:  # only then: a request with its own candidates is unchanged
+            for item, i in zip(items, top.tolist(), strict=True):
+                item["source"] = sources[i]
         return Ranked(request.request_id, request.user_id, items, scorer.version,
                       scorer.stats_version, (time.perf_counter() - received.at) * 1000.0,
                       time.time(), features[top])

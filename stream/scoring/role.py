@@ -15,7 +15,7 @@ from schemas import RankingRequest, Rejection
 from stream.runtime.consumer import Decoded, Sends, SupervisedConsumer
 from stream.runtime.metrics import WorkerMetrics
 from stream.scoring.feature_log import encode_feature_log, logged
-from stream.scoring.ranker import Ranker, Received, check_rankable
+from stream.scoring.ranker import Ranker, Received
 from stream.settings import Settings
 
 
@@ -38,7 +38,6 @@ class ScoringService(SupervisedConsumer):
 
     def check(self, decoded: Decoded[Any]) -> None:
         request: RankingRequest = decoded.value
-        check_rankable(request)
         age = time.time() - request.ts
         if age > self.settings.request_ttl_s:
             raise Rejection("expired", f"the request waited {age:.1f} s, longer than "

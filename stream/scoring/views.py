@@ -1,7 +1,7 @@
 """``POST /rank``: the requests topic's scoring path, answered synchronously over HTTP.
 
-Refusals come as ``{"error": reason, "detail": ...}``: the DLQ's reasons for a bad body (400, or
-422 for ``no_candidates``), and these, which only HTTP has: ``unauthorized`` (401),
+Refusals come as ``{"error": reason, "detail": ...}``: the DLQ's reasons for a bad body (400),
+and these, which only HTTP has: ``unauthorized`` (401),
 ``overloaded`` (429, with ``Retry-After``), ``starting`` and ``unavailable`` (503).
 """
 
@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from schemas import RankingRequest, Rejection, decode
 from stream.runtime.access import authorized
 from stream.runtime.metrics import WorkerMetrics
-from stream.scoring.ranker import MicroBatcher, Overloaded, Received, check_rankable
+from stream.scoring.ranker import MicroBatcher, Overloaded, Received
 from stream.settings import Settings
 
 # A micro-batch takes milliseconds; a second is the smallest wait ``Retry-After`` can say.
@@ -43,11 +43,10 @@ def add_rank_view(app: faust.App, settings: Settings, metrics: WorkerMetrics,
             try:
                 ranking_request = decode(await request.read(), RankingRequest,
                                          settings.limits)
-                check_rankable(ranking_request)
             except Rejection as rejection:
                 metrics.rejected.labels("http", rejection.reason).inc()
                 return self.json({"error": rejection.reason, "detail": rejection.detail},
-                                 status=422 if rejection.reason == "no_candidates" else 400)
+                                 status=400)
             try:
                 result = await ranker.rank_one(Received(ranking_request, time.perf_counter()))
             except Overloaded:

@@ -1,0 +1,1 @@
+"""The interests role (PinnerSage medoids per user), the item index and retrieval."""
