@@ -1,0 +1,1 @@
+"""Interests: the ANN index of items, the interests role and retrieval (PinnerSage)."""
