@@ -108,6 +108,16 @@ class Settings(BaseSettings):
     value_weights: dict[str, float] = Field(
         default_factory=lambda: {"click": 1.0, "like": 0.5, "share": 1.0, "hide": -2.0},
         description="Value model: weight per task; negative weights push items down.")
+    item_max_age_s: float = Field(
+        30 * 86_400, ge=0, description="Items older than this (by created_ts, else the "
+        "upsert's ts) leave every worker's ANN index: checked as each is read and every "
+        "10 s. 0 keeps them until retracted.")
+    ann_snapshot_dir: Path = Field(
+        Path("artifacts/ann"), description="Where a scoring worker keeps the snapshot of its "
+        "ANN index of items (one file per topic prefix), so a restart reads only the tail.")
+    ann_snapshot_interval_s: float = Field(
+        60.0, gt=0, description="How often the ANN index is written to its snapshot, when it "
+        "changed; also at a clean stop.")
 
     outcomes_group: str = "streamrank-outcomes"
     outcome_window_s: float = Field(

@@ -183,7 +183,9 @@ class SupervisedConsumer(Service):
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         """Called when partitions are assigned. aiokafka may fetch them, and the loop handle
-        what it fetched, before this returns: whatever a handler needs first, it awaits."""
+        what it fetched, before this returns: whatever a handler needs first, it awaits.
+        A broadcast reader's is called once, with every partition, before its loop starts:
+        where it seeks is where it reads from (a state snapshot's offsets)."""
 
     def in_order(self, effect: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
         """Start ``effect`` once the effect passed here before it has succeeded; return it
@@ -223,9 +225,11 @@ class SupervisedConsumer(Service):
         await self._consumer.start()
         if broadcast:
             await self._consumer.topics()  # loads metadata, so the partitions are known
-            self._consumer.assign([
+            partitions = [
                 TopicPartition(topic, partition) for topic in self._topics
-                for partition in sorted(self._consumer.partitions_for_topic(topic) or {0})])
+                for partition in sorted(self._consumer.partitions_for_topic(topic) or {0})]
+            self._consumer.assign(partitions)
+            await self.assigned(set(partitions))
         self._loop_task = asyncio.ensure_future(self._supervise())
 
     async def on_stop(self) -> None:

@@ -106,6 +106,29 @@ class WorkerMetrics:
             "streamrank_alert_delivery_failures", "Alerts dead-lettered as delivery_failed, by "
             "subscription id.", ["subscription"], registry=self.registry)
 
+        self.item_index_items = Gauge(
+            "streamrank_item_index_items", "Organic items in this worker's ANN index.",
+            registry=self.registry)
+        self.item_index_records = Counter(
+            "streamrank_item_index_records_read", "Records read from the items topic by the ANN "
+            "index's reader (items, ads, refused): after a restart from a snapshot, only the "
+            "tail.", registry=self.registry)
+        self.item_index_upserts = Counter(
+            "streamrank_item_index_upserts", "Items inserted into or replaced in the ANN index.",
+            registry=self.registry)
+        self.item_index_removals = Counter(
+            "streamrank_item_index_removals", "Items removed from the ANN index, by reason: "
+            "expired (older than STREAMRANK_ITEM_MAX_AGE_S), retracted (metadata expired: true, "
+            "or the id now names an ad).", ["reason"], registry=self.registry)
+        self.item_index_snapshot_ts = Gauge(
+            "streamrank_item_index_snapshot_timestamp_seconds", "When the ANN index's last "
+            "snapshot was written or loaded (Unix time; its age is time() minus this).",
+            registry=self.registry)
+        self.item_index_snapshot_seconds = Histogram(
+            "streamrank_item_index_snapshot_seconds", "Time to write one ANN index snapshot "
+            "(copied under the index's lock, written off the event loop).",
+            registry=self.registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
     def observe_ranking(self, model_version: str, latency_ms: float) -> None:
         self.requests.labels(model_version).inc()
         self.ranking_ms.observe(latency_ms)
