@@ -22,6 +22,9 @@ from stream.drift.views import add_subscription_views
 from stream.features.reader import FeatureReader
 from stream.features.role import FeatureService
 from stream.features.store import FeatureStore
+from stream.interests.catalogue import ItemCatalogue
+from stream.interests.retrieval import Retriever
+from stream.interests.role import InterestsService
 from stream.outcomes.role import OutcomesService
 from stream.runtime.clients import faust_credentials
 from stream.runtime.consumer import SupervisedConsumer
@@ -109,7 +112,10 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                 FeatureService(settings, bootstrap, store, worker.metrics, **supervision))
         if "scoring" in roles:
             reader = FeatureReader(store, settings.embedding_dim, settings.item_cache_ttl_s)
-            ranker = Ranker(reader, worker.models, ValueModel(settings.value_weights))
+            catalogue = ItemCatalogue(settings, bootstrap, worker.metrics, **supervision)
+            retriever = Retriever(store, lambda: catalogue.index, settings.retrieval_k,
+                                  worker.metrics)
+            ranker = Ranker(reader, worker.models, ValueModel(settings.value_weights), retriever)
             worker.ranker = MicroBatcher(ranker, settings.scoring_batch_max_requests,
                                          settings.rank_queue_max)
             if settings.model_manifest is not None:
@@ -118,10 +124,14 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             worker.consumers += [
                 VersionedStateService(settings, bootstrap, kinds, worker.metrics, **supervision),
                 StateAuditService(settings, bootstrap, kinds, worker.metrics, **supervision),
-                ScoringService(settings, bootstrap, ranker, worker.metrics, **supervision)]
+                ScoringService(settings, bootstrap, ranker, worker.metrics, **supervision),
+                catalogue]
         if "outcomes" in roles:
             worker.consumers.append(
                 OutcomesService(settings, bootstrap, worker.metrics, **supervision))
+        if "interests" in roles:
+            worker.consumers.append(
+                InterestsService(settings, bootstrap, store, worker.metrics, **supervision))
         if "drift" in roles:
             worker.consumers += [
                 DriftService(settings, bootstrap, worker.metrics, **supervision),
@@ -159,6 +169,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             "drift_updates": int(total("streamrank_drift_updates")),
             "drift_alerts": int(total("streamrank_drift_alerts")),
             "drift_detections_merged": int(total("streamrank_drift_detections_merged")),
+            "interests_updated": int(total("streamrank_interests_updated")),
+            "retrieved_requests": int(total("streamrank_retrieved_requests")),
             "model_version": worker.models.current.version,
             "model_load_failures": int(total("streamrank_state_updates_refused",
                                              kind="model")),

@@ -401,7 +401,7 @@ def test_simulator_waits_for_worker(services: dict[str, dict[str, Any]]) -> None
 def test_each_role_runs_in_exactly_one_service(services: dict[str, dict[str, Any]]) -> None:
     """Roles are consumer groups of their own: compose runs (and scales) them apart."""
     roles: list[str] = []
-    for name in ("features", "outcomes", "drift", "worker"):
+    for name in ("features", "outcomes", "drift", "interests", "worker"):
         ctx = parse_cli(command_of(services[name]))
         roles += ctx.params["roles"].split(",")
         assert services[name]["build"] == services["worker"]["build"]

@@ -39,7 +39,7 @@ async def retriever() -> Retriever:
     await store.put_states(STATE, {"u1": UserInterests(interests, ts, history,
                                                        tuple(ids)).to_bytes()})
     await store.put_states(STATE_KIND, {STATE_KEY: pack_top(["s3", "s4", "n0"])})
-    return Retriever(store, index, default_k=30, metrics=WorkerMetrics())
+    return Retriever(store, lambda: index, default_k=30, metrics=WorkerMetrics())
 
 
 def request(user: str, **fields: object) -> RankingRequest:

@@ -216,7 +216,8 @@ async def test_non_finite_scores_never_go_out() -> None:
     slot = ModelSlot(Settings())
     slot.current = NaNScorer(RANKER_FEATURE_NAMES, TASK_NAMES)
     store = MemoryStore(60, 5)
-    retriever = Retriever(store, ItemIndex(32), default_k=10, metrics=WorkerMetrics())
+    index = ItemIndex(32)
+    retriever = Retriever(store, lambda: index, default_k=10, metrics=WorkerMetrics())
     ranker = Ranker(FeatureReader(store, 32), slot, ValueModel({"click": 1.0}), retriever)
     requests = [Received(RankingRequest(request_id=f"r{n}", user_id="u", ts=time.time(),
                                         candidates=["i1", "i2"]), 0.0) for n in range(3)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +39,10 @@ def wants_retrieval(request: RankingRequest) -> bool:
 
 
 class Retriever:
-    def __init__(self, store: FeatureStore, index: ItemIndex, default_k: int,
+    def __init__(self, store: FeatureStore, index: Callable[[], ItemIndex], default_k: int,
                  metrics: WorkerMetrics) -> None:
+        """``index``: the item index in use (the catalogue replaces it when it loads a
+        snapshot)."""
         self._store = store
         self._index = index
         self._default_k = default_k
@@ -86,7 +88,7 @@ class Retriever:
         now = request.ts
         rng = np.random.default_rng(zlib.crc32(request.request_id.encode()))
         picked = sample_medoids(interests, now, rng)
-        hits = self._index.search(interests.medoids[picked], k, exclude=skip)
+        hits = self._index().search(interests.medoids[picked], k, exclude=skip)
         best: dict[str, tuple[float, int]] = {}  # item -> (cosine, medoid rank)
         for rank, row in zip(picked.tolist(), hits, strict=True):
             for item, cosine in row:
@@ -99,6 +101,7 @@ class Retriever:
         fetched_at, items = self._trending
         if time.monotonic() - fetched_at > TRENDING_CACHE_S:
             value = (await self._store.get_states(STATE_KIND, [STATE_KEY]))[0]
-            items = [i for i in unpack_top(value) if i in self._index] or unpack_top(value)
+            index = self._index()
+            items = [i for i in unpack_top(value) if i in index] or unpack_top(value)
             self._trending = (time.monotonic(), items)
         return items
