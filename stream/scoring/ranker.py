@@ -90,6 +90,8 @@ class Ranker:
         """Score a micro-batch of requests with one feature round trip and one model run,
         after retrieving candidates for those that want them."""
         retrieved = await self.retriever.retrieve([r.request for r in received])
+        sources = [x.sources if wants_retrieval(r.request) else None
+                   for x, r in zip(retrieved, received, strict=True)]
         received = [Received(x.request, r.at) for x, r in zip(retrieved, received, strict=True)]
         now = time.time()
         features = await self.reader.fetch_many(
@@ -105,8 +107,8 @@ class Ranker:
         values = self.value.values(probs, scorer.task_names)
         _refuse_non_finite(received, rows, probs, values)
         return [self._result(r, scorer, probs[request_rows], values[request_rows],
-                             batch[request_rows], x.sources if wants_retrieval(x.request) else None)
-                for r, x, request_rows in zip(received, retrieved, rows, strict=True)]
+                             batch[request_rows], request_sources)
+                for r, request_sources, request_rows in zip(received, sources, rows, strict=True)]
 
     def _result(self, received: Received, scorer: Scorer, probs: np.ndarray,
                 values: np.ndarray, features: np.ndarray, sources: list[str] | None) -> Ranked:
