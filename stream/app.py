@@ -22,6 +22,7 @@ from stream.drift.views import add_subscription_views
 from stream.features.reader import FeatureReader
 from stream.features.role import FeatureService
 from stream.features.store import FeatureStore
+from stream.interests.catalogue import ItemCatalogue
 from stream.outcomes.role import OutcomesService
 from stream.runtime.clients import faust_credentials
 from stream.runtime.consumer import SupervisedConsumer
@@ -54,6 +55,7 @@ class Worker:
     store: FeatureStore | None = None
     ranker: MicroBatcher | None = None
     subscriptions: SubscriptionRegistry | None = None
+    items: ItemCatalogue | None = None  # the scoring role's ANN index: ``items.index``
     consumers: list[SupervisedConsumer] = field(default_factory=list)
 
     @property
@@ -115,7 +117,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             if settings.model_manifest is not None:
                 await worker.models.load(settings.model_manifest)
             kinds = [model_kind(worker.models, settings)]
+            worker.items = ItemCatalogue(settings, bootstrap, worker.metrics, **supervision)
             worker.consumers += [
+                worker.items,
                 VersionedStateService(settings, bootstrap, kinds, worker.metrics, **supervision),
                 StateAuditService(settings, bootstrap, kinds, worker.metrics, **supervision),
                 ScoringService(settings, bootstrap, ranker, worker.metrics, **supervision)]
