@@ -25,14 +25,19 @@ are HNSW); hnswlib inserts 1.2-1.4x and searches 1.5-2x faster. Uniform random v
 dimensions are the hard case: M=16 needs ef=300 for 0.95 there, so the defaults are M=32,
 ef_construction=100, ef=200 (0.98 on random, 0.9998 on the world's clusters).
 
+Through this class, on 100k world items: upserts in batches of 5000 run at 8-11k items/s;
+1000 rounds of three queries of k=100 plus a merge took 1.01 ms at p50 and 1.27 ms at p99
+(ef=100: 0.75 / 2.2 ms, recall 0.9965); a snapshot is 46 MiB, written in 0.3 s and loaded in
+0.3 s, where reading the topic again would take 9-12 s of inserts alone.
+
 **Threads.** hnswlib's insert and search are not safe together (hnswlib#562, #29: "mixing
 searches and insertions can cause segfault"), nor is a resize with either. One
 :class:`threading.Lock` guards every call into the library and the id maps. A readers-writer
 lock would buy nothing here: a worker searches and inserts on its one event-loop thread, and
 the snapshot thread holds the GIL while it copies anyway (hnswlib's serialisation does not
 release it). :meth:`ItemIndex.save` holds the lock only to copy the graph into arrays
-(~23 ms for 100k items, measured; writing the file from hnswlib itself held the GIL for
-40-120 ms) and writes the file outside it.
+(~23 ms for 100k items; the event loop's longest pause while a thread saved was 38 ms, where
+hnswlib's own ``save_index`` held the GIL for 40-120 ms) and writes the file outside it.
 
 **Ids.** Items are strings; hnswlib labels are integers, handed out once and never reused
 (a removed slot keeps its old label until a new item takes it over, and hnswlib refuses to
@@ -163,10 +168,13 @@ class ItemIndex:
             if wanted == 0 or k <= 0:
                 return [[] for _ in rows]
             labels, distances = self._hnsw.knn_query(rows, k=wanted)
-            id_of = self._id_of
-            found = [[(id_of[int(label)], 1.0 - float(distance))
+            id_of = self._id_of  # tolist(): a third of the time of numpy scalars, per hit
+            found = [[(id_of[label], 1.0 - distance)
                       for label, distance in zip(row_labels, row_distances, strict=True)]
-                     for row_labels, row_distances in zip(labels, distances, strict=True)]
+                     for row_labels, row_distances
+                     in zip(labels.tolist(), distances.tolist(), strict=True)]
+        if not skipped:
+            return found
         blocked = set(exclude)
         return [[hit for hit in row if hit[0] not in blocked][:k] for row in found]
 

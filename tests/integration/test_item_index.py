@@ -143,3 +143,18 @@ async def test_a_snapshot_ahead_of_a_remade_topic_is_dropped(settings: Settings)
         await wait_until(lambda: len(fresh.index) == 10)
         assert sorted(fresh.index.ids()) == sorted(f"new-{i}" for i in range(10))
         assert read(metrics) == 10
+
+
+async def test_a_running_catalogue_writes_its_snapshot_every_interval(settings: Settings) -> None:
+    settings = settings.model_copy(update={"ann_snapshot_interval_s": 0.2})
+    ensure_topics(str(settings.broker_url), settings)
+    await publish(settings, "items", [upsert(f"item-{i}", i) for i in range(10)])
+    async with catalogue(settings) as (reader, metrics):
+        await wait_until(reader.snapshot_path.exists, timeout_s=10)
+        assert metrics.registry.get_sample_value(
+            "streamrank_item_index_snapshot_timestamp_seconds") == pytest.approx(time.time(), abs=5)
+        written = reader.snapshot_path.stat().st_mtime_ns
+        await publish(settings, "items", [upsert("late", 99)])
+        await wait_until(lambda: reader.snapshot_path.stat().st_mtime_ns > written,
+                         timeout_s=10)
+        assert "late" in reader.index
