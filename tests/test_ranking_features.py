@@ -79,3 +79,28 @@ def test_neighbour_share_ranks_better_than_chance_on_the_worlds_truth() -> None:
         by_chance.append(world.expected_clicks(draw, rng.permutation(draw.candidates)[:10],
                                                0.0))
     assert np.mean(by_share) > 1.5 * np.mean(by_chance)
+
+
+def test_interest_columns_follow_the_medoids_in_closed_form() -> None:
+    from models.interests import Interests
+
+    axis = np.eye(3, dtype=np.float32)
+    interests = Interests(medoids=np.stack([axis[0], axis[1]]),
+                          importance=np.array([3.0, 1.0]), sizes=np.array([5, 2]),
+                          as_of=NOW, lambda_per_day=0.01, last_full_ts=NOW, last_ts=NOW,
+                          at_last_ts=1, pending=0)
+    # Candidates: on the first interest, halfway between both, and on neither.
+    embeddings = np.stack([axis[0], axis[0] + axis[1], 2 * axis[2]])
+    features = CandidateFeatures(
+        np.zeros(len(USER_FEATURE_NAMES), np.float32),
+        np.zeros((3, len(ITEM_FEATURE_NAMES)), np.float32), embeddings, np.ones(3, bool),
+        np.zeros(0), np.zeros((0, 3), np.float32), interests)
+    matrix = ranking_matrix(features, Context(), NOW)
+    column = {name: matrix[:, k] for k, name in enumerate(RANKER_FEATURE_NAMES)}
+    half = 1 / np.sqrt(2)
+    assert column["interest_max_cos"] == pytest.approx([1.0, half, 0.0], abs=1e-6)
+    assert column["interest_weighted_cos"] == pytest.approx([0.75, half, 0.0], abs=1e-6)
+    assert column["log_interests"] == pytest.approx([np.log(3)] * 3)
+    without = ranking_matrix(CandidateFeatures(*[getattr(features, f) for f in (
+        "user", "items", "embeddings", "known", "history_ts", "history")]), Context(), NOW)
+    assert not without[:, -3:].any()
