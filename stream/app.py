@@ -111,7 +111,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             worker.consumers.append(
                 FeatureService(settings, bootstrap, store, worker.metrics, **supervision))
         if "scoring" in roles:
-            reader = FeatureReader(store, settings.embedding_dim, settings.item_cache_ttl_s)
+            reader = FeatureReader(store, settings.embedding_dim, settings.item_cache_ttl_s,
+                                   settings.interest_features)
             catalogue = ItemCatalogue(settings, bootstrap, worker.metrics, **supervision)
             retriever = Retriever(store, lambda: catalogue.index, settings.retrieval_k,
                                   worker.metrics)

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     trending_size: int = Field(500, ge=1, description="Trending items kept for retrieval.")
     trending_interval_s: float = Field(
         5.0, gt=0, description="How often (event time) the trending items are written.")
+    interest_features: bool = Field(
+        True, description="The ranker's three interest columns; false leaves them at zero in "
+        "training and serving (to measure what they add).")
     retrieval_k: int = Field(
         200, ge=1, description="Candidates retrieved for a request that has none and does "
         "not say how many (retrieve).")

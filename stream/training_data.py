@@ -42,7 +42,8 @@ class LogReplay:
         self.warming_requests = warming_requests
         self._requests = 0
         self._store = MemoryStore(settings.dedup_ttl_s, settings.history_length)
-        self._reader = FeatureReader(self._store, settings.embedding_dim)
+        self._reader = FeatureReader(self._store, settings.embedding_dim,
+                                     interests=settings.interest_features)
         self._interests = interest_params(settings)
         self._offset = 0
         self._lines = 0

@@ -26,9 +26,12 @@ class FeatureReader:
     is refilled, in the same round trip as the users, for ids it lacks or holds too long."""
 
     def __init__(self, store: FeatureStore, embedding_dim: int,
-                 item_cache_ttl_s: float = 0.0) -> None:
+                 item_cache_ttl_s: float = 0.0, interests: bool = True) -> None:
+        """``interests=False`` leaves the interest columns at zero (STREAMRANK_INTEREST_FEATURES):
+        for a model that must do without them, in training and serving alike."""
         self._store = store
         self._dim = embedding_dim
+        self._interests = interests
         self._items = ItemFeatureCache(item_cache_ttl_s, len(ITEM_FEATURE_NAMES), embedding_dim)
 
     async def fetch(self, user_id: str, item_ids: Sequence[str],
@@ -49,9 +52,10 @@ class FeatureReader:
                        if item_id not in claimed]
             claimed.update(missing)
             wanted.append((user_id, missing))
+        users_of = [user_id for user_id, _ in lookups]
         fetched, states = await asyncio.gather(
             self._store.fetch_many(wanted),
-            self._store.get_states(STATE, [user_id for user_id, _ in lookups]))
+            self._store.get_states(STATE, users_of) if self._interests else _nothing(users_of))
         # Users and refilled items decoded in one call: per-call overhead dominates (one call
         # of 34 rows took 58 us, two of 1 and 33 rows 95 us).
         counters = [v for f in fetched for v in f.items]
@@ -81,3 +85,7 @@ class FeatureReader:
         known = np.array([c is not None or m is not None
                           for c, m in zip(counters, metas, strict=True)], dtype=bool)
         self._items.put(item_ids, rows, embeddings, known, now)
+
+
+async def _nothing(ids: Sequence[str]) -> list[bytes | None]:
+    return [None] * len(ids)
