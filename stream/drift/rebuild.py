@@ -2,9 +2,9 @@
 
 The monitors live in memory. A snapshot would need River's detectors pickled into a store, and
 unpickling what a topic holds is code execution for whoever can write to it; the inputs are
-retained anyway. So a drift role that takes a partition first reads up to ``records`` records
-before its committed offset, with a consumer of its own, before it handles anything from
-that partition's committed offset on: the monitors see the values in the order they came.
+retained anyway. So a drift role given partitions first reads up to ``records`` records of
+each before its committed offset, with a consumer of its own, and feeds nothing newer until
+then: the monitors see the values in the order they came.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Its monitors (:mod:`models.drift`) are global, one per signal, so the role is me
 one member of its group: a second member would watch only the partitions it got.
 
 **Restarts rebuild the monitors by replay**, not from a snapshot (:mod:`stream.drift.rebuild`
-says why): before it handles a partition, the role reads up to
-``STREAMRANK_DRIFT_REPLAY_RECORDS`` of its records again from before the committed offset.
+says why): when it is given partitions, and before it feeds anything new, the role reads up to
+``STREAMRANK_DRIFT_REPLAY_RECORDS`` of each one's records again from before the committed
+offset.
 Alerts read back from the drift-alerts topic prime the gate first (:mod:`stream.drift.alerts`),
 so a change detected again during or after the replay, in the same direction within the
 cooldown, goes out no second time; one the run before never got to alert on still does.
