@@ -26,6 +26,7 @@ from bench.interests.truth import (
     exact_top_k,
     first_not_in,
     merge_best,
+    merge_by_share,
     most_engaged,
     overlap_recall,
     recall_at,
@@ -72,6 +73,7 @@ class Replayed:
     interests: Interests
     engaged: frozenset[str]
     seeds: np.ndarray  # the sampled medoids' rows, the retrieval queries
+    shares: np.ndarray  # their importance at the last action
 
 
 def run_interests_bench(config: InterestsBenchConfig) -> dict[str, Any]:
@@ -122,9 +124,10 @@ def _replayed(world: World, history: UserHistory, config: InterestsBenchConfig) 
     interests = replay(history, world.item_embeddings, config.params)
     now = float(history.ts[-1])
     rng = np.random.default_rng([config.seed, history.user])
-    seeds = interests.medoids[sample_medoids(interests, now, rng)]
+    sampled = sample_medoids(interests, now, rng)
     engaged = frozenset(world.item_ids[i] for i in history.items)
-    return Replayed(history, interests, engaged, seeds)
+    return Replayed(history, interests, engaged, interests.medoids[sampled],
+                    interests.importance_at(now)[sampled])
 
 
 def _recall_curves(world: World, index: ItemIndex, users: Sequence[Replayed]
@@ -142,19 +145,24 @@ def _recall_curves(world: World, index: ItemIndex, users: Sequence[Replayed]
 
 
 def _diagnosis(world: World, index: ItemIndex, users: Sequence[Replayed]) -> dict[str, Any]:
-    """Why the medoids score what they score: the same merge seeded by the world's true
-    interest vectors (what perfect clustering could at best find), and by the centroid of
-    each sampled medoid's members (history entries nearest to it) instead of the medoid."""
+    """Why the medoids score what they score, each a change of one thing: seeds that are the
+    world's true interest vectors (what perfect clustering could at best find), the centroid
+    of each sampled medoid's members (history entries nearest to it) instead of the medoid,
+    and the sampled medoids' K split by importance instead of merged by best cosine."""
     held = [world.item_ids[u.history.held_out] for u in users]
-    oracle, centroids = [], []
+    variants: dict[str, list[list[str]]] = {
+        "true_interests": [], "member_centroids": [], "importance_share": []}
     for u in users:
         truth = world.interests(u.history.user, 0.0)
-        oracle.append(merge_best(index.search(truth, K, u.engaged), K))
-        centroids.append(merge_best(index.search(_centroids(world, u), K, u.engaged), K))
+        variants["true_interests"].append(merge_best(index.search(truth, K, u.engaged), K))
+        variants["member_centroids"].append(
+            merge_best(index.search(_centroids(world, u), K, u.engaged), K))
+        variants["importance_share"].append(
+            merge_by_share(index.search(u.seeds, K, u.engaged), u.shares.tolist(), K))
     truths = [len(world.interests(u.history.user, 0.0)) for u in users]
     return {
-        "recall_at_100": {"true_interests": round(recall_at(oracle, held, K), 4),
-                          "member_centroids": round(recall_at(centroids, held, K), 4)},
+        "recall_at_100": {name: round(recall_at(lists, held, K), 4)
+                          for name, lists in variants.items()},
         "interests_found_mean": round(float(np.mean([len(u.interests) for u in users])), 2),
         "true_interests_mean": round(float(np.mean(truths)), 2),
         "medoid_cosine_to_true_interest": round(float(np.mean([
