@@ -41,6 +41,7 @@ from models.interests import (
     update_interests,
 )
 from models.world import World, WorldConfig
+from stream.runtime.gc_policy import tune_for_batches
 
 K = 100
 CURVE = tuple(range(10, 201, 10))  # the K of the recall curve; one search at the largest
@@ -77,6 +78,7 @@ class Replayed:
 
 
 def run_interests_bench(config: InterestsBenchConfig) -> dict[str, Any]:
+    tune_for_batches()  # as the worker does: the timings are the serving process's
     world = World(WorldConfig(n_items=config.items, n_users=config.users, seed=config.seed))
     rng = np.random.default_rng(config.seed)
     users = [u for u in range(config.users) if len(world.interests(u, 0.0)) >= 2]
