@@ -90,7 +90,8 @@ def run_interests_bench(config: InterestsBenchConfig) -> dict[str, Any]:
     index.upsert(world.item_ids, world.item_embeddings)
     curves = _recall_curves(world, index, replayed)
     at_k = {source: curves[source][CURVE.index(K)] for source in SOURCES}
-    ratio = at_k["pinnersage"] / at_k["mean_embedding"]
+    mean_recall = at_k["mean_embedding"]
+    ratio = at_k["pinnersage"] / mean_recall if mean_recall > 0 else float("nan")
     online, reclusters = _update_costs(world, config, rng)
     serving = _serving_costs(world, config, replayed)
     result = {
