@@ -225,12 +225,17 @@ class World:
         state = self._state(elapsed_s)
         return state.vectors[state.offsets[user] : state.offsets[user + 1]].copy()
 
-    def draw_request(self, rng: np.random.Generator, elapsed_s: float) -> RequestDraw:
-        """Pose a request: an active user, a context, and candidates mixing near and random."""
+    def draw_request(self, rng: np.random.Generator, elapsed_s: float,
+                     user: int | None = None) -> RequestDraw:
+        """Pose a request: an active user (or the one given, to follow a user's history), a
+        context, and candidates mixing near and random."""
         cfg = self.config
         state = self._state(elapsed_s)
-        user = int(np.searchsorted(self._user_cdf, rng.random(), side="right"))
-        user = min(user, cfg.n_users - 1)  # in case the cumulative sum rounds below 1
+        if user is None:
+            user = int(np.searchsorted(self._user_cdf, rng.random(), side="right"))
+            user = min(user, cfg.n_users - 1)  # in case the cumulative sum rounds below 1
+        elif not 0 <= user < cfg.n_users:
+            raise ValueError(f"user {user} is not in a world of {cfg.n_users} users")
         device = DEVICES[rng.choice(len(DEVICES), p=state.device_mix)]
         surface = SURFACES[rng.choice(len(SURFACES), p=SURFACE_MIX)]
         candidates = self._candidates(rng, state, user, surface)

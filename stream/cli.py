@@ -358,6 +358,35 @@ def bench_drift(
     _report(run_drift_bench(_settings(), config), json_out)
 
 
+@bench_app.command("interests")
+@_clear_errors
+def bench_interests(
+    users: Annotated[int, typer.Option(
+        min=10, help="World users; those with 2+ true interests are replayed.")] = 1000,
+    items: Annotated[int, typer.Option(
+        min=1000, help="Catalogue recall is measured on (the bar needs 10k).")] = 10_000,
+    index_items: Annotated[int, typer.Option(
+        min=1000, help="Items in the index retrieval is timed on (the bar needs 100k).")
+    ] = 100_000,
+    seed: Annotated[int, typer.Option(help="The world's seed.")] = 7,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+    png: Annotated[Path | None, typer.Option(
+        help="Recall@K per source; default: --json's path as .png.")] = None,
+) -> None:
+    """PinnerSage medoids against the mean embedding and popularity as retrieval sources, with
+    the online update, recluster and retrieval costs, and the index's recall."""
+    from bench.interests import InterestsBenchConfig, run_interests_bench
+
+    if png is None and json_out is not None:
+        png = json_out.with_suffix(".png")
+    try:
+        config = InterestsBenchConfig(users=users, items=items, index_items=index_items,
+                                      seed=seed, png=png)
+    except ValueError as exc:
+        _fail(str(exc))
+    _report(run_interests_bench(config), json_out)
+
+
 @bench_app.command("faults")
 @_clear_errors
 def bench_faults(
