@@ -32,13 +32,14 @@ come, the whole bounded history is clustered again.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 
 DAY_S = 86_400.0
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: centroids beside the medoids
 # PinnerSage keeps every cluster, but retrieval seeds from 3 and the ranker reads a max and a
 # weighted mean: past a few interests, the least important ones only cost bytes. 16 keeps a
 # packed value near 2.3 KB at dim 32, and in the world (2-4 true interests, 5 with a new one)
@@ -102,6 +103,9 @@ class Interests:
     """One user's interests, most important first, and where the online update stands."""
 
     medoids: np.ndarray  # float32 [k, dim], unit rows
+    # float32 [k, dim]: the mean of each cluster's (unit) members, what retrieval queries with
+    # (see retrieval_queries)
+    centroids: np.ndarray
     importance: np.ndarray  # float64 [k], valid at as_of
     sizes: np.ndarray  # int64 [k]: actions in each cluster
     as_of: float
@@ -122,8 +126,8 @@ class Interests:
         k, dim = self.medoids.shape
         header = HEADER.pack(LAYOUT_VERSION, k, dim, self.lambda_per_day, self.as_of,
                              self.last_full_ts, self.last_ts, self.at_last_ts, self.pending)
-        arrays = (self.medoids.astype("<f4"), self.importance.astype("<f8"),
-                  self.sizes.astype("<u4"))
+        arrays = (self.medoids.astype("<f4"), self.centroids.astype("<f4"),
+                  self.importance.astype("<f8"), self.sizes.astype("<u4"))
         return header + b"".join(a.tobytes() for a in arrays)
 
     @classmethod
@@ -138,19 +142,23 @@ class Interests:
                              f"{LAYOUT_VERSION}")
         if k > MAX_INTERESTS:
             raise ValueError(f"interests value holds {k} interests, more than {MAX_INTERESTS}")
-        expected = HEADER.size + k * (4 * dim + 8 + 4)
+        expected = HEADER.size + k * (8 * dim + 8 + 4)
         if len(value) != expected:
             raise ValueError(f"interests value has {len(value)} bytes, expected {expected} for "
                              f"{k} interests of dim {dim}")
         offset = HEADER.size
         medoids = np.frombuffer(value, "<f4", k * dim, offset).reshape(k, dim)
         offset += medoids.nbytes
+        centroids = np.frombuffer(value, "<f4", k * dim, offset).reshape(k, dim)
+        offset += centroids.nbytes
         importance = np.frombuffer(value, "<f8", k, offset)
         sizes = np.frombuffer(value, "<u4", k, offset + importance.nbytes)
-        numbers = np.concatenate([medoids.ravel(), importance, [lam, as_of, last_full, last]])
+        numbers = np.concatenate([medoids.ravel(), centroids.ravel(), importance,
+                                  [lam, as_of, last_full, last]])
         if not np.isfinite(numbers).all():
             raise ValueError("interests value holds a NaN or an infinity")
-        return cls(medoids.astype(np.float32), importance.astype(np.float64),
+        return cls(medoids.astype(np.float32), centroids.astype(np.float32),
+                   importance.astype(np.float64),
                    sizes.astype(np.int64), as_of, lam, last_full, last, at_last, pending)
 
 
@@ -198,8 +206,10 @@ def recluster(ts: np.ndarray, unit: np.ndarray, now: float,
     # Most important first; among equals the cluster whose medoid is newest, so it is canonical.
     order = np.lexsort((medoid_rows, -importance))[:MAX_INTERESTS]
     newest = float(ts[0])
+    centroids = sums / sizes[:, None]
     return Interests(
-        medoids=unit[medoid_rows[order]].astype(np.float32), importance=importance[order],
+        medoids=unit[medoid_rows[order]].astype(np.float32),
+        centroids=centroids[order].astype(np.float32), importance=importance[order],
         sizes=sizes[order].astype(np.int64), as_of=now, lambda_per_day=params.lambda_per_day,
         last_full_ts=newest, last_ts=newest, at_last_ts=int(np.sum(ts == newest)), pending=0)
 
@@ -245,6 +255,7 @@ def _join(current: Interests, ts: np.ndarray, unit: np.ndarray, now: float,
           params: InterestParams) -> Interests | None:
     """The online update, action by action, oldest first; None if it would pass the cap."""
     medoids = current.medoids.astype(np.float64)
+    centroids = current.centroids.astype(np.float64)
     importance = current.importance_at(now)
     sizes = current.sizes.copy()
     for x, weight in zip(unit, _weights(ts, now, params), strict=True):
@@ -252,17 +263,20 @@ def _join(current: Interests, ts: np.ndarray, unit: np.ndarray, now: float,
         nearest = int(np.argmax(cosines)) if len(cosines) else -1
         if nearest >= 0 and cosines[nearest] >= params.join_cosine:
             importance[nearest] += weight
+            centroids[nearest] += (x - centroids[nearest]) / (sizes[nearest] + 1)
             sizes[nearest] += 1
             continue
         if len(medoids) == MAX_INTERESTS:
             return None
         medoids = np.vstack([medoids, x])
+        centroids = np.vstack([centroids, x])
         importance = np.append(importance, weight)
         sizes = np.append(sizes, 1)
     order = np.argsort(-importance, kind="stable")
     last = float(max(ts.max(), current.last_ts))
     at_last = int(np.sum(ts == last)) + (current.at_last_ts if last == current.last_ts else 0)
-    return replace(current, medoids=medoids[order].astype(np.float32), importance=importance[order],
+    return replace(current, medoids=medoids[order].astype(np.float32),
+                   centroids=centroids[order].astype(np.float32), importance=importance[order],
                    sizes=sizes[order], as_of=now, last_ts=last, at_last_ts=at_last,
                    pending=current.pending + len(ts))
 
@@ -272,8 +286,9 @@ def _weights(ts: np.ndarray, now: float, params: InterestParams) -> np.ndarray:
 
 
 def _empty(dim: int, now: float, params: InterestParams) -> Interests:
-    return Interests(np.zeros((0, dim), np.float32), np.zeros(0), np.zeros(0, np.int64), now,
-                     params.lambda_per_day, _NO_TS, _NO_TS, 0, 0)
+    return Interests(np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32),
+                     np.zeros(0), np.zeros(0, np.int64), now, params.lambda_per_day, _NO_TS,
+                     _NO_TS, 0, 0)
 
 
 def medoid_similarities(interests: Interests, item_unit_embeddings: np.ndarray,
@@ -300,3 +315,51 @@ def sample_medoids(interests: Interests, now: float, rng: np.random.Generator,
     p = weights / total if total > 0.0 else None
     picks = rng.choice(len(interests), size=min(k, len(interests)), replace=False, p=p)
     return picks.astype(np.int64)
+
+
+Hits = Sequence[tuple[str, float]]  # (item id, cosine), best first
+
+
+def retrieval_queries(interests: Interests, picked: np.ndarray) -> np.ndarray:
+    """The vectors to query the item index with for the picked interests: their centroids.
+
+    PinnerSage queries with the medoids. Measured on the synthetic world (the interests bench,
+    600 users with 2-4 interests, recall of the next engagement at K=100, against one query
+    with the mean of the history): medoids merged by best cosine 0.93x, medoids with the K
+    split by importance 1.02x, centroids merged by best cosine 1.30x, centroids split by
+    importance 1.35x. A medoid is one engaged item, as noisy as any (cosine 0.71 to its true
+    interest here), and its neighbours are that item's; the centroid averages the noise away.
+    The medoids stay what the ranker's interest features compare against.
+    """
+    rows = interests.centroids[picked].astype(np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.asarray(rows / np.maximum(norms, 1e-12))
+
+
+def merge_retrieved(per_query: Sequence[Hits], shares: Sequence[float], k: int
+                    ) -> list[tuple[str, int]]:
+    """``k`` items from several queries' hits, as (item id, query): each query gets slots in
+    proportion to its share (its interest's importance; the largest remainders take the odd
+    slots) and fills them with its best hits not taken yet, then any slots a short list left
+    go by best cosine. Merging by best cosine alone lets the nearest interest take every slot.
+    """
+    if not per_query or k <= 0:
+        return []
+    weights = np.asarray(shares, dtype=np.float64)
+    exact = (k * weights / weights.sum() if weights.sum() > 0
+             else np.full(len(weights), k / len(weights)))
+    slots = np.floor(exact).astype(np.int64)
+    slots[np.argsort(-(exact - slots), kind="stable")[:k - int(slots.sum())]] += 1
+    taken: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for query, (hits, quota) in enumerate(zip(per_query, slots.tolist(), strict=True)):
+        fresh = [item for item, _ in hits if item not in seen][:quota]
+        taken += [(item, query) for item in fresh]
+        seen.update(fresh)
+    best: dict[str, tuple[float, int]] = {}
+    for query, hits in enumerate(per_query):
+        for item, cosine in hits:
+            if item not in seen and cosine > best.get(item, (-np.inf, 0))[0]:
+                best[item] = (cosine, query)
+    rest = sorted(best.items(), key=lambda kv: -kv[1][0])[:k - len(taken)]
+    return taken + [(item, query) for item, (_, query) in rest]

@@ -15,7 +15,6 @@ from bench.interests.truth import (
     exact_top_k,
     first_not_in,
     merge_best,
-    merge_by_share,
     most_engaged,
     overlap_recall,
     recall_at,
@@ -107,12 +106,3 @@ def test_the_cli_refuses_an_index_smaller_than_the_catalogue() -> None:
     assert result.returncode == 2
     assert "error: the index (2000 items) must hold the catalogue (5000 items)" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-
-
-def test_merge_by_share_gives_each_query_room_by_its_share_then_fills_by_cosine() -> None:
-    cats = [("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.6)]
-    cars = [("b", 0.95), ("x", 0.5)]
-    # 3 slots to cats, 1 to cars; cars' "b" is taken, so it gives "x".
-    assert merge_by_share([cats, cars], [0.75, 0.25], k=4) == ["a", "b", "c", "x"]
-    # cars holds only 2 hits for 3 slots: the slot left goes to cats' next best.
-    assert merge_by_share([cats, cars], [0.25, 0.75], k=4) == ["a", "b", "x", "c"]

@@ -18,7 +18,9 @@ from models.interests import (
     Interests,
     bounded_history,
     medoid_similarities,
+    merge_retrieved,
     recluster,
+    retrieval_queries,
     sample_medoids,
     update_interests,
 )
@@ -181,15 +183,15 @@ def test_packed_value_round_trips_and_refuses_what_it_is_not() -> None:
     value = interests.to_bytes()
     back = Interests.from_bytes(value)
     assert back.to_bytes() == value
-    for field in ("medoids", "importance", "sizes"):
+    for field in ("medoids", "centroids", "importance", "sizes"):
         np.testing.assert_array_equal(getattr(back, field), getattr(interests, field))
     assert (back.as_of, back.last_full_ts, back.last_ts, back.at_last_ts, back.pending,
             back.lambda_per_day) == (interests.as_of, interests.last_full_ts, interests.last_ts,
                                      interests.at_last_ts, interests.pending, 0.01)
-    assert len(value) == HEADER.size + 3 * (4 * DIM + 8 + 4)
+    assert len(value) == HEADER.size + 3 * (2 * 4 * DIM + 8 + 4)
 
-    with pytest.raises(ValueError, match="layout version 2, expected 1"):
-        Interests.from_bytes(bytes([2]) + value[1:])
+    with pytest.raises(ValueError, match="layout version 1, expected 2"):
+        Interests.from_bytes(bytes([1]) + value[1:])
     with pytest.raises(ValueError, match="expected"):
         Interests.from_bytes(value[:-1])
     with pytest.raises(ValueError, match="less than its header"):
@@ -350,3 +352,31 @@ def test_a_new_interest_in_the_world_gets_a_medoid_at_its_first_action() -> None
             nearest = int(np.argmax(state.medoids @ new))
             assert state.medoids[nearest] @ new >= 0.5
             assert state.sizes[nearest] == step and state.pending == step
+
+
+def test_retrieval_gives_each_interest_slots_by_importance_then_fills_by_cosine() -> None:
+    cats = [("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.6)]
+    cars = [("b", 0.95), ("x", 0.5)]
+    # 3 slots to cats, 1 to cars; cars' "b" is taken, so it gives "x".
+    assert merge_retrieved([cats, cars], [0.75, 0.25], k=4) == [
+        ("a", 0), ("b", 0), ("c", 0), ("x", 1)]
+    # cars holds only 2 hits for 3 slots: the slot left goes to the best cosine left, cats' c.
+    assert merge_retrieved([cats, cars], [0.25, 0.75], k=4) == [
+        ("a", 0), ("b", 1), ("x", 1), ("c", 0)]
+    assert merge_retrieved([], [], k=4) == []
+
+
+def test_retrieval_queries_are_the_unit_centroids_of_the_picked_interests() -> None:
+    rng = np.random.default_rng(3)
+    north = np.array([1.0, 0.0, 0.0]) + 0.2 * rng.normal(size=(6, 3))
+    east = np.array([0.0, 1.0, 0.0]) + 0.2 * rng.normal(size=(6, 3))
+    history = np.concatenate([north, east]).astype(np.float32)
+    ts = 1_790_000_000.0 - np.arange(12.0)
+    interests = update_interests(None, ts, history, float(ts[0]), InterestParams())
+    queries = retrieval_queries(interests, np.arange(len(interests)))
+    assert np.linalg.norm(queries, axis=1) == pytest.approx(np.ones(len(interests)), abs=1e-6)
+    unit = history / np.linalg.norm(history, axis=1, keepdims=True)
+    means = {tuple(np.round(q, 4)) for q in queries}
+    for group in (unit[:6], unit[6:]):
+        mean = group.mean(axis=0)
+        assert tuple(np.round(mean / np.linalg.norm(mean), 4)) in means

@@ -86,6 +86,7 @@ def test_interest_columns_follow_the_medoids_in_closed_form() -> None:
 
     axis = np.eye(3, dtype=np.float32)
     interests = Interests(medoids=np.stack([axis[0], axis[1]]),
+                          centroids=np.stack([axis[0], axis[1]]),
                           importance=np.array([3.0, 1.0]), sizes=np.array([5, 2]),
                           as_of=NOW, lambda_per_day=0.01, last_full_ts=NOW, last_ts=NOW,
                           at_last_ts=1, pending=0)

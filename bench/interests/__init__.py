@@ -3,9 +3,12 @@ history and against popularity, as retrieval sources of K=100, on the world's us
 costs the serving path and the interests role pay. Pure simulation: no broker, no Redis.
 
 Each user's history is simulated (:mod:`bench.interests.histories`) and replayed through
-:func:`models.interests.update_interests` one entry at a time, so the medoids are those the
-role would hold. Retrieval follows the production rule: up to 3 medoids sampled by importance,
-one ANN query each, merged by best cosine, engaged items dropped (:mod:`bench.interests.truth`).
+:func:`models.interests.update_interests` one entry at a time, so the interests are those the
+role would hold. Retrieval follows the production rule, with the same functions: up to 3
+interests sampled by importance, one ANN query each with its centroid
+(:func:`models.interests.retrieval_queries`), slots split by importance
+(:func:`models.interests.merge_retrieved`), engaged items dropped. The diagnosis shows what
+the paper's literal rule (medoid queries, merged by best cosine) would retrieve instead.
 The bounds in the same run: the mean embedding for recall, exact search for the index's
 recall and for retrieval time.
 """
@@ -26,7 +29,6 @@ from bench.interests.truth import (
     exact_top_k,
     first_not_in,
     merge_best,
-    merge_by_share,
     most_engaged,
     overlap_recall,
     recall_at,
@@ -36,7 +38,9 @@ from models.interests import (
     InterestParams,
     Interests,
     bounded_history,
+    merge_retrieved,
     recluster,
+    retrieval_queries,
     sample_medoids,
     update_interests,
 )
@@ -73,8 +77,17 @@ class Replayed:
     history: UserHistory
     interests: Interests
     engaged: frozenset[str]
-    seeds: np.ndarray  # the sampled medoids' rows, the retrieval queries
+    seeds: np.ndarray  # the sampled interests' retrieval queries (their centroids)
+    medoids: np.ndarray  # the sampled interests' medoids, for the diagnosis
     shares: np.ndarray  # their importance at the last action
+
+    def retrieve(self, index: ItemIndex, k: int) -> list[str]:
+        return pinnersage(index.search(self.seeds, k, self.engaged), self.shares, k)
+
+
+def pinnersage(hits: Sequence[Sequence[tuple[str, float]]], shares: np.ndarray, k: int
+               ) -> list[str]:
+    return [item for item, _ in merge_retrieved(hits, shares.tolist(), k)]
 
 
 def run_interests_bench(config: InterestsBenchConfig) -> dict[str, Any]:
@@ -129,8 +142,8 @@ def _replayed(world: World, history: UserHistory, config: InterestsBenchConfig) 
     rng = np.random.default_rng([config.seed, history.user])
     sampled = sample_medoids(interests, now, rng)
     engaged = frozenset(world.item_ids[i] for i in history.items)
-    return Replayed(history, interests, engaged, interests.medoids[sampled],
-                    interests.importance_at(now)[sampled])
+    return Replayed(history, interests, engaged, retrieval_queries(interests, sampled),
+                    interests.medoids[sampled], interests.importance_at(now)[sampled])
 
 
 def _recall_curves(world: World, index: ItemIndex, users: Sequence[Replayed]
@@ -138,30 +151,36 @@ def _recall_curves(world: World, index: ItemIndex, users: Sequence[Replayed]
     top = CURVE[-1]
     popular = most_engaged([world.item_ids[i] for i in u.history.items] for u in users)
     got: dict[str, list[list[str]]] = {source: [] for source in SOURCES}
+    by_k: list[list[list[str]]] = [[] for _ in CURVE]  # the slots depend on K: merge per K
     for u in users:
-        got["pinnersage"].append(merge_best(index.search(u.seeds, top, u.engaged), top))
+        hits = index.search(u.seeds, top, u.engaged)
+        for lists, k in zip(by_k, CURVE, strict=True):
+            lists.append(pinnersage(hits, u.shares, k))
         mean = world.item_embeddings[u.history.items].mean(axis=0)
         got["mean_embedding"].append([i for i, _ in index.search(mean, top, u.engaged)[0]])
         got["popularity"].append(first_not_in(popular, u.engaged, top))
     held = [world.item_ids[u.history.held_out] for u in users]
-    return {source: [recall_at(lists, held, k) for k in CURVE] for source, lists in got.items()}
+    curves = {source: [recall_at(lists, held, k) for k in CURVE]
+              for source, lists in got.items() if source != "pinnersage"}
+    return {"pinnersage": [recall_at(lists, held, k) for lists, k in zip(by_k, CURVE,
+                                                                         strict=True)],
+            **curves}
 
 
 def _diagnosis(world: World, index: ItemIndex, users: Sequence[Replayed]) -> dict[str, Any]:
-    """Why the medoids score what they score, each a change of one thing: seeds that are the
-    world's true interest vectors (what perfect clustering could at best find), the centroid
-    of each sampled medoid's members (history entries nearest to it) instead of the medoid,
-    and the sampled medoids' K split by importance instead of merged by best cosine."""
+    """What other rules would retrieve, each a change of one thing: the paper's literal rule
+    (the sampled medoids as queries, merged by best cosine), medoids with the slots split by
+    importance, and the world's true interest vectors merged by best cosine (what perfect
+    clustering could at best find that way)."""
     held = [world.item_ids[u.history.held_out] for u in users]
     variants: dict[str, list[list[str]]] = {
-        "true_interests": [], "member_centroids": [], "importance_share": []}
+        "medoids_best_cosine": [], "medoids_by_importance": [], "true_interests": []}
     for u in users:
+        medoid_hits = index.search(u.medoids, K, u.engaged)
+        variants["medoids_best_cosine"].append(merge_best(medoid_hits, K))
+        variants["medoids_by_importance"].append(pinnersage(medoid_hits, u.shares, K))
         truth = world.interests(u.history.user, 0.0)
         variants["true_interests"].append(merge_best(index.search(truth, K, u.engaged), K))
-        variants["member_centroids"].append(
-            merge_best(index.search(_centroids(world, u), K, u.engaged), K))
-        variants["importance_share"].append(
-            merge_by_share(index.search(u.seeds, K, u.engaged), u.shares.tolist(), K))
     truths = [len(world.interests(u.history.user, 0.0)) for u in users]
     return {
         "recall_at_100": {name: round(recall_at(lists, held, K), 4)
@@ -172,13 +191,6 @@ def _diagnosis(world: World, index: ItemIndex, users: Sequence[Replayed]) -> dic
             (u.interests.medoids @ world.interests(u.history.user, 0.0).T).max(axis=1).mean()
             for u in users])), 3),
     }
-
-
-def _centroids(world: World, u: Replayed) -> np.ndarray:
-    history = unit_rows(world.item_embeddings[u.history.items])
-    nearest = np.argmax(history @ u.seeds.T, axis=1)
-    return np.array([history[nearest == s].mean(axis=0) if np.any(nearest == s) else seed
-                     for s, seed in enumerate(u.seeds)])
 
 
 def _update_costs(world: World, config: InterestsBenchConfig, rng: np.random.Generator
@@ -218,8 +230,8 @@ def _serving_costs(world: World, config: InterestsBenchConfig, users: Sequence[R
     build_s = time.perf_counter() - started
     ann, exact, found, truth = [], [], [], []
     for u in users:
-        ann.append(_ms(_ann_merge, index, u.seeds, u.engaged))
-        exact.append(_ms(_exact_merge, vectors, ids, u.seeds, u.history.items))
+        ann.append(_ms(u.retrieve, index, K))
+        exact.append(_ms(_exact_merge, vectors, ids, u, u.history.items))
         rows = exact_top_k(vectors, unit_rows(u.seeds), K)
         found += [[i for i, _ in hits] for hits in index.search(u.seeds, K)]
         truth += [[ids[r] for r in row] for row in rows]
@@ -231,18 +243,15 @@ def _serving_costs(world: World, config: InterestsBenchConfig, users: Sequence[R
             "index_items": len(ids), "index_build_s": round(build_s, 1)}
 
 
-def _exact_merge(vectors: np.ndarray, ids: Sequence[str], seeds: np.ndarray,
+def _exact_merge(vectors: np.ndarray, ids: Sequence[str], u: Replayed,
                  engaged_rows: np.ndarray) -> list[str]:
-    """The same retrieval by brute force: every item scored against every seed."""
-    scores = unit_rows(seeds) @ vectors.T
+    """The same retrieval by brute force: every item scored against every query."""
+    scores = u.seeds @ vectors.T
     scores[:, engaged_rows] = -np.inf
     top = np.argpartition(-scores, K - 1, axis=1)[:, :K]
-    return merge_best([[(ids[r], float(row_scores[r])) for r in row]
-                       for row, row_scores in zip(top, scores, strict=True)], K)
-
-
-def _ann_merge(index: ItemIndex, seeds: np.ndarray, engaged: frozenset[str]) -> list[str]:
-    return merge_best(index.search(seeds, K, engaged), K)
+    return pinnersage([sorted(((ids[r], float(row_scores[r])) for r in row),
+                              key=lambda hit: -hit[1])
+                       for row, row_scores in zip(top, scores, strict=True)], u.shares, K)
 
 
 def _ms(call: Callable[..., object], *args: Any) -> float:

@@ -65,21 +65,3 @@ def first_not_in(ranked: Sequence[str], exclude: Collection[str], k: int) -> lis
     """The first ``k`` of ``ranked`` that are not excluded (the user's own history)."""
     blocked = set(exclude)
     return [item for item in ranked if item not in blocked][:k]
-
-
-def merge_by_share(per_query: Sequence[Hits], shares: Sequence[float], k: int) -> list[str]:
-    """``k`` items split across queries in proportion to ``shares`` (largest remainders get
-    the odd slots), each query's best unseen hits, then any slots left by a short list filled
-    by best cosine: a merge that gives each interest room by its importance."""
-    weights = np.asarray(shares, dtype=np.float64)
-    exact = k * weights / weights.sum()
-    slots = np.floor(exact).astype(np.int64)
-    slots[np.argsort(-(exact - slots), kind="stable")[:k - int(slots.sum())]] += 1
-    taken: list[str] = []
-    seen: set[str] = set()
-    for hits, quota in zip(per_query, slots.tolist(), strict=True):
-        fresh = [item for item, _ in hits if item not in seen][:quota]
-        taken += fresh
-        seen.update(fresh)
-    rest = [[hit for hit in hits if hit[0] not in seen] for hits in per_query]
-    return taken + merge_best(rest, k - len(taken))

@@ -1,8 +1,10 @@
 """Retrieval: candidates for a request that brings none (or asks for more with ``retrieve``).
 
-PinnerSage (Pal et al., KDD 2020, section 4): sample up to 3 of the user's medoids in
-proportion to their importance, query the item index with each, merge and dedupe, and drop
-what the user has just engaged with. A user with no interests yet gets the trending items.
+PinnerSage (Pal et al., KDD 2020, section 4): sample up to 3 of the user's interests in
+proportion to their importance, query the item index for each (with its centroid:
+:func:`models.interests.retrieval_queries` says why), merge with slots by importance, dedupe,
+and drop what the user has just engaged with. A user with no interests yet gets the trending
+items.
 
 The medoids are sampled with a generator seeded by the request id, so the same request gets
 the same candidates through Kafka and through ``POST /rank``.
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.ann import ItemIndex
-from models.interests import sample_medoids
+from models.interests import merge_retrieved, retrieval_queries, sample_medoids
 from schemas import RankingRequest
 from stream.features.store import FeatureStore
 from stream.interests.state import STATE, UserInterests
@@ -88,14 +90,9 @@ class Retriever:
         now = request.ts
         rng = np.random.default_rng(zlib.crc32(request.request_id.encode()))
         picked = sample_medoids(interests, now, rng)
-        hits = self._index().search(interests.medoids[picked], k, exclude=skip)
-        best: dict[str, tuple[float, int]] = {}  # item -> (cosine, medoid rank)
-        for rank, row in zip(picked.tolist(), hits, strict=True):
-            for item, cosine in row:
-                if item not in best or cosine > best[item][0]:
-                    best[item] = (cosine, rank)
-        ordered = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
-        return [(item, f"interest:{rank}") for item, (_, rank) in ordered]
+        hits = self._index().search(retrieval_queries(interests, picked), k, exclude=skip)
+        merged = merge_retrieved(hits, interests.importance_at(now)[picked].tolist(), k)
+        return [(item, f"interest:{int(picked[query])}") for item, query in merged]
 
     async def _trending_items(self) -> list[str]:
         fetched_at, items = self._trending
