@@ -301,7 +301,8 @@ class World:
     def expected_clicks(self, draw: RequestDraw, ranked: np.ndarray, elapsed_s: float) -> float:
         """Expected organic clicks of showing `ranked` (item indices in order) to draw.user: the
         oracle used to compare rankings (served vs random vs popularity). Exact for play() with no
-        ads, including sessions that end early after hides."""
+        ads, including sessions that end early after hides. Only the draw's user and device
+        count, so `ranked` may hold any items, such as those a worker retrieved itself."""
         ranked = np.asarray(ranked, dtype=np.int64)
         p = self.probabilities(draw.user, ranked, np.arange(len(ranked)), draw.device, elapsed_s)
         end = END_ORGANIC + END_AFTER_HIDE * p["hide"]

@@ -115,7 +115,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                                    settings.interest_features)
             catalogue = ItemCatalogue(settings, bootstrap, worker.metrics, **supervision)
             retriever = Retriever(store, lambda: catalogue.index, settings.retrieval_k,
-                                  worker.metrics)
+                                  worker.metrics, settings.retrieval_source)
             ranker = Ranker(reader, worker.models, ValueModel(settings.value_weights), retriever)
             worker.ranker = MicroBatcher(ranker, settings.scoring_batch_max_requests,
                                          settings.rank_queue_max)
@@ -172,6 +172,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             "drift_detections_merged": int(total("streamrank_drift_detections_merged")),
             "interests_updated": int(total("streamrank_interests_updated")),
             "retrieved_requests": int(total("streamrank_retrieved_requests")),
+            "retrieved_by_source": {
+                source: int(total("streamrank_retrieved_requests", source=source))
+                for source in ("interests", "trending", "none")},
             "model_version": worker.models.current.version,
             "model_load_failures": int(total("streamrank_state_updates_refused",
                                              kind="model")),

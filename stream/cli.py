@@ -169,15 +169,37 @@ def demo(
     change_after: Annotated[float | None, typer.Option(
         min=0, help="Seconds into the served phase (retrain pauses not counted) at which "
         "--scenario's change happens; default: half of --seconds.")] = None,
+    retrieval: Annotated[bool, typer.Option(
+        "--retrieval", help="Served requests carry no candidates: the worker retrieves them "
+        "(docs/interests.md).")] = False,
+    retrieval_source: Annotated[str | None, typer.Option(
+        help="With --retrieval: interests (the user's interests, trending for a user with "
+        "none) or trending (for everyone); default STREAMRANK_RETRIEVAL_SOURCE, interests.")
+    ] = None,
+    compare: Annotated[bool, typer.Option(
+        "--compare", help="With --retrieval: run once per source, on the same seeds, and "
+        "compare their served CTRs (each run in WORKDIR/<source>).")] = False,
 ) -> None:
     """Broker, worker and simulator end to end: warm up, train, publish, serve, measure.
     Prints a summary; --json writes the full report."""
+    from typing import get_args
+
     from models.scenarios import load_scenario
-    from stream.demo import ScenarioPlan, run_demo, summary
+    from stream.demo import ScenarioPlan, compare_retrieval, comparison_summary, run_demo, summary
+    from stream.settings import RetrievalSource
 
     # A run takes minutes: a report that cannot be written fails now, not after it.
     if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
         _fail(f"--json {json_out}: not a file in an existing directory")
+    sources = get_args(RetrievalSource)
+    if retrieval_source is not None and retrieval_source not in sources:
+        _fail(f"--retrieval-source must be {' or '.join(map(repr, sources))}, "
+              f"not {retrieval_source!r}")
+    if (retrieval_source is not None or compare) and not retrieval:
+        _fail(f"--{'compare' if compare else 'retrieval-source'} is about --retrieval; "
+              "give --retrieval too")
+    if compare and retrieval_source is not None:
+        _fail("--compare runs every --retrieval-source; give one or the other")
     plan = None
     if scenario is None and change_after is not None:
         _fail("--change-after places a --scenario's change; give --scenario too")
@@ -189,11 +211,16 @@ def demo(
             plan = ScenarioPlan.place(load_scenario(scenario), warmup, rate, after)
         except ValueError as exc:
             _fail(str(exc))
-    report = run_demo(_settings(), seconds=seconds, rate=rate, warmup_s=warmup,
-                      retrain_every_s=retrain_every, workdir=workdir, scenario=plan)
+    settings = _settings(retrieval_source=retrieval_source)
+    demo_args: dict[str, Any] = {"seconds": seconds, "rate": rate, "warmup_s": warmup,
+                                 "retrain_every_s": retrain_every, "scenario": plan}
+    if compare:
+        report = compare_retrieval(settings, workdir, **demo_args)
+    else:
+        report = run_demo(settings, workdir=workdir, retrieval=retrieval, **demo_args)
     if json_out is not None:
         json_out.write_bytes(_json(report))
-    typer.echo(summary(report, json_out))
+    typer.echo((comparison_summary if compare else summary)(report, json_out))
 
 
 @app.command("train")

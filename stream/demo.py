@@ -8,6 +8,11 @@ a fraction of the time. Only the served phase, whose rankings come from the work
 With a scenario (:mod:`models.scenarios`), the world changes at a known moment of the served
 phase, so a drift detector's alerts can be scored against the truth.
 
+With retrieval, the served requests carry no candidates: the worker retrieves them from the
+user's interests, or, with ``STREAMRANK_RETRIEVAL_SOURCE=trending``, from the trending items.
+:func:`compare_retrieval` runs the demo once with each, on the same seeds, and sets their
+served CTRs side by side.
+
 The first model learns from the warm-up's log. Retrains learn from production topics, as a
 deployment would: the outcomes of the served requests, each with the feature row it was scored
 from (the feature log), plus the warm-up's rows, which were simulated and never served.
@@ -20,7 +25,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from models.scenarios import Scenario, shifts_at
 from models.training import DEFAULT_EPOCHS, Dataset, train
@@ -29,7 +34,7 @@ from stream.outcomes.dataset import outcomes_dataset
 from stream.runtime.environment import broker, check_store, describe
 from stream.runtime.worker_process import WorkerProcess
 from stream.scoring.model_kind import publish_model
-from stream.settings import Settings
+from stream.settings import RetrievalSource, Settings
 from stream.simulator import Simulator
 from stream.training_data import LogReplay
 
@@ -83,10 +88,13 @@ class ScenarioPlan:
 def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
              retrain_every_s: float, workdir: Path,
              scenario: ScenarioPlan | None = None,
-             feature_log_rate: float = FEATURE_LOG_RATE) -> dict[str, Any]:
+             feature_log_rate: float = FEATURE_LOG_RATE,
+             retrieval: bool = False) -> dict[str, Any]:
     """Simulate ``warmup_s`` of random feeds, train on that log, publish, then serve for
     ``seconds``, retraining on everything logged so far every ``retrain_every_s`` (0: never).
-    A scenario's shifts change the world at their planned moment."""
+    A scenario's shifts change the world at their planned moment. With ``retrieval``, served
+    requests carry no candidates: the worker retrieves them from
+    ``settings.retrieval_source``."""
     check_store(settings)
     workdir.mkdir(parents=True, exist_ok=True)
     # The demo's models are the ones it trains into its workdir.
@@ -101,7 +109,8 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
             update={"scoring_wait_ms": max(settings.scoring_wait_ms, 5)})
         with WorkerProcess(serving, bootstrap) as worker:
             report = asyncio.run(_closed_loop(settings, bootstrap, worker, seconds, rate,
-                                              warmup_s, retrain_every_s, workdir, scenario))
+                                              warmup_s, retrain_every_s, workdir, scenario,
+                                              retrieval))
             stats = _applied_all(worker, report["events_published"], report["items"])
     return {
         "seconds": report["seconds"],
@@ -122,6 +131,11 @@ def run_demo(settings: Settings, seconds: float, rate: float, warmup_s: float,
         "outcomes": {"count": stats["outcomes_emitted"],
                      "events_late": stats["outcome_events_late"]},
         "scenario": report["scenario"],
+        "retrieval": {
+            "source": settings.retrieval_source, "ctr_served": report["quality"]["ctr"]["served"],
+            "feed_items_mean": report["quality"]["feed_items_mean"],
+            "requests_by_source": stats["retrieved_by_source"],
+            "interests_updated": stats["interests_updated"]} if retrieval else None,
         "drift": {"updates": stats["drift_updates"], "alerts": stats["drift_alerts"]},
         "broker": "configured" if settings.broker_url else "embedded tansu",
         "store": "redis" if settings.redis_url else "in-memory",
@@ -138,7 +152,8 @@ def _applied_all(worker: WorkerProcess, events: int, items: int) -> dict[str, An
 
 async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess,
                        seconds: float, rate: float, warmup_s: float, retrain_every_s: float,
-                       workdir: Path, scenario: ScenarioPlan | None) -> dict[str, Any]:
+                       workdir: Path, scenario: ScenarioPlan | None,
+                       retrieval: bool) -> dict[str, Any]:
     logs = workdir / "logs.jsonl"
     logs.unlink(missing_ok=True)
     world = World(WorldConfig(dim=settings.embedding_dim,
@@ -146,7 +161,8 @@ async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess
     warmup = warmup_requests(warmup_s, rate)
     training = Training(settings, bootstrap, logs, warming_requests=warmup // 2)
     models = Models(settings, bootstrap, worker, workdir, training)
-    async with Simulator(settings, bootstrap, world, log_path=logs) as simulator:
+    async with Simulator(settings, bootstrap, world, log_path=logs,
+                         retrieval=retrieval) as simulator:
         warmed = await simulator.warm_up(warmup, rate)
         log.info("warm-up: %d requests (%.0f s of traffic) simulated in %.1f s",
                  warmed.warmup_requests, warmup_s, warmed.warmup_wall_s)
@@ -175,6 +191,23 @@ async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess
         "retrained": [m["version"] for m in models.trained[1:]],
         "scenario": scenario.report(report.change_request, report.change_ts)
         if scenario else None,
+    }
+
+
+def compare_retrieval(settings: Settings, workdir: Path, **demo: Any) -> dict[str, Any]:
+    """The demo with retrieval, once per source (each in ``workdir/<source>``), on the same
+    world and user seeds, rate and seconds: the served CTR of interest retrieval against that
+    of trending (popularity) retrieval. ``demo``: :func:`run_demo`'s other arguments."""
+    runs = {source: run_demo(settings.model_copy(update={"retrieval_source": source}),
+                             workdir=workdir / source, retrieval=True, **demo)
+            for source in get_args(RetrievalSource)}
+    ctr = {source: run["retrieval"]["ctr_served"] for source, run in runs.items()}
+    return {
+        "retrieval_comparison": {
+            "ctr_served": ctr,
+            "interests_vs_trending": round(ctr["interests"] / ctr["trending"], 4)
+            if ctr["trending"] > 0 else None},
+        "runs": runs,
     }
 
 
@@ -248,33 +281,70 @@ class Models:
 
 def summary(report: dict[str, Any], json_out: Path | None) -> str:
     """What a person reads at the end of a run; the report itself is the JSON."""
-    ctr, warmup, model = report["ctr"], report["warmup"], report["model"]
-    versions = report["served_vs_popularity_by_model"]
-    popularity = ctr["popularity"]
+    warmup, model, retrieval = report["warmup"], report["model"], report["retrieval"]
+    versions = (report["served_ctr_by_model"] if retrieval
+                else report["served_vs_popularity_by_model"])
     lines = [
         f"streamrank demo: {report['seconds']:.0f} s served at {report['rate']:g} requests/s, "
         f"after a simulated warm-up of {warmup['simulated_s']:g} s "
         f"({warmup['requests']:,} random feeds, made in {warmup['wall_s']:.1f} s)",
-        f"expected CTR per shown item, on the same {report['served_requests']:,} served "
-        "requests:",
-        *(f"  {name:<11}{ctr[name]:.4f}" + (f"  ({ctr[name] / popularity:.2f}x popularity)"
-                                            if name == "served" and popularity > 0 else "")
-          for name in ("served", "popularity", "random", "oracle")),
+        *(_retrieval_lines(report) if retrieval else _reference_lines(report)),
         f"events: {report['events_published']:,} published, {report['events_processed']:,} "
         f"applied, {report['dlq']} in the DLQ; {report['timeouts']} requests timed out",
         f"outcomes: {report['outcomes']['count']:,} joined"
         + (f"; retrains learned from the topics ({report['training']['outcome_rows']:,} "
            "served rows with their logged features, after the warm-up's)"
            if report["training"]["source"] == "topics" else ""),
-        f"models (served / popularity): first {model['version']} on "
-        f"{model['train_rows']:,} rows (click AUC {model['holdout']['click']['auc']:.3f})",
-        *(f"  {version}  {ratio:.2f}" for version, ratio in versions.items()),
+        f"models ({'served CTR' if retrieval else 'served / popularity'}): first "
+        f"{model['version']} on {model['train_rows']:,} rows "
+        f"(click AUC {model['holdout']['click']['auc']:.3f})",
+        *(f"  {version}  {value:.{4 if retrieval else 2}f}"
+          for version, value in versions.items()),
     ]
     if report["scenario"] is not None:
         lines.append(_scenario_line(report["scenario"]))
     if json_out is not None:
         lines.append(f"full report: {json_out}")
     return "\n".join(lines)
+
+
+def comparison_summary(report: dict[str, Any], json_out: Path | None) -> str:
+    """Each run's summary, then their served CTRs side by side."""
+    comparison = report["retrieval_comparison"]
+    ratio = comparison["interests_vs_trending"]
+    return "\n".join([
+        *(f"--- retrieval from {source}\n{summary(run, None)}"
+          for source, run in report["runs"].items()),
+        "--- served CTR (true expected clicks per shown item), same seeds, rate and seconds:",
+        *(f"  {source:<11}{ctr:.4f}" for source, ctr in comparison["ctr_served"].items()),
+        f"  interests / trending: {ratio:.3f}" if ratio is not None else
+        "  interests / trending: no trending clicks to compare with",
+        *([f"full report: {json_out}"] if json_out is not None else []),
+    ])
+
+
+def _reference_lines(report: dict[str, Any]) -> list[str]:
+    ctr = report["ctr"]
+    popularity = ctr["popularity"]
+    return [
+        f"expected CTR per shown item, on the same {report['served_requests']:,} served "
+        "requests:",
+        *(f"  {name:<11}{ctr[name]:.4f}" + (f"  ({ctr[name] / popularity:.2f}x popularity)"
+                                            if name == "served" and popularity > 0 else "")
+          for name in ("served", "popularity", "random", "oracle"))]
+
+
+def _retrieval_lines(report: dict[str, Any]) -> list[str]:
+    """The served feeds were retrieved by the worker: no reference ranks the same items."""
+    retrieval = report["retrieval"]
+    by_source = retrieval["requests_by_source"]
+    return [
+        f"expected CTR per shown item of the {report['served_requests']:,} served feeds, "
+        f"retrieved from {retrieval['source']}:",
+        f"  {'served':<11}{report['ctr']['served']:.4f}",
+        f"retrieval: {by_source['interests']:,} requests from interests, "
+        f"{by_source['trending']:,} from trending, {by_source['none']:,} with nothing found; "
+        f"{retrieval['feed_items_mean']:g} items per feed"]
 
 
 def _scenario_line(scenario: dict[str, Any]) -> str:

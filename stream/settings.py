@@ -21,6 +21,9 @@ ROLES = ("features", "scoring", "outcomes", "drift", "interests")
 # Features whose distribution holds still while traffic does: context, similarities and
 # smoothed rates. Decayed counters grow until their half-life is reached, so monitoring them
 # would alert on every warm-up.
+# Where retrieval finds candidates: the user's interests (trending for a user with none), or
+# the trending items for everyone, the popularity baseline that interests must beat.
+RetrievalSource = Literal["interests", "trending"]
 DRIFT_FEATURES = ("device_mobile", "device_desktop", "device_tablet", "surface_feed",
                   "sim_max", "sim_mean", "cand_centroid_sim", "item_click_rate_1d",
                   "user_click_rate_1d")
@@ -178,6 +181,9 @@ class Settings(BaseSettings):
     retrieval_k: int = Field(
         200, ge=1, description="Candidates retrieved for a request that has none and does "
         "not say how many (retrieve).")
+    retrieval_source: RetrievalSource = Field(
+        "interests", description="interests: near the user's interest medoids, trending for "
+        "a user with none; trending: the trending items for everyone, a popularity baseline.")
 
     roles: str = Field(
         ",".join(ROLES), pattern=r"^[a-z]+(,[a-z]+)*$",

@@ -7,6 +7,12 @@ for the worker's ranking on the rankings topic and shows that. For every served 
 also scores, with the world's true probabilities, what a random and a popularity ranking would
 have earned on the same request, so quality is measured against the truth.
 
+With ``retrieval=True`` the served requests carry no candidates: the worker retrieves them
+(from the user's interests, or the trending items) and the user sees its ranking of those.
+The served feed is still scored against the truth, but the random, popularity and oracle
+rankings of the world's drawn candidates no longer describe it, so they are left out; two runs
+with different retrieval sources compare instead (``streamrank demo --retrieval --compare``).
+
 :meth:`Simulator.warm_up` plays random feeds on a virtual clock instead: the world is
 synthetic, so a first model's training log need not cost its length in real time.
 
@@ -55,6 +61,8 @@ class SimulationReport:
     # Per served model version: expected clicks of its rankings and of popularity, and shown.
     by_model: dict[str, list[float]] = field(default_factory=dict)
     round_trip_ms: list[float] = field(default_factory=list)
+    retrieval: bool = False  # served requests carried no candidates: only "served" is scored
+    feed_items: int = 0  # items in the served feeds, of the shown slots
     warmup_requests: int = 0  # played by warm_up(), on a virtual clock; not in requests
     warmup_wall_s: float = 0.0
     # Index (0-based, among the requests of run()) of the first one played at or after the
@@ -63,33 +71,45 @@ class SimulationReport:
     change_ts: float | None = None  # wall time then: the change's event time
 
     def quality(self) -> dict[str, Any]:
-        """CTRs per shown item from the world's true probabilities, on the served requests."""
+        """CTRs per shown item from the world's true probabilities, on the served requests.
+        With retrieval, the served feeds' alone, per model version too, and how full they
+        were."""
         shown = max(self.shown, 1)
         trips = np.asarray(self.round_trip_ms or [np.nan])
-        return {
-            "ctr": {name: round(float(clicks) / shown, 5)
-                    for name, clicks in self.expected_clicks.items()},
-            "ndcg10_vs_oracle": round(float(self.ndcg10_sum) / max(self.served, 1), 4),
+        names = ["served"] if self.retrieval else list(self.expected_clicks)
+        quality: dict[str, Any] = {
+            "ctr": {name: round(float(self.expected_clicks[name]) / shown, 5) for name in names},
             "served_requests": self.served,
             "timeouts": self.timeouts,
             "round_trip_ms": {"p50": round(float(np.nanpercentile(trips, 50)), 2),
                               "p99": round(float(np.nanpercentile(trips, 99)), 2)},
+        }
+        if self.retrieval:
+            return quality | {
+                "feed_items_mean": round(self.feed_items / max(self.served, 1), 2),
+                "served_ctr_by_model": {
+                    version: round(served / max(slots, 1), 5)
+                    for version, (served, _, slots) in self.by_model.items()}}
+        return quality | {
+            "ndcg10_vs_oracle": round(float(self.ndcg10_sum) / max(self.served, 1), 4),
             "served_vs_popularity_by_model": {
                 version: round(served / popularity, 4)
-                for version, (served, popularity, _) in self.by_model.items()},
-        }
+                for version, (served, popularity, _) in self.by_model.items()}}
 
 
 class Simulator:
     def __init__(self, settings: Settings, bootstrap: str, world: World, seed: int = 0,
-                 log_path: Path | None = None, result_timeout_s: float = 5.0) -> None:
+                 log_path: Path | None = None, result_timeout_s: float = 5.0,
+                 retrieval: bool = False) -> None:
+        """``retrieval``: served requests carry no candidates; the worker retrieves them."""
         self.settings = settings
         self.bootstrap = bootstrap
         self.world = world
         self.rng = np.random.default_rng(seed)
         self.log_path = log_path
         self.result_timeout_s = result_timeout_s
-        self.report = SimulationReport()
+        self.retrieval = retrieval
+        self.report = SimulationReport(retrieval=retrieval)
         self.world_s = 0.0  # the world's clock: seconds of traffic played so far
         self._change_at_s = min((s.at_s for s in world.config.shifts), default=None)
         self._scheduled = 0  # requests of run() so far
@@ -232,7 +252,8 @@ class Simulator:
     async def _play_one(self, policy: Policy, elapsed: float) -> None:
         world, now = self.world, time.time()
         draw = world.draw_request(self.rng, elapsed)
-        request = _request(world, draw, now, self.settings.limits)
+        request = _request(world, draw, now, self.settings.limits,
+                           candidates=not self.retrieval)
         ranked = self.rng.permutation(draw.candidates)[: world.config.shown]
         served_by = "random"
         if policy == "served":
@@ -258,7 +279,8 @@ class Simulator:
                     served_by: str, elapsed: float, ts: float) -> None:
         """Sample the user's engagements with the shown feed; publish and log them at ``ts``."""
         world = self.world
-        ads_by_slot = {slot: int(self.rng.choice(draw.ads)) for slot in draw.ad_slots}
+        ads_by_slot = {slot: int(self.rng.choice(draw.ads))
+                       for slot in _slots_reached(draw.ad_slots, len(ranked))}
         engagements = world.play(self.rng, draw, ranked, ads_by_slot, elapsed)
         events = [
             Event(ts=ts, event_id=uuid.uuid4().hex, user_id=request.user_id,
@@ -279,42 +301,65 @@ class Simulator:
 
     def _score_against_truth(self, draw: RequestDraw, served: np.ndarray, elapsed: float,
                              version: str) -> None:
+        """Expected clicks of the served feed in ``shown`` slots (a short feed earns less),
+        and, without retrieval, of the reference rankings of the same candidates."""
+        shown = self.world.config.shown
+        clicks = {"served": self.world.expected_clicks(draw, served, elapsed)}
+        if not self.retrieval:
+            clicks |= self._score_references(draw, served, elapsed)
+        for name, value in clicks.items():
+            self.report.expected_clicks[name] += value
+        per_model = self.report.by_model.setdefault(version, [0.0, 0.0, 0.0])
+        per_model[0] += clicks["served"]
+        per_model[1] += clicks.get("popularity", 0.0)
+        per_model[2] += shown
+        self.report.shown += shown
+        self.report.served += 1
+        self.report.feed_items += len(served)
+
+    def _score_references(self, draw: RequestDraw, served: np.ndarray,
+                          elapsed: float) -> dict[str, float]:
+        """Expected clicks of a random, the popularity and the oracle ranking of the draw's
+        candidates; adds the served ranking's NDCG@10 against the oracle's."""
         world, shown = self.world, self.world.config.shown
         truth = world.probabilities(draw.user, draw.candidates,
                                     np.zeros(len(draw.candidates), dtype=np.int64),
                                     draw.device, elapsed)["click"]
         oracle = draw.candidates[np.argsort(-truth, kind="stable")][:shown]
         rankings = {
-            "served": served,
             "random": self.rng.permutation(draw.candidates)[:shown],
             "popularity": world.popularity_ranking(draw)[:shown],
             "oracle": oracle,
         }
-        clicks = {name: world.expected_clicks(draw, ranking, elapsed)
-                  for name, ranking in rankings.items()}
-        for name, value in clicks.items():
-            self.report.expected_clicks[name] += value
-        per_model = self.report.by_model.setdefault(version, [0.0, 0.0, 0.0])
-        per_model[0] += clicks["served"]
-        per_model[1] += clicks["popularity"]
-        per_model[2] += shown
-        self.report.shown += shown
-        self.report.served += 1
         gain = dict(zip(draw.candidates.tolist(), truth.tolist(), strict=True))
         discounts = 1.0 / np.log2(np.arange(2, 12))
         dcg = sum(gain[int(i)] * d for i, d in zip(served[:10], discounts, strict=False))
         ideal = sum(gain[int(i)] * d for i, d in zip(oracle[:10], discounts, strict=False))
         self.report.ndcg10_sum += dcg / ideal if ideal > 0 else 0.0
+        return {name: world.expected_clicks(draw, ranking, elapsed)
+                for name, ranking in rankings.items()}
 
 
-def _request(world: World, draw: RequestDraw, now: float, limits: Limits) -> RankingRequest:
+def _request(world: World, draw: RequestDraw, now: float, limits: Limits,
+             candidates: bool = True) -> RankingRequest:
+    """The draw as a ranking request; without ``candidates``, the worker retrieves them."""
     return validate({
         "ts": now, "request_id": uuid.uuid4().hex, "user_id": world.user_ids[draw.user],
         "context": {"device": draw.device, "surface": draw.surface},
-        "candidates": [world.item_ids[i] for i in draw.candidates],
+        "candidates": [world.item_ids[i] for i in draw.candidates] if candidates else [],
         "ad_candidates": [world.ad_ids[i] for i in draw.ads],
         "ad_slots": list(draw.ad_slots), "n": world.config.shown,
     }, RankingRequest, limits)
+
+
+def _slots_reached(ad_slots: tuple[int, ...], items: int) -> list[int]:
+    """The ad slots a feed of ``items`` organic items reaches: a retrieved feed may be short,
+    and an ad cannot stand past the feed's end."""
+    reached: list[int] = []
+    for slot in sorted(ad_slots):
+        if slot <= items + len(reached):
+            reached.append(slot)
+    return reached
 
 
 def _schedule(rate: float, seconds: float) -> Iterator[float]:

@@ -154,3 +154,21 @@ def test_demo_refuses_a_bad_scenario_before_it_starts(
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "work").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--retrieval", "--retrieval-source", "popular"],
+     "--retrieval-source must be 'interests' or 'trending', not 'popular'"),
+    (["--retrieval-source", "trending"],
+     "--retrieval-source is about --retrieval; give --retrieval too"),
+    (["--compare"], "--compare is about --retrieval; give --retrieval too"),
+    (["--retrieval", "--compare", "--retrieval-source", "trending"],
+     "--compare runs every --retrieval-source; give one or the other"),
+])
+def test_demo_refuses_bad_retrieval_options_before_it_starts(
+        tmp_path: Path, args: list[str], message: str) -> None:
+    result = streamrank("demo", *args, "--workdir", str(tmp_path / "work"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "work").exists()  # nothing was started

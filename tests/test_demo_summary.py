@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stream.demo import summary
+from stream.demo import comparison_summary, summary
 
 
 def _report() -> dict[str, Any]:
@@ -21,8 +21,18 @@ def _report() -> dict[str, Any]:
         "served_vs_popularity_by_model": {"demo-1": 1.29, "demo-2": 1.24},
         "outcomes": {"count": 52000, "events_late": 0},
         "training": {"source": "topics", "first_model_source": "log", "outcome_rows": 9100},
-        "scenario": None,
+        "scenario": None, "retrieval": None,
     }
+
+
+def _retrieval_report(source: str, ctr: float) -> dict[str, Any]:
+    report = {k: v for k, v in _report().items() if k != "served_vs_popularity_by_model"}
+    return report | {
+        "ctr": {"served": ctr}, "served_ctr_by_model": {"demo-1": ctr - 0.001, "demo-2": ctr},
+        "feed_items_mean": 10.0,
+        "retrieval": {"source": source, "ctr_served": ctr, "feed_items_mean": 10.0,
+                      "requests_by_source": {"interests": 4400, "trending": 100, "none": 0},
+                      "interests_updated": 9000}}
 
 
 def test_summary_carries_the_ctrs_events_dlq_and_versions() -> None:
@@ -58,3 +68,31 @@ def test_summary_says_when_a_scenario_changed_the_world() -> None:
         "from served request 2,250; expected alerts: label_rate.click, calibration.click")
     report["scenario"]["change_request"] = None
     assert "after the last request" in summary(report, None).splitlines()[-1]
+
+
+def test_summary_of_a_run_with_retrieval_has_only_the_served_ctr() -> None:
+    lines = summary(_retrieval_report("interests", 0.0912), None).splitlines()
+    assert lines[1] == ("expected CTR per shown item of the 4,500 served feeds, retrieved from "
+                        "interests:")
+    assert lines[2].split() == ["served", "0.0912"]
+    assert lines[3] == ("retrieval: 4,400 requests from interests, 100 from trending, 0 with "
+                        "nothing found; 10 items per feed")
+    assert not any(name in line for line in lines for name in ("popularity", "oracle"))
+    assert "models (served CTR): first demo-1" in lines[-3]
+    assert [line.split() for line in lines[-2:]] == [["demo-1", "0.0902"], ["demo-2", "0.0912"]]
+
+
+def test_comparison_summary_sets_the_two_sources_side_by_side() -> None:
+    report = {"retrieval_comparison": {"ctr_served": {"interests": 0.0912, "trending": 0.0800},
+                                       "interests_vs_trending": 1.14},
+              "runs": {"interests": _retrieval_report("interests", 0.0912),
+                       "trending": _retrieval_report("trending", 0.0800)}}
+    text = comparison_summary(report, Path("out.json"))
+    lines = text.splitlines()
+    assert lines[0] == "--- retrieval from interests"
+    assert "--- retrieval from trending" in lines
+    assert "retrieved from trending:" in text and text.count("full report") == 1
+    assert [line.split() for line in lines[-4:-2]] == [["interests", "0.0912"],
+                                                       ["trending", "0.0800"]]
+    assert lines[-2] == "  interests / trending: 1.140"
+    assert lines[-1] == "full report: out.json"

@@ -25,7 +25,8 @@ def near(direction: np.ndarray, count: int, rng: np.random.Generator) -> np.ndar
 
 
 @pytest.fixture
-async def retriever() -> Retriever:
+async def catalogue() -> tuple[MemoryStore, ItemIndex]:
+    """Items north, east and south; u1 engaged with ten north and ten east of them."""
     rng = np.random.default_rng(0)
     index = ItemIndex(DIM)
     index.upsert([f"n{k}" for k in range(50)], near(NORTH, 50, rng))
@@ -39,6 +40,12 @@ async def retriever() -> Retriever:
     await store.put_states(STATE, {"u1": UserInterests(interests, ts, history,
                                                        tuple(ids)).to_bytes()})
     await store.put_states(STATE_KIND, {STATE_KEY: pack_top(["s3", "s4", "n0"])})
+    return store, index
+
+
+@pytest.fixture
+def retriever(catalogue: tuple[MemoryStore, ItemIndex]) -> Retriever:
+    store, index = catalogue
     return Retriever(store, lambda: index, default_k=30, metrics=WorkerMetrics())
 
 
@@ -81,3 +88,16 @@ async def test_retrieve_adds_to_the_given_candidates_and_a_plain_request_is_unto
     assert plus.sources[:2] == ["request", "request"]
     assert "n0" not in plus.request.candidates[2:]
     assert plain.request.candidates == ["x1", "x2"] and plain.sources == ["request"] * 2
+
+
+async def test_the_trending_source_gives_everyone_the_trending_items_but_what_they_engaged_with(
+        catalogue: tuple[MemoryStore, ItemIndex]) -> None:
+    store, index = catalogue
+    metrics = WorkerMetrics()
+    trending = Retriever(store, lambda: index, default_k=30, metrics=metrics, source="trending")
+    with_interests, stranger = await trending.retrieve([request("u1"), request("stranger")])
+    assert with_interests.request.candidates == ["s3", "s4"]  # n0: u1 engaged with it
+    assert stranger.request.candidates == ["s3", "s4", "n0"]
+    assert with_interests.sources == ["trending"] * 2
+    assert metrics.total("streamrank_retrieved_requests", source="trending") == 2
+    assert metrics.total("streamrank_retrieved_requests", source="interests") == 0

@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from models.world import RequestDraw, Shift, World, WorldConfig
+from schemas import RankingResult
+from schemas.examples import EXAMPLES
 from stream.settings import Settings
 from stream.simulator import Simulator
 
@@ -28,11 +30,31 @@ class RecordingProducer:
         pass
 
 
-def offline_simulator(log_path: Path, shifts: tuple[Shift, ...] = ()
+class RetrievingWorker(RecordingProducer):
+    """Answers every ranking request at once with the same feed, as if its retrieval and
+    ranking had found it."""
+
+    def __init__(self, simulator: Simulator, feed: list[str]) -> None:
+        super().__init__()
+        self.simulator, self.feed = simulator, feed
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> None:
+        await super().send(topic, value, key)
+        if topic.endswith(".requests"):
+            request = orjson.loads(value)
+            result = RankingResult.model_validate({
+                **EXAMPLES["rankings"], "request_id": request["request_id"],
+                "user_id": request["user_id"], "model_version": "v1",
+                "items": [{"item_id": i, "value": 0.0, "probs": {}} for i in self.feed]})
+            self.simulator._waiting.pop(request["request_id"]).set_result(result)
+
+
+def offline_simulator(log_path: Path, shifts: tuple[Shift, ...] = (), retrieval: bool = False
                       ) -> tuple[Simulator, RecordingProducer]:
     """A simulator whose producer only records, logging to ``log_path``."""
     world = World(WorldConfig(n_users=50, n_items=300, n_ads=10, dim=8, shifts=shifts))
-    simulator = Simulator(Settings(embedding_dim=8), "unused:0", world, log_path=log_path)
+    simulator = Simulator(Settings(embedding_dim=8), "unused:0", world, log_path=log_path,
+                          retrieval=retrieval)
     producer = RecordingProducer()
     simulator._producer = producer  # type: ignore[assignment]
     simulator._log = log_path.open("ab")
@@ -84,6 +106,39 @@ def test_served_and_baselines_are_scored_on_the_same_requests(tmp_path: Path) ->
     assert quality["served_vs_popularity_by_model"] == {"v1": 1.0}
     assert quality["ctr"]["oracle"] > quality["ctr"]["popularity"]
     simulator._log.close()  # type: ignore[union-attr]
+
+
+def test_with_retrieval_requests_carry_no_candidates_and_the_served_feed_is_scored(
+        tmp_path: Path) -> None:
+    simulator, _ = offline_simulator(tmp_path / "logs.jsonl", retrieval=True)
+    world = simulator.world
+    feed = [5, 17, 250, 3, 99]  # half a feed of items no draw needs to hold
+    worker = RetrievingWorker(simulator, [world.item_ids[i] for i in feed])
+    simulator._producer = worker  # type: ignore[assignment]
+    draws: list[tuple[RequestDraw, float]] = []
+    draw_request = world.draw_request
+
+    def recording(rng: np.random.Generator, elapsed_s: float) -> RequestDraw:
+        draws.append((draw_request(rng, elapsed_s), elapsed_s))
+        return draws[-1][0]
+
+    world.draw_request = recording  # type: ignore[method-assign]
+    asyncio.run(simulator.run(RATE, 0.2, "served"))
+    simulator._log.close()  # type: ignore[union-attr]
+
+    requests = _topic(worker.sent, "requests")
+    assert len(requests) == 10 and all(r["candidates"] == [] for r in requests)
+    served = [line["served"] for line in map(orjson.loads, (tmp_path / "logs.jsonl")
+                                              .read_bytes().splitlines()) if "served" in line]
+    assert served == [{**s, "items": worker.feed, "policy": "v1"} for s in served]
+    assert {tuple(s["ads"]) for s in served} == {("2",)}  # slot 7 lies past a feed of 6
+    # Only the served feed is scored: the references rank candidates it was not chosen from.
+    quality = simulator.report.quality()
+    expected = sum(world.expected_clicks(d, np.array(feed), t) for d, t in draws)
+    assert quality["ctr"] == {"served": round(expected / (10 * world.config.shown), 5)}
+    assert quality["served_ctr_by_model"] == {"v1": quality["ctr"]["served"]}
+    assert quality["served_requests"] == 10 and quality["feed_items_mean"] == 5
+    assert "ndcg10_vs_oracle" not in quality
 
 
 def test_the_worlds_clock_counts_traffic_and_marks_the_change_request(tmp_path: Path) -> None:

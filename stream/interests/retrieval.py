@@ -5,8 +5,10 @@ proportion to their importance, query the item index for each (with its centroid
 :func:`models.interests.retrieval_queries` says why), merge with slots by importance, dedupe,
 and drop what the user has just engaged with. A user with no interests yet gets the trending
 items.
+With source ``trending`` every user gets them: the popularity baseline that interests must beat
+(``streamrank demo --retrieval --compare``).
 
-The medoids are sampled with a generator seeded by the request id, so the same request gets
+The interests are sampled with a generator seeded by the request id, so the same request gets
 the same candidates through Kafka and through ``POST /rank``.
 """
 
@@ -26,6 +28,7 @@ from stream.features.store import FeatureStore
 from stream.interests.state import STATE, UserInterests
 from stream.interests.trending import STATE_KEY, STATE_KIND, unpack_top
 from stream.runtime.metrics import WorkerMetrics
+from stream.settings import RetrievalSource
 
 TRENDING_CACHE_S = 2.0  # the interests role rewrites the list every few seconds
 
@@ -42,10 +45,11 @@ def wants_retrieval(request: RankingRequest) -> bool:
 
 class Retriever:
     def __init__(self, store: FeatureStore, index: Callable[[], ItemIndex], default_k: int,
-                 metrics: WorkerMetrics) -> None:
+                 metrics: WorkerMetrics, source: RetrievalSource = "interests") -> None:
         """``index``: the item index in use (the catalogue replaces it when it loads a
         snapshot)."""
         self._store = store
+        self._source = source
         self._index = index
         self._default_k = default_k
         self._metrics = metrics
@@ -71,7 +75,8 @@ class Retriever:
         engaged = set(state.item_ids) if state is not None else set()
         skip = engaged | set(given)
         found: list[tuple[str, str]] = []
-        if state is not None and state.interests is not None and len(state.interests):
+        if (self._source == "interests" and state is not None and state.interests is not None
+                and len(state.interests)):
             found = self._from_interests(request, state, k, skip)
         source = "interests" if found else "trending"
         if len(found) < k:  # too few interests, or a thin index: top up with what trends

@@ -64,3 +64,26 @@ def test_demo_runs_end_to_end_with_clean_input(tmp_path: Path, redis_url: str,
         assert keys, "the demo wrote its features to Redis"
         client.unlink(*keys)
         client.close()
+
+
+def test_demo_with_retrieval_serves_what_the_worker_retrieved(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMRANK_")}
+    out = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "demo", "--retrieval", "--seconds", "12",
+         "--warmup", "5", "--retrain-every", "0", "--rate", "100",
+         "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = orjson.loads(out.read_bytes())
+    retrieval = report["retrieval"]
+    assert report["served_requests"] > 0 and report["timeouts"] == 0
+    # Every request came without candidates; users the warm-up gave interests got theirs.
+    by_source = retrieval["requests_by_source"]
+    assert sum(by_source.values()) == report["requests_ranked"] >= report["served_requests"]
+    assert by_source["interests"] > 0 and by_source["none"] == 0
+    assert retrieval["source"] == "interests" and retrieval["feed_items_mean"] == 10
+    # Only the served feed is scored: the world's candidates were never shown.
+    assert set(report["ctr"]) == {"served"} and retrieval["ctr_served"] == report["ctr"]["served"]
+    assert report["ctr"]["served"] > 0
+    assert f"served     {report['ctr']['served']:.4f}" in result.stdout
