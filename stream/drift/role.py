@@ -54,6 +54,10 @@ class DriftService(SupervisedConsumer):
         # after a rewind feeds nothing twice.
         self._fed: dict[TopicPartition, int] = {}
         self._rebuilt: set[TopicPartition] = set()  # see handle
+        # Alerts sent and not yet acknowledged. Their records are not read again after a
+        # failed send (they were fed), so forget() queues them to be sent again.
+        self._unacknowledged: dict[str, DriftAlert] = {}
+        self._resend: list[DriftAlert] = []
 
     async def on_start(self) -> None:
         read = await prime_from_topic(self._gate, self.settings, self.bootstrap)
@@ -67,7 +71,23 @@ class DriftService(SupervisedConsumer):
         assert self._consumer is not None
         pending = self._consumer.assignment() - self._rebuilt
         sends = await self._rebuild(pending) if pending else []
-        return sends + self._feed(batch)
+        resend, self._resend = self._resend, []
+        return sends + [self._send(alert) for alert in resend] + self._feed(batch)
+
+    def forget(self) -> None:
+        self._resend = list(self._unacknowledged.values())
+
+    def _send(self, alert: DriftAlert) -> asyncio.Future[Any]:
+        self._unacknowledged[alert.alert_id] = alert
+        sent = asyncio.ensure_future(self.producer.send_and_wait(
+            self._alerts_topic, encode(alert), key=alert.signal.encode()))
+
+        def acknowledged(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self._unacknowledged.pop(alert.alert_id, None)
+
+        sent.add_done_callback(acknowledged)
+        return sent
 
     async def _rebuild(self, partitions: set[TopicPartition]) -> Sends:
         consumer = self._consumer
@@ -105,8 +125,7 @@ class DriftService(SupervisedConsumer):
         new = (signals.from_rankings(rankings) | signals.from_outcomes(outcomes)
                | signals.from_feature_logs(logs, self.settings.drift_features,
                                            self._stats_version))
-        return [asyncio.ensure_future(self.producer.send_and_wait(
-                    self._alerts_topic, encode(alert), key=alert.signal.encode()))
+        return [self._send(alert)
                 for name, values in new.items() for alert in self._update(name, values)]
 
     def _update(self, name: str, new: SignalBatch) -> list[DriftAlert]:
