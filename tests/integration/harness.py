@@ -6,16 +6,19 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from schemas import DeadLetter, Outcome, decode
+from schemas import DeadLetter, Record, decode
 from stream.features.redis_store import RedisStore
 from stream.features.role import FeatureService
 from stream.features.store import FeatureStore, MemoryStore
 from stream.runtime.environment import ensure_topics
 from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
+
+R = TypeVar("R", bound=Record)
 
 
 async def open_test_store(settings: Settings, kind: str) -> FeatureStore:
@@ -85,17 +88,18 @@ async def read_dead_letters(settings: Settings, expected: int,
     return sorted(letters, key=lambda letter: (letter.source_topic, letter.offset))
 
 
-async def read_outcomes(settings: Settings, timeout_s: float = 5.0) -> list[Outcome]:
-    consumer = AIOKafkaConsumer(settings.topic("outcomes"),
-                                bootstrap_servers=settings.broker_url,
+async def read_records(settings: Settings, suffix: str, record_type: type[R],
+                       timeout_s: float = 5.0) -> list[R]:
+    """Every record on a topic, read from its start for ``timeout_s``."""
+    consumer = AIOKafkaConsumer(settings.topic(suffix), bootstrap_servers=settings.broker_url,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
-    outcomes: list[Outcome] = []
+    found: list[R] = []
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=200)).values():
-                outcomes += [decode(r.value or b"", Outcome) for r in records]
+                found += [decode(r.value or b"", record_type) for r in records]
     finally:
         await consumer.stop()
-    return outcomes
+    return found

@@ -10,13 +10,12 @@ from collections.abc import Iterator
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from schemas import DriftAlert, Outcome, decode, encode
+from schemas import DriftAlert, Outcome, encode
 from schemas.examples import EXAMPLES
 from stream.runtime.worker_process import WorkerProcess
 from stream.settings import Settings
-from tests.integration.harness import publish, read_dead_letters
+from tests.integration.harness import publish, read_dead_letters, read_records
 
 pytestmark = pytest.mark.integration
 
@@ -40,19 +39,7 @@ def outcomes(start: int, count: int, seed: int) -> list[tuple[str, bytes]]:
 
 
 async def read_alerts(settings: Settings, wait_s: float = 3.0) -> list[DriftAlert]:
-    consumer = AIOKafkaConsumer(settings.topic("drift-alerts"),
-                                bootstrap_servers=settings.broker_url, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    alerts: list[DriftAlert] = []
-    try:
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                alerts += [decode(r.value or b"", DriftAlert) for r in records]
-    finally:
-        await consumer.stop()
-    return alerts
+    return await read_records(settings, "drift-alerts", DriftAlert, wait_s)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from stream.outcomes.role import OutcomesService
 from stream.runtime.environment import ensure_topics
 from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
-from tests.integration.harness import publish, read_outcomes, wait_until
+from tests.integration.harness import publish, read_records, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +93,7 @@ async def test_rankings_and_events_yield_exactly_the_expected_outcomes(
         await wait_until(lambda: service.metrics.total("streamrank_outcomes") == 24)
     finally:
         await service.stop()
-    outcomes = await read_outcomes(settings)
+    outcomes = await read_records(settings, "outcomes", Outcome)
     assert {outcome_key(o): o for o in outcomes} == expected(rankings, events)
     assert len(outcomes) == 24  # 6 rankings x (3 items + 1 slot), each once
     clicked = {(o.request_id, o.item_id) for o in outcomes
@@ -129,7 +129,7 @@ async def test_a_restart_that_lost_its_commits_emits_nothing_twice(settings: Set
         await wait_until(lambda: second.metrics.total("streamrank_outcomes") == 12)
     finally:
         await second.stop()
-    outcomes = await read_outcomes(settings)
+    outcomes = await read_records(settings, "outcomes", Outcome)
     keys = [outcome_key(o) for o in outcomes]
     assert len(keys) == len(set(keys)) == 24
     assert {outcome_key(o): o for o in outcomes} == expected(rankings, events)
@@ -150,6 +150,6 @@ async def test_a_late_event_is_counted_and_not_emitted(settings: Settings) -> No
             lambda: service.metrics.total("streamrank_outcome_events_late") == 1)
     finally:
         await service.stop()
-    outcomes = await read_outcomes(settings, timeout_s=2.0)
+    outcomes = await read_records(settings, "outcomes", Outcome, timeout_s=2.0)
     assert len(outcomes) == 4
     assert not any(o.item_labels and o.item_labels.click for o in outcomes)

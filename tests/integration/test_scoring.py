@@ -25,7 +25,7 @@ from stream.runtime.environment import ensure_topics
 from stream.scoring.model_kind import publish_model
 from stream.scoring.ranker import ModelSlot
 from stream.settings import Settings
-from tests.integration.harness import publish, read_dead_letters, read_outcomes, wait_until
+from tests.integration.harness import publish, read_dead_letters, read_records, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -249,7 +249,7 @@ def test_outcomes_carry_the_rows_scored_and_a_model_trained_on_them_serves(
         deadline = time.monotonic() + 30
         while len({(o.request_id, o.seq) for o in outcomes
                    if o.request_id in request_ids}) < 120 and time.monotonic() < deadline:
-            outcomes = await read_outcomes(settings, timeout_s=1.0)
+            outcomes = await read_records(settings, "outcomes", Outcome, timeout_s=1.0)
         return [o for o in outcomes if o.request_id in request_ids]
 
     outcomes = asyncio.run(serve_and_engage())
