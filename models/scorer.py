@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
+from models.bn import TRAINED, BnStats, StatsError, read_stats, same_shapes
 from models.signing import SIGNATURE_FIELD, signature_matches
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class UntrustedModel(ModelError):
 class Scorer(Protocol):
     version: str
     stats_version: str
+    stats: BnStats | None  # None: the trained statistics, or a model without BatchNorm
     task_names: tuple[str, ...]
 
     def score(self, features: np.ndarray) -> np.ndarray:
@@ -54,6 +56,8 @@ class Manifest:
     input_name: str
     output_name: str
     model_path: Path
+    taps: dict[str, str] | None = None  # file and sha256 of the BN taps graph (models.ranker)
+    bn_stats: dict[str, str] | None = None  # file and sha256 of the trained BN statistics
 
     @classmethod
     def load(cls, path: Path, signing_key: bytes | None = None) -> Manifest:
@@ -71,9 +75,21 @@ class Manifest:
                 version=str(raw["version"]), sha256=str(raw["sha256"]),
                 feature_names=tuple(raw["feature_names"]), task_names=tuple(raw["task_names"]),
                 bn_layers=dict(raw["bn_layers"]), input_name=str(raw["input_name"]),
-                output_name=str(raw["output_name"]), model_path=path.parent / "model.onnx")
+                output_name=str(raw["output_name"]), model_path=path.parent / "model.onnx",
+                taps=raw.get("taps"), bn_stats=raw.get("bn_stats"))
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ModelError(f"unreadable model manifest {path}: {exc}") from exc
+
+    def trained_stats(self) -> BnStats:
+        """The statistics training left; models exported before online BN have none."""
+        if self.bn_stats is None:
+            raise ModelError(f"model {self.version} has no BN statistics file: retrain it to "
+                             "adapt its BatchNorm statistics online")
+        try:
+            return read_stats(self.model_path.parent / self.bn_stats["file"],
+                              self.bn_stats["sha256"])
+        except StatsError as exc:
+            raise ModelError(f"model {self.version}: {exc}") from exc
 
 
 def cuda_usable() -> bool:
@@ -120,19 +136,28 @@ CPU_ROWS_PER_RUN = 512
 
 
 class OnnxScorer:
-    """One onnxruntime session for one model version; immutable, so swapping is a reference."""
+    """One onnxruntime session for one model version and one set of its BatchNorm statistics;
+    immutable, so swapping is a reference.
 
-    def __init__(self, manifest: Manifest, provider: str, intra_op_threads: int = 0) -> None:
+    Adapted statistics replace the BN initializers when the session is built (onnxruntime's
+    ``add_initializer``), so the serving graph and its speed stay those of the export.
+    """
+
+    def __init__(self, manifest: Manifest, provider: str, intra_op_threads: int = 0,
+                 stats: BnStats | None = None) -> None:
         self.manifest = manifest
         self.version = manifest.version
-        self.stats_version = f"{manifest.version}/trained"
+        self.stats_version = TRAINED if stats is None else stats.version
+        self.stats = stats
         self.task_names = manifest.task_names
+        self.intra_op_threads = intra_op_threads
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         # Spinning pool threads burn a core between the many small runs of a serving loop.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self._overrides = self._override_stats(options, stats)  # kept alive with the session
         model_bytes = manifest.model_path.read_bytes()
         if hashlib.sha256(model_bytes).hexdigest() != manifest.sha256:
             raise ModelError(f"{manifest.model_path} does not match the manifest's sha256")
@@ -145,8 +170,30 @@ class OnnxScorer:
         if got != provider:
             raise ModelError(f"asked onnxruntime for {provider}, session got {got}")
         self.provider = provider
-        log.info("model %s loaded on %s (%d intra-op threads)", self.version, provider,
-                 intra_op_threads)
+        log.info("model %s with %s statistics loaded on %s (%d intra-op threads)",
+                 self.version, self.stats_version, provider, intra_op_threads)
+
+    def with_stats(self, stats: BnStats) -> OnnxScorer:
+        """The same model with other BatchNorm statistics: blocking, run it off the loop."""
+        return OnnxScorer(self.manifest, self.provider, self.intra_op_threads, stats)
+
+    def _override_stats(self, options: ort.SessionOptions, stats: BnStats | None
+                        ) -> list[ort.OrtValue]:
+        if stats is None:
+            return []
+        if stats.model_version != self.version:
+            raise ModelError(f"statistics {stats.version} belong to model {stats.model_version}"
+                             f", not {self.version}")
+        if not same_shapes(stats, self.manifest.trained_stats()):
+            raise ModelError(f"statistics {stats.version} do not fit model {self.version}")
+        values = []
+        for layer, (mean, var) in stats.layers.items():
+            names = self.manifest.bn_layers[layer]
+            for name, array in ((names["running_mean"], mean), (names["running_var"], var)):
+                value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+                options.add_initializer(name, value)
+                values.append(value)
+        return values
 
     def score(self, features: np.ndarray) -> np.ndarray:
         if self.provider == CUDA:
@@ -191,6 +238,7 @@ class PopularityScorer:
 
     version = "popularity-fallback"
     stats_version = "none"
+    stats: BnStats | None = None
 
     def __init__(self, feature_names: tuple[str, ...], task_names: tuple[str, ...]) -> None:
         self.task_names = task_names

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.metrics import EPS, log_loss
 from models.ranker import MultiTaskRanker, export_onnx
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,6 @@ LEARNING_RATE = 2e-3
 WEIGHT_DECAY = 1e-3
 MAX_THREADS = 2  # batches are 512 x 128: 2 threads fit 1.7x faster than 1; more rarely pay here
 BASELINE_PRIOR = 20.0  # pseudo-impressions at the global rate behind each item's smoothed rate
-EPS = 1e-7  # probability clip for log loss and logits
 DEFAULT_EPOCHS = 8
 
 
@@ -200,11 +200,9 @@ def _task_metrics(
 
 
 def _scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-    p = np.clip(predictions, EPS, 1 - EPS)
-    log_loss = -np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p))
     return {
         "auc": auc(labels, predictions),
-        "log_loss": float(log_loss),
+        "log_loss": log_loss(labels, predictions),
         "calibration": calibration(labels, predictions),
     }
 

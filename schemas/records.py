@@ -320,7 +320,7 @@ class DriftAlert(TimedRecord):
 
     alert_id: Id
     signal: SignalName
-    detector: Detector
+    detector: Detector | Literal["bn_guard"]  # bn_guard: the BN role refused a collapse
     severity: Severity
     direction: Literal["up", "down"]
     effect_size: NonNegative
@@ -357,10 +357,10 @@ class DriftSubscription(TimedRecord):
 
 
 class ModelUpdate(TimedRecord):
-    """A new model or BatchNorm-statistics version, published for hot swap."""
+    """A new model, BatchNorm-statistics or bandit version, published for hot swap."""
 
     model: Id
-    kind: Literal["model", "bn_stats"]
+    kind: Literal["model", "bn_stats", "bandit"]
     version: Id
     uri: Annotated[str, Field(min_length=1, max_length=2048)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from threadpoolctl import threadpool_limits
 
 from models.value import ValueModel
+from stream.bn.role import BN_RESULTS, BnService
 from stream.drift.delivery import AlertDelivery
 from stream.drift.role import DriftService
 from stream.drift.subscriptions import SubscriptionRegistry
@@ -33,9 +34,9 @@ from stream.runtime.failures import LoopFailed
 from stream.runtime.metrics import WorkerMetrics
 from stream.runtime.state_audit import StateAuditService
 from stream.runtime.versioned_state import VersionedStateService
-from stream.scoring.model_kind import model_kind
 from stream.scoring.ranker import MicroBatcher, ModelSlot, Ranker
 from stream.scoring.role import ScoringService
+from stream.scoring.state_kinds import serving_kinds
 from stream.scoring.views import add_rank_view
 from stream.settings import Settings
 
@@ -121,7 +122,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                                          settings.rank_queue_max)
             if settings.model_manifest is not None:
                 await worker.models.load(settings.model_manifest)
-            kinds = [model_kind(worker.models, settings)]
+            kinds = serving_kinds(worker.models, settings)
             worker.consumers += [
                 VersionedStateService(settings, bootstrap, kinds, worker.metrics, **supervision),
                 StateAuditService(settings, bootstrap, kinds, worker.metrics, **supervision),
@@ -133,6 +134,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         if "interests" in roles:
             worker.consumers.append(
                 InterestsService(settings, bootstrap, store, worker.metrics, **supervision))
+        if "bn" in roles:
+            bn = BnService(settings, bootstrap, worker.metrics, **supervision)
+            worker.consumers += [bn.reader, bn]
         if "drift" in roles:
             worker.consumers += [
                 DriftService(settings, bootstrap, worker.metrics, **supervision),
@@ -171,11 +175,15 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             "drift_alerts": int(total("streamrank_drift_alerts")),
             "drift_detections_merged": int(total("streamrank_drift_detections_merged")),
             "interests_updated": int(total("streamrank_interests_updated")),
+            "bn_updates": {result: int(total("streamrank_bn_updates", result=result))
+                           for result in BN_RESULTS},
+            "bn_watchdog_rollbacks": int(total("streamrank_bn_watchdog_rollbacks")),
             "retrieved_requests": int(total("streamrank_retrieved_requests")),
             "retrieved_by_source": {
                 source: int(total("streamrank_retrieved_requests", source=source))
                 for source in ("interests", "trending", "none")},
             "model_version": worker.models.current.version,
+            "stats_version": worker.models.current.stats_version,
             "model_load_failures": int(total("streamrank_state_updates_refused",
                                              kind="model")),
         })

@@ -36,6 +36,9 @@ alerts_app = typer.Typer(no_args_is_help=True,
 app.add_typer(alerts_app, name="alerts")
 drift_app = typer.Typer(no_args_is_help=True, help="Drift monitors.")
 app.add_typer(drift_app, name="drift")
+bn_app = typer.Typer(no_args_is_help=True,
+                     help="Online BatchNorm statistics: status, freeze, rollback, reset.")
+app.add_typer(bn_app, name="bn")
 
 log = logging.getLogger("streamrank")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -282,6 +285,64 @@ def model_publish(
     with broker(settings) as bootstrap:
         asyncio.run(publish_update(settings, bootstrap, update))
     _report(update.model_dump(mode="json"), None)
+
+
+def _bn(operation: str, target: str | None = None) -> None:
+    """Read the versions on model-updates, then show them or publish the operation's."""
+    from stream.bn import control
+    from stream.runtime.environment import broker
+
+    settings = _settings()
+
+    async def run(bootstrap: str) -> dict[str, Any]:
+        versions = await control.read_versions(settings, bootstrap)
+        if operation == "status":
+            return control.status(versions)
+        stats = {"freeze": lambda: control.freeze(versions, True),
+                 "unfreeze": lambda: control.freeze(versions, False),
+                 "rollback": lambda: control.rollback(versions, settings, target or ""),
+                 "reset": lambda: control.reset(versions)}[operation]()
+        await control.publish(versions, settings, bootstrap, stats)
+        versions.install(stats)
+        return control.status(versions)
+
+    with broker(settings) as bootstrap:
+        _report(asyncio.run(run(bootstrap)), None)
+
+
+@bn_app.command("status")
+@_clear_errors
+def bn_status() -> None:
+    """The statistics version served, its parent, whether adaptation is frozen, the history."""
+    _bn("status")
+
+
+@bn_app.command("freeze")
+@_clear_errors
+def bn_freeze() -> None:
+    """Stop adapting: the role keeps the statistics served until unfreeze."""
+    _bn("freeze")
+
+
+@bn_app.command("unfreeze")
+@_clear_errors
+def bn_unfreeze() -> None:
+    """Adapt again from the statistics served."""
+    _bn("unfreeze")
+
+
+@bn_app.command("rollback")
+@_clear_errors
+def bn_rollback(version: Annotated[str, typer.Argument(help="e.g. bn-3, or trained.")]) -> None:
+    """Serve an earlier version's statistics again, as a new version."""
+    _bn("rollback", version)
+
+
+@bn_app.command("reset")
+@_clear_errors
+def bn_reset() -> None:
+    """Serve the trained statistics again, as a new version."""
+    _bn("reset")
 
 
 @schemas_app.command("export")

@@ -17,7 +17,7 @@ from schemas import DETECTORS, Limits, topic_name
 from stream.redaction import Redactor, redact_url, url_secrets
 
 # Every role is a consumer group of its own, so a deployment can scale each apart.
-ROLES = ("features", "scoring", "outcomes", "drift", "interests")
+ROLES = ("features", "scoring", "outcomes", "drift", "interests", "bn")
 # Features whose distribution holds still while traffic does: context, similarities and
 # smoothed rates. Decayed counters grow until their half-life is reached, so monitoring them
 # would alert on every warm-up.
@@ -184,6 +184,26 @@ class Settings(BaseSettings):
     retrieval_source: RetrievalSource = Field(
         "interests", description="interests: near the user's interest medoids, trending for "
         "a user with none; trending: the trending items for everyone, a popularity baseline.")
+
+    bn_group: str = "streamrank-bn"
+    bn_momentum: float = Field(
+        0.1, gt=0, le=1, description="PyTorch's convention: the weight of each new batch of "
+        "feature-log rows in the running BatchNorm statistics (Keras's momentum is 1 minus it).")
+    bn_min_rows: int = Field(2000, ge=2, description="Feature-log rows per statistics update.")
+    bn_max_step_sd: float = Field(
+        1.0, gt=0, description="An update that moves any channel's mean by more than this many "
+        "current standard deviations, or its std by more than 1 + this factor, is refused.")
+    bn_var_floor: float = Field(1e-5, gt=0, description="No adapted variance goes below it.")
+    bn_collapse_ratio: float = Field(
+        0.01, gt=0, lt=1, description="A channel whose batch variance falls below this share "
+        "of the current one, or whose adapted variance below this share of the trained one, "
+        "is collapsing: the update is refused and an alert goes out.")
+    bn_watchdog_outcomes: int = Field(
+        1000, ge=10, description="Labelled outcomes (with feature rows) on which a new "
+        "statistics version is compared with its parent.")
+    bn_watchdog_margin: float = Field(
+        0.01, ge=0, description="A version whose click log loss is worse than its parent's by "
+        "more than this share is rolled back.")
 
     roles: str = Field(
         ",".join(ROLES), pattern=r"^[a-z]+(,[a-z]+)*$",

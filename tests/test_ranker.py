@@ -37,6 +37,8 @@ MANIFEST_KEYS = {
     "feature_names",
     "task_names",
     "bn_layers",
+    "taps",
+    "bn_stats",
     "opset",
     "input_name",
     "output_name",

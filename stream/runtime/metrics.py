@@ -87,6 +87,21 @@ class WorkerMetrics:
             "source: interests, trending, none (nothing to retrieve yet).", ["source"],
             registry=self.registry)
 
+        self.bn_rows = Counter(
+            "streamrank_bn_rows", "Feature-log rows the BN role read, by what became of them: "
+            "used, non_finite, other_features (another column layout), refused (in a refused "
+            "update).", ["outcome"], registry=self.registry)
+        self.bn_updates = Counter(
+            "streamrank_bn_updates", "Statistics updates, by result: accepted, or the guard "
+            "that refused it (min_rows, step_cap, collapse), or frozen.", ["result"],
+            registry=self.registry)
+        self.bn_rollbacks = Counter(
+            "streamrank_bn_watchdog_rollbacks", "Versions the watchdog rolled back: worse "
+            "than their parent on the same labelled outcomes.", registry=self.registry)
+        self.bn_judged = Counter(
+            "streamrank_bn_watchdog_judged", "Versions the watchdog compared with their parent.",
+            registry=self.registry)
+
         self.state_refused = Counter(
             "streamrank_state_updates_refused",
             "Versions on model-updates this worker could not install, by kind and reason "

@@ -64,8 +64,8 @@ class VersionedStateService(SupervisedConsumer):
     first: the first that loads is installed and the older ones are skipped unread. A version
     that fails leaves in use the one installed before, from this batch's older versions or
     from an earlier batch. So a worker starts on the latest valid version of each kind, and a
-    failing publish later changes nothing. A kind with no registration (``bn_stats`` until BN
-    adaptation exists) is counted, and logged once per kind, instead of being dropped unseen.
+    failing publish later changes nothing. A kind with no registration (``bandit`` until the ad
+    policy exists) is counted, and logged once per kind, instead of being dropped unseen.
 
     A failure is counted and logged by every worker, but this reader sends nothing to the
     DLQ, not even a record that does not decode: every worker reads every record again at
@@ -74,24 +74,39 @@ class VersionedStateService(SupervisedConsumer):
     """
 
     def __init__(self, settings: Settings, bootstrap: str, kinds: Iterable[StateKind[Any]],
-                 metrics: WorkerMetrics, **kwargs: Any) -> None:
-        super().__init__(settings, bootstrap, metrics, name="versioned-state",
+                 metrics: WorkerMetrics, name: str = "versioned-state", **kwargs: Any) -> None:
+        super().__init__(settings, bootstrap, metrics, name=name,
                          topics={settings.topic("model-updates"): ModelUpdate},
                          group_id=None, fetch_wait_ms=100, max_records=1000,
                          dead_letters=False, **kwargs)
         self.kinds = registry(kinds)
         self._unknown_logged: set[str] = set()
+        self._next: dict[int, int] = {}  # per partition, the offset after the last handled
+
+    def synced(self) -> bool:
+        """Whether every version published before this reader started has been handled: a
+        role that publishes versions itself waits for it, so its numbering continues."""
+        consumer = self._consumer
+        if consumer is None or not consumer.assignment():
+            return False
+        ends = {tp.partition: consumer.highwater(tp) for tp in consumer.assignment()}
+        return all(end is not None and self._next.get(p, 0) >= end for p, end in ends.items())
 
     async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
         by_kind: dict[str, list[ModelUpdate]] = {}
         for decoded in batch:  # offset order: a kind's versions all sit in one partition
             by_kind.setdefault(decoded.value.kind, []).append(decoded.value)
-        for kind_name, updates in by_kind.items():
+        # Kinds in the order of their newest version: statistics published after a model are
+        # for that model, so they are installed after it.
+        last = {decoded.value.kind: i for i, decoded in enumerate(batch)}
+        for kind_name, updates in sorted(by_kind.items(), key=lambda item: last[item[0]]):
             kind = self.kinds.get(kind_name)
             if kind is None:
                 self._ignore(kind_name, len(updates))
             else:
                 await self._install_latest_valid(kind, updates)
+        for decoded in batch:
+            self._next[decoded.record.partition] = decoded.record.offset + 1
         return []
 
     async def _install_latest_valid(self, kind: StateKind[Any],

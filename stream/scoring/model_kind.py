@@ -27,22 +27,33 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 
 
+def trusted_file(uri: str, model_dir: Path) -> Path:
+    """The local file a ``file://`` URI names, refused unless it resolves under ``model_dir``."""
+    parts = urlsplit(uri)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        raise UntrustedModel(f"unsupported uri {uri!r} (only local file:// URIs)")
+    path = Path(unquote(parts.path)).resolve()
+    _inside(path, model_dir, uri)
+    return path
+
+
 def manifest_path(update: ModelUpdate, model_dir: Path) -> Path:
     """The manifest of a ``file://`` URI (a model.onnx or its directory), refused unless the
     directory, the manifest and the model all resolve under ``model_dir``.
 
     The path returned is the one that will be read, and each file it leads to was checked.
     """
-    parts = urlsplit(update.uri)
-    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
-        raise UntrustedModel(f"unsupported model uri {update.uri!r} (only local file:// URIs)")
-    path = Path(unquote(parts.path)).resolve()
+    path = trusted_file(update.uri, model_dir)
     directory = path if path.is_dir() else path.parent
     for target in (directory, directory / MANIFEST_FILE, directory / MODEL_FILE):
-        if not target.resolve().is_relative_to(model_dir):
-            raise UntrustedModel(f"model uri {update.uri!r} leads to {target.resolve()}, "
-                                 f"outside STREAMRANK_MODEL_DIR ({model_dir})")
+        _inside(target, model_dir, update.uri)
     return directory / MANIFEST_FILE
+
+
+def _inside(target: Path, model_dir: Path, uri: str) -> None:
+    if not target.resolve().is_relative_to(model_dir):
+        raise UntrustedModel(f"uri {uri!r} leads to {target.resolve()}, "
+                             f"outside STREAMRANK_MODEL_DIR ({model_dir})")
 
 
 def model_kind(slot: ModelSlot, settings: Settings) -> StateKind[Scorer]:

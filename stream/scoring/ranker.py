@@ -40,6 +40,12 @@ class ModelSlot:
     def install(self, scorer: Scorer) -> None:
         self.current = scorer
 
+    def install_stats(self, scorer: Scorer) -> None:
+        """New BatchNorm statistics, only for the model still in use: a model swapped in
+        while they were built keeps its own."""
+        if scorer.version == self.current.version:
+            self.current = scorer
+
     async def load(self, manifest_path: Path) -> Scorer:
         scorer = await asyncio.get_running_loop().run_in_executor(None, self.build,
                                                                   manifest_path)

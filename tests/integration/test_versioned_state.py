@@ -22,8 +22,9 @@ from stream.runtime.environment import ensure_topics
 from stream.runtime.metrics import WorkerMetrics
 from stream.runtime.state_audit import StateAuditService, audit_group
 from stream.runtime.versioned_state import VersionedStateService
-from stream.scoring.model_kind import model_kind, publish_model
+from stream.scoring.model_kind import publish_model
 from stream.scoring.ranker import ModelSlot
+from stream.scoring.state_kinds import serving_kinds
 from stream.settings import Settings
 from tests.integration.harness import publish, read_dead_letters, wait_until
 
@@ -64,7 +65,7 @@ async def state_worker(settings: Settings) -> AsyncIterator[tuple[ModelSlot, Wor
     """The state services of one worker, as ``stream.app`` wires them."""
     assert settings.broker_url is not None
     slot, metrics = ModelSlot(settings), WorkerMetrics()
-    kinds = [model_kind(slot, settings)]
+    kinds = serving_kinds(slot, settings)
     services = [VersionedStateService(settings, settings.broker_url, kinds, metrics),
                 StateAuditService(settings, settings.broker_url, kinds, metrics)]
     async with AsyncExitStack() as stack:
@@ -264,14 +265,14 @@ async def test_an_update_of_an_unregistered_kind_is_counted_not_dropped(
     assert state_settings.broker_url is not None
     ensure_topics(state_settings.broker_url, state_settings)
     for _ in range(2):
-        await publish_raw(state_settings, models["test-v1"], kind="bn_stats")
+        await publish_raw(state_settings, models["test-v1"], kind="bandit")
     await publish_raw(state_settings, models["test-v1"])
     with caplog.at_level(logging.INFO, logger="stream.runtime.versioned_state"):
         async with state_worker(state_settings) as (slot, metrics):
             await wait_until(lambda: slot.current.version == "test-v1")
             await wait_until(lambda: audited_up_to(state_settings, 3), timeout_s=60)
-            ignored = metrics.total("streamrank_state_updates_ignored", kind="bn_stats")
+            ignored = metrics.total("streamrank_state_updates_ignored", kind="bandit")
     assert ignored == 2
-    assert caplog.text.count("ignoring bn_stats updates") == 1  # logged once, counted each
+    assert caplog.text.count("ignoring bandit updates") == 1  # logged once, counted each
     assert await read_dead_letters(state_settings, 0) == []  # a newer worker may know the kind
 
