@@ -17,8 +17,8 @@ import numpy as np
 ENGAGEMENT_TASKS = ("click", "like", "share", "hide")
 DEVICES = ("mobile", "desktop", "tablet")
 SURFACES = ("feed", "search", "related")
-ShiftKind = Literal["covariate", "label_rate", "new_interest", "device_mix", "calibration",
-                    "traffic"]
+ShiftKind = Literal["covariate", "label_rate", "new_interest", "device_mix", "surface_mix",
+                    "calibration", "traffic"]
 
 # Latent space. Users concentrate on a few mainstream topics (Zipf), items cover all topics evenly,
 # so a popularity ranking is a real baseline but personalisation still pays.
@@ -74,6 +74,9 @@ class Shift:
     - ``device_mix``: the share of desktop requests; mobile and tablet split the rest as in
       DEVICE_MIX. Only the context moves, but desktop users click less (DEVICE_EFFECT), so the
       overall click rate moves a little too;
+    - ``surface_mix``: the share of search requests; feed and related split the rest as in
+      SURFACE_MIX. A search retrieves its near candidates around one interest, not all, so the
+      candidate sets, and what the features say about them, move with it;
     - ``calibration``: a logit offset added to every organic click, reached ``duration_s``
       after ``at_s`` on a linear ramp (0: a step). It is the same for every item, so the true
       order of any request's candidates never changes: a model trained before stays a good
@@ -95,8 +98,9 @@ class Shift:
             raise ValueError("label_rate scales click rates by 1 + magnitude, which must be > 0")
         if self.kind == "new_interest" and self.magnitude < 0.0:
             raise ValueError("new_interest magnitude is the new interest's weight, so >= 0")
-        if self.kind == "device_mix" and not 0.0 <= self.magnitude <= 1.0:
-            raise ValueError("device_mix magnitude is the desktop share, so in [0, 1]")
+        if self.kind in ("device_mix", "surface_mix") and not 0.0 <= self.magnitude <= 1.0:
+            share = "desktop" if self.kind == "device_mix" else "search"
+            raise ValueError(f"{self.kind} magnitude is the {share} share, so in [0, 1]")
         if self.kind == "traffic" and self.magnitude <= 0.0:
             raise ValueError("traffic magnitude multiplies the request rate, so must be > 0")
         if self.duration_s < 0.0 or (self.duration_s and self.kind != "calibration"):
@@ -172,6 +176,7 @@ class _State:
     click_scale: float = 1.0  # label_rate multiplier on P(click | examined)
     click_offset: float = 0.0  # calibration offset on the organic click logit
     device_mix: tuple[float, ...] = DEVICE_MIX  # P(device), in the order of DEVICES
+    surface_mix: tuple[float, ...] = SURFACE_MIX  # P(surface), in the order of SURFACES
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,12 @@ def _around(rng: np.random.Generator, centres: np.ndarray, noise: float) -> np.n
     """Unit vectors scattered around centres, the offset having expected norm ~ noise."""
     offsets = rng.normal(0.0, noise / np.sqrt(centres.shape[1]), centres.shape)
     return _normalise(centres + offsets).astype(np.float32)
+
+
+def _with_share(mix: tuple[float, ...], index: int, share: float) -> tuple[float, ...]:
+    """``mix`` with ``share`` at ``index``, the others in their old proportions."""
+    rest = np.delete(np.asarray(mix), index)
+    return tuple(float(p) for p in np.insert(rest / rest.sum() * (1.0 - share), index, share))
 
 
 def position_bias(positions: np.ndarray) -> np.ndarray:
@@ -244,7 +255,7 @@ class World:
         elif not 0 <= user < cfg.n_users:
             raise ValueError(f"user {user} is not in a world of {cfg.n_users} users")
         device = DEVICES[rng.choice(len(DEVICES), p=state.device_mix)]
-        surface = SURFACES[rng.choice(len(SURFACES), p=SURFACE_MIX)]
+        surface = SURFACES[rng.choice(len(SURFACES), p=state.surface_mix)]
         candidates = self._candidates(rng, state, user, surface)
         ads = rng.choice(cfg.n_ads, size=cfg.ads_per_request, replace=False).astype(np.int64)
         return RequestDraw(user, candidates, ads, cfg.ad_slots, device, surface)
@@ -423,10 +434,11 @@ class World:
         if shift.kind == "label_rate":
             return replace(state, click_scale=state.click_scale * (1.0 + shift.magnitude))
         if shift.kind == "device_mix":
-            desktop = DEVICES.index("desktop")
-            rest = np.delete(np.asarray(DEVICE_MIX), desktop)
-            mix = np.insert(rest / rest.sum() * (1.0 - shift.magnitude), desktop, shift.magnitude)
-            return replace(state, device_mix=tuple(float(p) for p in mix))
+            return replace(state, device_mix=_with_share(
+                DEVICE_MIX, DEVICES.index("desktop"), shift.magnitude))
+        if shift.kind == "surface_mix":
+            return replace(state, surface_mix=_with_share(
+                SURFACE_MIX, SURFACES.index("search"), shift.magnitude))
         if shift.kind == "covariate":
             targets = self._centres[rng.integers(N_TOPICS, size=len(state.vectors))]
             moved = _normalise(state.vectors + shift.magnitude * targets).astype(np.float32)

@@ -297,6 +297,16 @@ def test_device_mix_shift_sets_the_desktop_share_and_keeps_the_rest_in_proportio
         np.testing.assert_array_equal(a.candidates, b.candidates)
 
 
+def test_surface_mix_shift_sets_the_search_share_and_keeps_the_rest_in_proportion() -> None:
+    world = World(WorldConfig(seed=14, **SMALL, shifts=(Shift(10.0, "surface_mix", 0.8),)))
+    n = 3000
+    surfaces = [d.surface for d in draws(world, n, seed=2, elapsed_s=10.0)]
+    # P(feed), P(search), P(related): (0.7, 0.2, 0.1) before, (0.2 * 7/8, 0.8, 0.2 / 8) after.
+    for surface, expected in [("feed", 0.2 * 7 / 8), ("search", 0.8), ("related", 0.2 / 8)]:
+        share = surfaces.count(surface) / n
+        assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / n)
+
+
 def test_calibration_ramp_moves_the_click_logit_but_not_the_order() -> None:
     ramp = Shift(100.0, "calibration", 0.8, duration_s=20.0)
     world = World(WorldConfig(seed=15, **SMALL, shifts=(ramp,)))
@@ -328,6 +338,7 @@ def test_calibration_ramp_moves_the_click_logit_but_not_the_order() -> None:
 
 @pytest.mark.parametrize(("shift", "message"), [
     (dict(kind="device_mix", magnitude=1.2), "desktop share"),
+    (dict(kind="surface_mix", magnitude=-0.1), "search share"),
     (dict(kind="calibration", duration_s=-1.0), "duration_s"),
     (dict(kind="label_rate", magnitude=-0.5, duration_s=5.0), "other kinds are steps"),
     (dict(kind="surge"), "unknown shift kind"),

@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import orjson
@@ -34,6 +34,7 @@ from stream.settings import Settings
 
 CONTROL = "control"
 CLICK = TASK_NAMES.index("click")
+Ranker = Literal["frozen", "popularity"]
 
 
 def click_log_loss(true_click: np.ndarray, predicted_click: np.ndarray) -> float:
@@ -57,9 +58,12 @@ def truth(served: Sequence[Served]) -> np.ndarray:
 
 
 async def measure(scenario: str, seed: int, warmup: int, warming: int, pre: int, post: int,
-                  workdir: Path) -> dict[str, Any]:
-    """One scenario's frozen and retrained click log loss after the change, and phase times."""
-    rate = DEFAULT_RATE_PER_S
+                  ranker: Ranker, workdir: Path, rate: float = DEFAULT_RATE_PER_S
+                  ) -> dict[str, Any]:
+    """One scenario's frozen and retrained click log loss after the change, and phase times.
+    ``ranker``: who ranks after the warm-up. A model judged on the items it picked itself is
+    judged where it over-rates them most (the winner's curse), which the cross-fitted models,
+    scoring rows they did not pick, escape; popularity picks for neither."""
     change_at_s = (warmup + pre) / rate  # the traffic scale is 1 until the change
     shifts = () if scenario == CONTROL else shifts_at(load_scenario(scenario), change_at_s)
     settings = Settings()
@@ -70,16 +74,18 @@ async def measure(scenario: str, seed: int, warmup: int, warming: int, pre: int,
     def lap(phase: str, started: float) -> None:
         wall[phase] = round(time.perf_counter() - started, 1)
 
+    popularity = by_click(PopularityScorer(RANKER_FEATURE_NAMES, TASK_NAMES))
     started = time.perf_counter()
-    warm = await loop.serve(warmup, by_click(PopularityScorer(RANKER_FEATURE_NAMES, TASK_NAMES)))
+    warm = await loop.serve(warmup, popularity)
     lap("warmup", started)
     started = time.perf_counter()
     # The first requests only build history: their counters are far colder than later ones.
     frozen = fit(warm[warming:], workdir, f"{scenario}-frozen")
     lap("train_frozen", started)
     started = time.perf_counter()
-    before = await loop.serve(pre, by_click(frozen))
-    after = await loop.serve(post, by_click(frozen))
+    rank = by_click(frozen) if ranker == "frozen" else popularity
+    before = await loop.serve(pre, rank)
+    after = await loop.serve(post, rank)
     lap("serve_frozen", started)
     started = time.perf_counter()
     even = [s for s in after if s.request_index % 2 == 0]
@@ -87,17 +93,20 @@ async def measure(scenario: str, seed: int, warmup: int, warming: int, pre: int,
     on_even, on_odd = fit(even, workdir, f"{scenario}-even"), fit(odd, workdir, f"{scenario}-odd")
     lap("train_retrained", started)
     p = np.concatenate([truth(odd), truth(even)])
-    retrained = click_log_loss(p, np.concatenate([clicks(on_even, odd), clicks(on_odd, even)]))
-    frozen_loss = click_log_loss(p, np.concatenate([clicks(frozen, odd), clicks(frozen, even)]))
+    q_retrained = np.concatenate([clicks(on_even, odd), clicks(on_odd, even)])
+    q_frozen = np.concatenate([clicks(frozen, odd), clicks(frozen, even)])
+    retrained, frozen_loss = click_log_loss(p, q_retrained), click_log_loss(p, q_frozen)
     return {
-        "scenario": scenario, "shifts": [s.kind for s in shifts],
+        "scenario": scenario, "ranker": ranker, "rate_per_s": rate,
+        "shifts": [s.kind for s in shifts],
         "change_request": warmup + pre, "change_at_s": change_at_s,
         "end_s": round(after[-1].elapsed_s, 1),
         "frozen_pre": round(click_log_loss(truth(before), clicks(frozen, before)), 5),
         "frozen": round(frozen_loss, 5), "retrained": round(retrained, 5),
         "gap_pct": round((frozen_loss - retrained) / retrained * 100.0, 2),
         "true_ctr_after": round(float(p.mean()), 5),
-        "frozen_mean_click_after": round(float(clicks(frozen, after).mean()), 5),
+        "mean_click_after": {"frozen": round(float(q_frozen.mean()), 5),
+                             "retrained": round(float(q_retrained.mean()), 5)},
         "requests_per_s": round(loop.requests / loop.wall_s, 1),
         "wall_s": wall,
     }
@@ -111,11 +120,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warming", type=int, default=2_000)
     parser.add_argument("--pre", type=int, default=2_000)
     parser.add_argument("--post", type=int, default=20_000)
+    parser.add_argument("--ranker", choices=get_args(Ranker), default="frozen")
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE_PER_S,
+                        help="requests per virtual second before any surge")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in args.scenario:
             result = asyncio.run(measure(scenario, args.seed, args.warmup, args.warming,
-                                         args.pre, args.post, Path(tmp)))
+                                         args.pre, args.post, args.ranker, Path(tmp), args.rate))
             print(orjson.dumps(result).decode(), flush=True)
 
 
