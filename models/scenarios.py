@@ -143,8 +143,31 @@ class NewInterest:
         return (Shift(change_at_s, "new_interest", self.weight),)
 
 
+@dataclass(frozen=True)
+class TrafficSurge:
+    """Every user sends ``factor`` times as many requests, from one moment on.
+
+    How users engage does not change, so the truth behind every shown item stays as it was;
+    only each world second holds more requests. The decayed counters inflate: the 1 h ones
+    reach ``factor`` times their level within a few hours, the longer ones follow slowly, and
+    the time since a user's or item's last event shrinks. A model trained before reads the
+    inflated counts as other users and items than they are: it is BatchNorm adaptation's case,
+    a covariate shift of scale.
+    """
+
+    factor: float = 3.0
+
+    name = "traffic_surge"
+    signals = ("feature.user_log_impression_1h", "feature.item_log_impression_1h")
+    incidental = ("feature.*_log_*", "feature.*log_since_last*", "label_rate.*",
+                  "calibration.*", *CLICK_FOLLOWERS)
+
+    def shifts(self, change_at_s: float) -> tuple[Shift, ...]:
+        return (Shift(change_at_s, "traffic", self.factor),)
+
+
 SCENARIOS: dict[str, type[Scenario]] = {
-    cls.name: cls for cls in (LabelRate, Covariate, StaleCalibration, NewInterest)}
+    cls.name: cls for cls in (LabelRate, Covariate, StaleCalibration, NewInterest, TrafficSurge)}
 
 
 def load_scenario(spec: str) -> Scenario:

@@ -8,6 +8,7 @@ shift it at a known time. It imports only numpy, so tests and benchmarks need no
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
@@ -16,7 +17,8 @@ import numpy as np
 ENGAGEMENT_TASKS = ("click", "like", "share", "hide")
 DEVICES = ("mobile", "desktop", "tablet")
 SURFACES = ("feed", "search", "related")
-ShiftKind = Literal["covariate", "label_rate", "new_interest", "device_mix", "calibration"]
+ShiftKind = Literal["covariate", "label_rate", "new_interest", "device_mix", "surface_mix",
+                    "calibration", "traffic"]
 
 # Latent space. Users concentrate on a few mainstream topics (Zipf), items cover all topics evenly,
 # so a popularity ranking is a real baseline but personalisation still pays.
@@ -72,10 +74,16 @@ class Shift:
     - ``device_mix``: the share of desktop requests; mobile and tablet split the rest as in
       DEVICE_MIX. Only the context moves, but desktop users click less (DEVICE_EFFECT), so the
       overall click rate moves a little too;
+    - ``surface_mix``: the share of search requests; feed and related split the rest as in
+      SURFACE_MIX. A search retrieves its near candidates around one interest, not all, so the
+      candidate sets, and what the features say about them, move with it;
     - ``calibration``: a logit offset added to every organic click, reached ``duration_s``
       after ``at_s`` on a linear ramp (0: a step). It is the same for every item, so the true
       order of any request's candidates never changes: a model trained before stays a good
-      ranker while its probabilities go stale.
+      ranker while its probabilities go stale;
+    - ``traffic``: every user's request rate is multiplied by magnitude (a surge above 1). How
+      users engage does not change, only how many requests a world second holds
+      (:meth:`World.request_times`), so decayed counters inflate while the truth stays put.
     """
 
     at_s: float  # seconds since the world's start (elapsed_s)
@@ -90,8 +98,11 @@ class Shift:
             raise ValueError("label_rate scales click rates by 1 + magnitude, which must be > 0")
         if self.kind == "new_interest" and self.magnitude < 0.0:
             raise ValueError("new_interest magnitude is the new interest's weight, so >= 0")
-        if self.kind == "device_mix" and not 0.0 <= self.magnitude <= 1.0:
-            raise ValueError("device_mix magnitude is the desktop share, so in [0, 1]")
+        if self.kind in ("device_mix", "surface_mix") and not 0.0 <= self.magnitude <= 1.0:
+            share = "desktop" if self.kind == "device_mix" else "search"
+            raise ValueError(f"{self.kind} magnitude is the {share} share, so in [0, 1]")
+        if self.kind == "traffic" and self.magnitude <= 0.0:
+            raise ValueError("traffic magnitude multiplies the request rate, so must be > 0")
         if self.duration_s < 0.0 or (self.duration_s and self.kind != "calibration"):
             raise ValueError("duration_s is a calibration ramp's length, so >= 0, and the "
                              "other kinds are steps")
@@ -165,6 +176,7 @@ class _State:
     click_scale: float = 1.0  # label_rate multiplier on P(click | examined)
     click_offset: float = 0.0  # calibration offset on the organic click logit
     device_mix: tuple[float, ...] = DEVICE_MIX  # P(device), in the order of DEVICES
+    surface_mix: tuple[float, ...] = SURFACE_MIX  # P(surface), in the order of SURFACES
 
 
 @dataclass(frozen=True)
@@ -191,6 +203,12 @@ def _around(rng: np.random.Generator, centres: np.ndarray, noise: float) -> np.n
     """Unit vectors scattered around centres, the offset having expected norm ~ noise."""
     offsets = rng.normal(0.0, noise / np.sqrt(centres.shape[1]), centres.shape)
     return _normalise(centres + offsets).astype(np.float32)
+
+
+def _with_share(mix: tuple[float, ...], index: int, share: float) -> tuple[float, ...]:
+    """``mix`` with ``share`` at ``index``, the others in their old proportions."""
+    rest = np.delete(np.asarray(mix), index)
+    return tuple(float(p) for p in np.insert(rest / rest.sum() * (1.0 - share), index, share))
 
 
 def position_bias(positions: np.ndarray) -> np.ndarray:
@@ -237,7 +255,7 @@ class World:
         elif not 0 <= user < cfg.n_users:
             raise ValueError(f"user {user} is not in a world of {cfg.n_users} users")
         device = DEVICES[rng.choice(len(DEVICES), p=state.device_mix)]
-        surface = SURFACES[rng.choice(len(SURFACES), p=SURFACE_MIX)]
+        surface = SURFACES[rng.choice(len(SURFACES), p=state.surface_mix)]
         candidates = self._candidates(rng, state, user, surface)
         ads = rng.choice(cfg.n_ads, size=cfg.ads_per_request, replace=False).astype(np.int64)
         return RequestDraw(user, candidates, ads, cfg.ad_slots, device, surface)
@@ -303,11 +321,37 @@ class World:
         oracle used to compare rankings (served vs random vs popularity). Exact for play() with no
         ads, including sessions that end early after hides. Only the draw's user and device
         count, so `ranked` may hold any items, such as those a worker retrieved itself."""
+        return float(np.sum(self.feed_probabilities(draw, ranked, elapsed_s)["click"]))
+
+    def feed_probabilities(self, draw: RequestDraw, ranked: np.ndarray, elapsed_s: float
+                           ) -> dict[str, np.ndarray]:
+        """True probability of each engagement in each slot of a feed with no ads: the chance
+        that the session reaches the slot times :meth:`probabilities` there. It is what a label
+        logged for a shown item estimates, since a slot the user never reached logs nothing."""
         ranked = np.asarray(ranked, dtype=np.int64)
         p = self.probabilities(draw.user, ranked, np.arange(len(ranked)), draw.device, elapsed_s)
         end = END_ORGANIC + END_AFTER_HIDE * p["hide"]
         reach = np.concatenate(([1.0], np.cumprod(1.0 - end)[:-1]))
-        return float(np.sum(reach * p["click"]))
+        return {task: reach * p[task] for task in ENGAGEMENT_TASKS}
+
+    def traffic_scale(self, elapsed_s: float) -> float:
+        """How many times its starting rate each user sends requests at elapsed_s."""
+        return float(np.prod([s.magnitude for s in self.config.shifts
+                              if s.kind == "traffic" and elapsed_s >= s.at_s]))
+
+    def request_times(self, rate: float, start_s: float) -> Iterator[float]:
+        """World times of the requests from start_s on, ``rate`` per second times the traffic
+        scale: endless. Within a stretch of one scale the k-th is start + k / (rate * scale),
+        not a running sum, so a time lands exactly where arithmetic says it does."""
+        if rate <= 0.0:
+            raise ValueError("rate must be > 0 requests per second")
+        origin, scale, k = start_s, self.traffic_scale(start_s), 0
+        while True:
+            elapsed = origin + k * (1.0 / (rate * scale))
+            if self.traffic_scale(elapsed) != scale:
+                origin, scale, k = elapsed, self.traffic_scale(elapsed), 0
+            yield elapsed
+            k += 1
 
     def popularity_ranking(self, draw: RequestDraw) -> np.ndarray:
         """Candidates by global popularity, best first: the best ranking that ignores the user."""
@@ -385,13 +429,16 @@ class World:
         """One shift; its own seeded stream keeps it independent of the traffic before it."""
         shift = self.config.shifts[index]
         rng = np.random.default_rng([self.config.seed, index])
+        if shift.kind == "traffic":
+            return state  # more requests, the same users: see World.request_times
         if shift.kind == "label_rate":
             return replace(state, click_scale=state.click_scale * (1.0 + shift.magnitude))
         if shift.kind == "device_mix":
-            desktop = DEVICES.index("desktop")
-            rest = np.delete(np.asarray(DEVICE_MIX), desktop)
-            mix = np.insert(rest / rest.sum() * (1.0 - shift.magnitude), desktop, shift.magnitude)
-            return replace(state, device_mix=tuple(float(p) for p in mix))
+            return replace(state, device_mix=_with_share(
+                DEVICE_MIX, DEVICES.index("desktop"), shift.magnitude))
+        if shift.kind == "surface_mix":
+            return replace(state, surface_mix=_with_share(
+                SURFACE_MIX, SURFACES.index("search"), shift.magnitude))
         if shift.kind == "covariate":
             targets = self._centres[rng.integers(N_TOPICS, size=len(state.vectors))]
             moved = _normalise(state.vectors + shift.magnitude * targets).astype(np.float32)

@@ -25,9 +25,10 @@ long training takes (``streamrank demo --scenario``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -36,7 +37,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from models.world import RequestDraw, World
+from models.world import Engagement, RequestDraw, World
 from schemas import Event, ItemUpsert, Limits, RankingRequest, RankingResult, Record, encode
 from schemas.codec import Rejection, decode, validate
 from stream.runtime.clients import kafka_consumer, started_producer
@@ -139,34 +140,29 @@ class Simulator:
 
     async def publish_catalogue(self, now: float | None = None) -> None:
         """Upsert every item and ad, created at ``now`` (default: the wall clock)."""
-        world, now = self.world, time.time() if now is None else now
-        catalogue = [(world.item_ids, world.item_embeddings, None),
-                     (world.ad_ids, world.ad_embeddings, world.ad_bids)]
-        for ids, embeddings, bids in catalogue:
-            for index, item_id in enumerate(ids):
-                upsert = validate({
-                    "ts": now, "item_id": item_id, "kind": "item" if bids is None else "ad",
-                    "embedding": embeddings[index].tolist(), "created_ts": now,
-                    "bid": None if bids is None else float(bids[index]),
-                }, ItemUpsert, self.settings.limits)
-                await self._send("items", item_id, upsert)
-                self._write_log({"item": upsert.model_dump(mode="json", exclude_none=True)})
-                self.report.items += 1
+        now = time.time() if now is None else now
+        for upsert in catalogue(self.world, now, self.settings.limits):
+            await self._send("items", upsert.item_id, upsert)
+            self._write_log({"item": upsert.model_dump(mode="json", exclude_none=True)})
+            self.report.items += 1
         await self._producer.flush()
 
     async def run(self, rate: float, seconds: float, policy: Policy) -> SimulationReport:
-        """Play ``rate`` requests/s for ``seconds`` (0 = until cancelled). Each request meets
-        the world at its scheduled time, so the world's clock advances by ``seconds``."""
+        """Play ``rate`` requests/s (times the world's traffic scale, which a surge raises) for
+        ``seconds`` (0 = until cancelled). Each request meets the world at its scheduled time,
+        so the world's clock advances by ``seconds``."""
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
         phase_start, phase_world_s = time.monotonic(), self.world_s
         try:
-            for offset in _schedule(rate, seconds):
+            for elapsed in self.world.request_times(rate, phase_world_s):
+                offset = elapsed - phase_world_s
+                if 0 < seconds <= offset:
+                    break
                 delay = phase_start + offset - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await in_flight.acquire()
-                elapsed = phase_world_s + offset
                 if (self.report.change_request is None and self._change_at_s is not None
                         and elapsed >= self._change_at_s):
                     self.report.change_request = self._scheduled
@@ -196,13 +192,15 @@ class Simulator:
         warm-up. The requests are logged but not sent: no one waits for their rankings. The
         catalogue is published first, created when the warm-up began.
         """
-        started, virtual_s = time.monotonic(), requests / rate
+        started = time.monotonic()
+        times = list(itertools.islice(self.world.request_times(rate, self.world_s), requests + 1))
+        virtual_s = times[-1] - self.world_s
         start = time.time() - virtual_s
         await self.publish_catalogue(now=start)
-        for index in range(requests):
-            elapsed = self.world_s + index / rate
+        for elapsed in times[:-1]:
             draw = self.world.draw_request(self.rng, elapsed)
-            request = _request(self.world, draw, start + elapsed, self.settings.limits)
+            request = ranking_request(self.world, draw, start + elapsed,
+                                      self.settings.limits)
             ranked = self.rng.permutation(draw.candidates)[: self.world.config.shown]
             await self._play(request, draw, ranked, "random", elapsed, request.ts)
         await self._producer.flush()
@@ -252,8 +250,8 @@ class Simulator:
     async def _play_one(self, policy: Policy, elapsed: float) -> None:
         world, now = self.world, time.time()
         draw = world.draw_request(self.rng, elapsed)
-        request = _request(world, draw, now, self.settings.limits,
-                           candidates=not self.retrieval)
+        request = ranking_request(world, draw, now, self.settings.limits,
+                                  candidates=not self.retrieval)
         ranked = self.rng.permutation(draw.candidates)[: world.config.shown]
         served_by = "random"
         if policy == "served":
@@ -281,14 +279,8 @@ class Simulator:
         world = self.world
         ads_by_slot = {slot: int(self.rng.choice(draw.ads))
                        for slot in _slots_reached(draw.ad_slots, len(ranked))}
-        engagements = world.play(self.rng, draw, ranked, ads_by_slot, elapsed)
-        events = [
-            Event(ts=ts, event_id=uuid.uuid4().hex, user_id=request.user_id,
-                  item_id=e.item_id, type=e.type,  # type: ignore[arg-type]
-                  request_id=request.request_id, position=e.position, dwell_s=e.dwell_s,
-                  revenue=e.revenue)
-            for e in engagements
-        ]
+        events = engagement_events(
+            request, world.play(self.rng, draw, ranked, ads_by_slot, elapsed), ts)
         for event in events:
             await self._send("events", request.user_id, event)
         self.report.events += len(events)
@@ -340,8 +332,32 @@ class Simulator:
                 for name, ranking in rankings.items()}
 
 
-def _request(world: World, draw: RequestDraw, now: float, limits: Limits,
-             candidates: bool = True) -> RankingRequest:
+def catalogue(world: World, now: float, limits: Limits) -> Iterator[ItemUpsert]:
+    """Every item, then every ad, of the world as upserts created at ``now``."""
+    for ids, embeddings, bids in [(world.item_ids, world.item_embeddings, None),
+                                  (world.ad_ids, world.ad_embeddings, world.ad_bids)]:
+        for index, item_id in enumerate(ids):
+            yield validate({
+                "ts": now, "item_id": item_id, "kind": "item" if bids is None else "ad",
+                "embedding": embeddings[index].tolist(), "created_ts": now,
+                "bid": None if bids is None else float(bids[index]),
+            }, ItemUpsert, limits)
+
+
+def engagement_events(request: RankingRequest, engagements: Sequence[Engagement], ts: float
+                      ) -> list[Event]:
+    """What the user did with the request's feed, as events at ``ts``."""
+    return [
+        Event(ts=ts, event_id=uuid.uuid4().hex, user_id=request.user_id,
+              item_id=e.item_id, type=e.type,  # type: ignore[arg-type]
+              request_id=request.request_id, position=e.position, dwell_s=e.dwell_s,
+              revenue=e.revenue)
+        for e in engagements
+    ]
+
+
+def ranking_request(world: World, draw: RequestDraw, now: float, limits: Limits,
+                    candidates: bool = True) -> RankingRequest:
     """The draw as a ranking request; without ``candidates``, the worker retrieves them."""
     return validate({
         "ts": now, "request_id": uuid.uuid4().hex, "user_id": world.user_ids[draw.user],
@@ -360,13 +376,3 @@ def _slots_reached(ad_slots: tuple[int, ...], items: int) -> list[int]:
         if slot <= items + len(reached):
             reached.append(slot)
     return reached
-
-
-def _schedule(rate: float, seconds: float) -> Iterator[float]:
-    """Due times of requests at a steady ``rate``, in seconds from the phase's start; endless
-    when ``seconds`` is 0."""
-    interval = 1.0 / rate
-    index = 0
-    while seconds <= 0 or index * interval < seconds:
-        yield index * interval
-        index += 1

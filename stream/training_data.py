@@ -8,22 +8,18 @@ Training and serving therefore cannot disagree about what a feature means.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-from models.features import ItemMeta
-from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES, ranking_matrix
+from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
 from models.training import Dataset
 from schemas import Event, ItemUpsert, RankingRequest, Rejection
 from schemas.codec import validate
 from stream.errors import StreamrankError
-from stream.features.reader import FeatureReader
-from stream.features.store import EventBatch, MemoryStore
-from stream.features.watermarks import Origin
-from stream.interests.role import interest_params
-from stream.interests.update import update_users
+from stream.features.offline import OfflineFeatures
 from stream.settings import Settings
 
 
@@ -41,13 +37,9 @@ class LogReplay:
         # rows would show item counters far colder than serving meets after them.
         self.warming_requests = warming_requests
         self._requests = 0
-        self._store = MemoryStore(settings.dedup_ttl_s, settings.history_length)
-        self._reader = FeatureReader(self._store, settings.embedding_dim,
-                                     interests=settings.interest_features)
-        self._interests = interest_params(settings)
+        self._features = OfflineFeatures(settings)
         self._offset = 0
         self._lines = 0
-        self._events = 0
         self._matrices: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._item_ids: list[str] = []
@@ -73,9 +65,7 @@ class LogReplay:
     async def _replay(self, record: dict[str, object]) -> None:
         limits = self.settings.limits
         if "item" in record:
-            item = validate(record["item"], ItemUpsert, limits)
-            await self._store.apply(EventBatch(
-                metas={item.item_id: ItemMeta.from_upsert(item).pack()}))
+            await self._features.publish([validate(record["item"], ItemUpsert, limits)])
             return
         request = validate(record["request"], RankingRequest, limits)
         served = record["served"]
@@ -87,19 +77,12 @@ class LogReplay:
             position = {item_id: row for row, item_id in enumerate(request.candidates)}
             if not all(item_id in position for item_id in shown):
                 raise KeyError("a shown item is not among the request's candidates")
-            features = await self._reader.fetch(request.user_id, request.candidates,
-                                                now=request.ts)
-            matrix = ranking_matrix(features, request.context, request.ts)
+            matrix = await self._features.matrix(request)
             self._matrices.append(matrix[[position[item_id] for item_id in shown]])
-            self._labels.append(_labels(shown, events))
+            self._labels.append(shown_labels(shown, events))
             self._item_ids += shown
             self._request_index += [len(self._matrices) - 1] * len(shown)
-        # The log is one stream: its events take consecutive offsets of one partition.
-        origins = [Origin(0, self._events + k) for k in range(len(events))]
-        self._events += len(events)
-        await self._store.apply(EventBatch(events, origins))
-        await update_users(self._store, events, self._interests,
-                           self.settings.interests_long_dwell_s, self.settings.embedding_dim)
+        await self._features.apply(events)
 
     def dataset(self) -> Dataset:
         if not self._matrices:
@@ -118,7 +101,8 @@ async def build_dataset(log_path: Path, settings: Settings,
     return replay.dataset()
 
 
-def _labels(shown: list[str], events: list[Event]) -> np.ndarray:
+def shown_labels(shown: Sequence[str], events: Sequence[Event]) -> np.ndarray:
+    """float32 ``[len(shown), len(TASK_NAMES)]``: 1 where the user did that task to that item."""
     position = {item_id: row for row, item_id in enumerate(shown)}
     labels = np.zeros((len(shown), len(TASK_NAMES)), dtype=np.float32)
     for event in events:

@@ -173,3 +173,17 @@ def test_the_worlds_clock_counts_traffic_and_marks_the_change_request(tmp_path: 
                for line in map(orjson.loads, (tmp_path / "logs.jsonl").read_bytes().splitlines())
                if "request" in line][warmup:]
     assert set(devices[20:]) == {"desktop"} and set(devices[:20]) != {"desktop"}
+
+
+def test_a_traffic_surge_plays_more_requests_per_second(tmp_path: Path) -> None:
+    """Twice the traffic from 0.05 s into the phase: 10 requests at 200/s, then 20 more in the
+    next 0.049 s (the last would fall at the phase's end), each at its own world time."""
+    warmup, rate = 100, 200.0
+    surge = Shift(warmup / RATE + 0.05, "traffic", 2.0)
+    simulator, producer = offline_simulator(tmp_path / "logs.jsonl", shifts=(surge,))
+    asyncio.run(simulator.warm_up(warmup, RATE))
+    asyncio.run(simulator.run(rate, 0.099, "random"))
+    simulator._log.close()  # type: ignore[union-attr]
+    assert simulator.report.requests == 30 == len(_topic(producer.sent, "requests"))
+    assert simulator.report.change_request == 10
+    assert simulator.world_s == pytest.approx(warmup / RATE + 0.099)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -215,6 +217,33 @@ def test_label_rate_shift_scales_clicks_from_at_s() -> None:
     assert clicks(shifted, 100.0).mean() > 1.4 * clicks(base, 100.0).mean()
 
 
+def test_traffic_shift_packs_more_requests_into_a_second_and_changes_nothing_else() -> None:
+    surge = World(WorldConfig(seed=11, shifts=(Shift(10.0, "traffic", 4.0),)))
+    base = World(WorldConfig(seed=11))
+    assert [surge.traffic_scale(t) for t in (0.0, 9.9, 10.0, 1e6)] == [1.0, 1.0, 4.0, 4.0]
+    times = list(itertools.islice(surge.request_times(2.0, 8.0), 9))
+    np.testing.assert_allclose(times, [8.0, 8.5, 9.0, 9.5, 10.0, 10.125, 10.25, 10.375, 10.5])
+    draw = draws(base, 1)[0]
+    feed = draw.candidates[:10]
+    # The same users, engaging as they did.
+    assert [d.user for d in draws(surge, 5, seed=1, elapsed_s=20.0)] == \
+        [d.user for d in draws(base, 5, seed=1)]
+    np.testing.assert_array_equal(surge.feed_probabilities(draw, feed, 20.0)["click"],
+                                  base.feed_probabilities(draw, feed, 0.0)["click"])
+
+
+def test_feed_probabilities_are_per_slot_and_sum_to_expected_clicks(world: World) -> None:
+    draw = draws(world, 1, seed=6)[0]
+    feed = world.feed_probabilities(draw, draw.candidates[:10], 0.0)
+    per_impression = world.probabilities(draw.user, draw.candidates[:10], np.arange(10),
+                                         draw.device, 0.0)
+    assert set(feed) == set(ENGAGEMENT_TASKS)
+    np.testing.assert_allclose(feed["hide"][0], per_impression["hide"][0])  # always reached
+    assert np.all(feed["click"][1:] < per_impression["click"][1:])  # later slots may not be
+    assert feed["click"].sum() == pytest.approx(world.expected_clicks(draw, draw.candidates[:10],
+                                                                      0.0))
+
+
 def test_new_interest_shift_adds_an_interest() -> None:
     cfg = WorldConfig(seed=12, shifts=(Shift(50.0, "new_interest"),))
     world = World(cfg)
@@ -268,6 +297,16 @@ def test_device_mix_shift_sets_the_desktop_share_and_keeps_the_rest_in_proportio
         np.testing.assert_array_equal(a.candidates, b.candidates)
 
 
+def test_surface_mix_shift_sets_the_search_share_and_keeps_the_rest_in_proportion() -> None:
+    world = World(WorldConfig(seed=14, **SMALL, shifts=(Shift(10.0, "surface_mix", 0.8),)))
+    n = 3000
+    surfaces = [d.surface for d in draws(world, n, seed=2, elapsed_s=10.0)]
+    # P(feed), P(search), P(related): (0.7, 0.2, 0.1) before, (0.2 * 7/8, 0.8, 0.2 / 8) after.
+    for surface, expected in [("feed", 0.2 * 7 / 8), ("search", 0.8), ("related", 0.2 / 8)]:
+        share = surfaces.count(surface) / n
+        assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / n)
+
+
 def test_calibration_ramp_moves_the_click_logit_but_not_the_order() -> None:
     ramp = Shift(100.0, "calibration", 0.8, duration_s=20.0)
     world = World(WorldConfig(seed=15, **SMALL, shifts=(ramp,)))
@@ -299,9 +338,11 @@ def test_calibration_ramp_moves_the_click_logit_but_not_the_order() -> None:
 
 @pytest.mark.parametrize(("shift", "message"), [
     (dict(kind="device_mix", magnitude=1.2), "desktop share"),
+    (dict(kind="surface_mix", magnitude=-0.1), "search share"),
     (dict(kind="calibration", duration_s=-1.0), "duration_s"),
     (dict(kind="label_rate", magnitude=-0.5, duration_s=5.0), "other kinds are steps"),
     (dict(kind="surge"), "unknown shift kind"),
+    (dict(kind="traffic", magnitude=0.0), "request rate"),
 ])
 def test_bad_shifts_are_refused(shift: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
