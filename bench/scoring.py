@@ -103,6 +103,9 @@ class ScoringBenchConfig:
     events: int = 20_000
     pause_idle: bool = True            # SIGSTOP the path not being measured
     seed: int = 0
+    # Roles of a second worker process beside the measured one, as a deployment runs them
+    # (docker-compose.yml): what they cost the scoring path on the same machine.
+    side_roles: str = ""
 
 
 def parse_candidates(text: str, limit: int) -> tuple[int, ...]:
@@ -151,9 +154,11 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
         for candidates in config.candidates:
             logs: dict[str, str] = {}
             maxima: list[_MaxPass] = []
+            stats_served: list[str] = []  # a side BN role's versions reach the worker
             for k in range(config.repeats):
                 with environment(candidates, f"max{k}") as bench:
                     maxima.append(asyncio.run(bench.maximum(candidates)))
+                    stats_served.append(bench.worker.get("/stats")["stats_version"])
                     logs[f"max{k}"] = str(bench.worker.log_path)
             rate = statistics.median(m.candidates_per_s for m in maxima) / candidates / 2
             passes: list[_LatencyPass] = []
@@ -165,7 +170,7 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
                         http_ms = asyncio.run(bench.http(candidates))
                         worker = bench.describe_worker()
             by_candidates[str(candidates)] = _figures(maxima, passes, http_ms, rate) | {
-                "worker_logs": logs}
+                "worker_logs": logs, "stats_version_after_max": stats_served}
     return worker | {
         "by_candidates": by_candidates,
         "bare_provider": worker["provider"],
@@ -256,8 +261,13 @@ def _environment(settings: Settings, config: ScoringBenchConfig, manifest: Path
         try:
             catalogue = asyncio.run(populate_store(settings, config))
             version = Manifest.load(manifest).version
-            worker = _worker_process(settings, bootstrap, manifest)
-            with EchoProcess(settings, bootstrap) as echo, worker:
+            worker = _worker_process(settings, bootstrap, manifest, SCORING_PATH_ROLES)
+            with contextlib.ExitStack() as stack:
+                echo = stack.enter_context(EchoProcess(settings, bootstrap))
+                stack.enter_context(worker)
+                if config.side_roles:
+                    stack.enter_context(_worker_process(settings, bootstrap, manifest,
+                                                        config.side_roles))
                 worker.wait_for(lambda s: s["model_version"] == version, timeout_s=60.0)
                 yield _Bench(settings, bootstrap, config, catalogue, Manifest.load(manifest),
                              worker, echo)
@@ -275,11 +285,14 @@ def _in_flight_at_max(settings: Settings) -> int:
 SCORING_PATH_ROLES = "features,scoring"
 
 
-def _worker_process(settings: Settings, bootstrap: str, manifest: Path) -> WorkerProcess:
+def _worker_process(settings: Settings, bootstrap: str, manifest: Path, roles: str
+                    ) -> WorkerProcess:
     """The worker serving ``manifest``, with this run's settings (passed to the child as
-    ``STREAMRANK_*`` variables)."""
-    return WorkerProcess(settings.model_copy(update={"model_manifest": manifest,
-                                                     "roles": SCORING_PATH_ROLES}), bootstrap)
+    ``STREAMRANK_*`` variables); the model's directory is the model dir, so that BatchNorm
+    statistics written beside it are trusted."""
+    return WorkerProcess(settings.model_copy(update={
+        "model_manifest": manifest, "roles": roles,
+        "model_dir": manifest.parent.parent.resolve()}), bootstrap)
 
 
 def _worker_model(log_path: Path, version: str, settings: Settings) -> tuple[str, int | None]:

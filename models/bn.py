@@ -12,12 +12,19 @@ Conventions:
   ``running = (1 - momentum) * running + momentum * batch``. Keras's ``momentum`` is the weight
   of the old value, so Keras 0.9 is PyTorch 0.1.
 - The batch variance is unbiased (``n - 1``), as in PyTorch's running_var update.
+- **The variance blend is the mixture's**: ``(1 - m) * var + m * batch_var
+  + m * (1 - m) * (batch_mean - mean) ** 2``, the variance of the blended distribution, where
+  PyTorch drops the last term. A batch of a live stream spans minutes, not the population: a
+  channel that moves with time (an age, a growing counter) barely varies within one batch, and
+  PyTorch's blend would shrink its variance step by step towards zero. The between-batch term
+  keeps the spread the stream shows across batches.
 - **Layer by layer**: a hidden layer's input is computed with the statistics already adapted
   before it (:class:`LayerInputs`), as AdaBN does.
 
 The guards (:class:`Guards`) answer the known failure modes of test-time adaptation: too few
 rows give unstable moments, broken inputs poison them, and over long runs statistics can drift
-towards a collapse. An update either passes every guard or changes nothing (:class:`Refused`).
+towards a collapse. An update either passes every guard or changes nothing (:class:`Refused`);
+within one that passes, a channel that does not vary in the batch keeps its moments.
 
 >>> trained = stats_from_arrays("m1", {"bn_input": (np.zeros(2), np.ones(2))})
 >>> rows = np.tile([[1.0, 3.0], [3.0, 5.0]], (1000, 1))
@@ -174,7 +181,9 @@ class Guards:
     min_rows: int = 2000  # practitioners report 1-2k samples for stable moments
     max_step_sd: float = 1.0  # per channel, |mean step| <= this x the current std
     var_floor: float = 1e-5  # no variance goes below it (a constant channel stays usable)
-    collapse_ratio: float = 1e-2  # a variance below this share of the current or trained one
+    # A batch variance below this share of the current one holds the channel; an adapted
+    # variance below this share of the trained one is a collapse.
+    collapse_ratio: float = 1e-2
 
     def __post_init__(self) -> None:
         if not 0.0 < self.momentum <= 1.0:
@@ -190,6 +199,7 @@ class Adapted:
     layers: dict[str, Moments]
     rows_used: int
     rows_rejected: int  # NaN or Inf
+    channels_held: int = 0  # still within the batch, so kept as they were
 
 
 @dataclass(frozen=True)
@@ -197,8 +207,8 @@ class Refused:
     reason: str  # min_rows | step_cap | collapse
     detail: str
     rows_rejected: int = 0
-    # The refused channel's value before and after the update: its mean for step_cap, its
-    # variance for collapse.
+    # The refused channel before and after the update: its mean for step_cap, its variance
+    # for collapse.
     before: float = 0.0
     after: float = 0.0
 
@@ -222,19 +232,26 @@ def adapt(current: BnStats, trained: BnStats, rows: np.ndarray, guards: Guards,
         return Refused("min_rows", f"{len(rows)} finite rows, fewer than {guards.min_rows}",
                        rejected)
     adapted: dict[str, Moments] = {}
+    held = 0
     for index, name in enumerate(layers):
         inputs = rows if index == 0 else _layer_input(taps, rows, current, adapted, index)
         mean, var = current.layers[name]
         batch_mean, batch_var = inputs.mean(axis=0), inputs.var(axis=0, ddof=1)
-        new_mean = (1 - guards.momentum) * mean + guards.momentum * batch_mean
-        new_var = np.maximum((1 - guards.momentum) * var + guards.momentum * batch_var,
-                             guards.var_floor)
-        refusal = _guard(name, guards, trained.layers[name][1], mean, var, batch_var,
-                         new_mean, new_var)
+        m = guards.momentum
+        # A channel that varies but not within this batch (a rare flag absent from it, an input
+        # stuck at one value): the batch says nothing about its spread, so it keeps its moments.
+        # Blended, a rare flag's variance would shrink until its rare value explodes.
+        still = (var > 10 * guards.var_floor) & (batch_var < guards.collapse_ratio * var)
+        held += int(still.sum())
+        new_mean = np.where(still, mean, (1 - m) * mean + m * batch_mean)
+        new_var = np.where(still, var, np.maximum(
+            (1 - m) * var + m * batch_var + m * (1 - m) * (batch_mean - mean) ** 2,
+            guards.var_floor))
+        refusal = _guard(name, guards, trained.layers[name][1], mean, var, new_mean, new_var)
         if refusal is not None:
             return replace(refusal, rows_rejected=rejected)
         adapted[name] = (new_mean.astype(np.float32), new_var.astype(np.float32))
-    return Adapted(adapted, len(rows), rejected)
+    return Adapted(adapted, len(rows), rejected, held)
 
 
 def _layer_input(taps: LayerInputs | None, rows: np.ndarray, current: BnStats,
@@ -246,27 +263,28 @@ def _layer_input(taps: LayerInputs | None, rows: np.ndarray, current: BnStats,
 
 
 def _guard(name: str, guards: Guards, trained_var: np.ndarray, mean: np.ndarray,
-           var: np.ndarray, batch_var: np.ndarray, new_mean: np.ndarray, new_var: np.ndarray
-           ) -> Refused | None:
-    sd = np.sqrt(var)
-    step = np.abs(new_mean - mean) / sd
-    widen = np.abs(np.log(np.sqrt(new_var / var)))
+           var: np.ndarray, new_mean: np.ndarray, new_var: np.ndarray) -> Refused | None:
+    # A channel constant in training (a flag always on, a counter never fed) has a variance
+    # near zero; measured in its own sd, float rounding alone would be a huge step.
+    reference = np.maximum(var, guards.var_floor)
+    step = np.abs(new_mean - mean) / np.sqrt(reference)
+    widen = np.abs(np.log(np.sqrt(new_var / reference)))
     too_far = (step > guards.max_step_sd) | (widen > np.log1p(guards.max_step_sd))
     if too_far.any():
         worst = int(np.argmax(np.maximum(step, widen)))
         return Refused("step_cap", f"{name}[{worst}]: mean step {step[worst]:.3g} sd, std "
-                       f"ratio {np.sqrt(new_var[worst] / var[worst]):.3g}; cap "
+                       f"ratio {np.sqrt(new_var[worst] / reference[worst]):.3g}; cap "
                        f"{guards.max_step_sd:g} sd", before=float(mean[worst]),
                        after=float(new_mean[worst]))
-    # A channel that varied and now holds still: broken input, or statistics sliding to zero.
-    live = var > 10 * guards.var_floor
-    collapsing = live & ((batch_var < guards.collapse_ratio * var)
-                         | (new_var < guards.collapse_ratio * trained_var))
+    # Statistics sliding towards zero over many updates: the long-run collapse of test-time
+    # adaptation.
+    collapsing = (trained_var > 10 * guards.var_floor) & (
+        new_var < guards.collapse_ratio * trained_var)
     if collapsing.any():
         worst = int(np.flatnonzero(collapsing)[0])
-        return Refused("collapse", f"{name}[{worst}]: variance {batch_var[worst]:.3g} in the "
-                       f"batch, {var[worst]:.3g} now, {trained_var[worst]:.3g} trained",
-                       before=float(var[worst]), after=float(batch_var[worst]))
+        return Refused("collapse", f"{name}[{worst}]: variance {new_var[worst]:.3g} after the "
+                       f"update, {trained_var[worst]:.3g} trained", before=float(var[worst]),
+                       after=float(new_var[worst]))
     return None
 
 

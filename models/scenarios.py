@@ -155,7 +155,7 @@ class TrafficSurge:
     a covariate shift of scale.
     """
 
-    factor: float = 3.0
+    factor: float = 10.0  # a flash sale; at 3x the decayed counters move about one sd
 
     name = "traffic_surge"
     signals = ("feature.user_log_impression_1h", "feature.item_log_impression_1h")
@@ -166,8 +166,30 @@ class TrafficSurge:
         return (Shift(change_at_s, "traffic", self.factor),)
 
 
+@dataclass(frozen=True)
+class SurfaceMix:
+    """Most requests come from search instead of the feed, from one moment on.
+
+    A search retrieves its candidates near one of the user's interests, not across all of them,
+    so the candidates of a request are closer to each other and to the user's history: the
+    similarity features move as a whole. How users engage with a shown item does not change.
+    A model trained on a mostly-feed world normalizes those features with the feed's moments.
+    """
+
+    search_share: float = 0.9  # from 0.2 (SURFACE_MIX); feed and related keep their 7:1 ratio
+
+    name = "surface_mix"
+    signals = ("feature.surface_search", "feature.surface_feed")
+    incidental = ("feature.surface_related", "feature.sim_*", "feature.cand_*",
+                  "label_rate.*", "calibration.*", *CLICK_FOLLOWERS)
+
+    def shifts(self, change_at_s: float) -> tuple[Shift, ...]:
+        return (Shift(change_at_s, "surface_mix", self.search_share),)
+
+
 SCENARIOS: dict[str, type[Scenario]] = {
-    cls.name: cls for cls in (LabelRate, Covariate, StaleCalibration, NewInterest, TrafficSurge)}
+    cls.name: cls for cls in (LabelRate, Covariate, StaleCalibration, NewInterest, TrafficSurge,
+                              SurfaceMix)}
 
 
 def load_scenario(spec: str) -> Scenario:

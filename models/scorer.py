@@ -170,8 +170,8 @@ class OnnxScorer:
         if got != provider:
             raise ModelError(f"asked onnxruntime for {provider}, session got {got}")
         self.provider = provider
-        log.info("model %s with %s statistics loaded on %s (%d intra-op threads)",
-                 self.version, self.stats_version, provider, intra_op_threads)
+        log.info("model %s loaded on %s (%d intra-op threads), %s statistics", self.version,
+                 provider, intra_op_threads, self.stats_version)
 
     def with_stats(self, stats: BnStats) -> OnnxScorer:
         """The same model with other BatchNorm statistics: blocking, run it off the loop."""

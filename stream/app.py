@@ -33,7 +33,7 @@ from stream.runtime.environment import open_store
 from stream.runtime.failures import LoopFailed
 from stream.runtime.metrics import WorkerMetrics
 from stream.runtime.state_audit import StateAuditService
-from stream.runtime.versioned_state import VersionedStateService
+from stream.runtime.versioned_state import SERVING_READER, VersionedStateService
 from stream.scoring.ranker import MicroBatcher, ModelSlot, Ranker
 from stream.scoring.role import ScoringService
 from stream.scoring.state_kinds import serving_kinds
@@ -185,7 +185,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             "model_version": worker.models.current.version,
             "stats_version": worker.models.current.stats_version,
             "model_load_failures": int(total("streamrank_state_updates_refused",
-                                             kind="model")),
+                                             reader=SERVING_READER, kind="model")),
         })
 
     @app.page("/metrics")

@@ -446,6 +446,40 @@ def bench_drift(
     _report(run_drift_bench(_settings(), config), json_out)
 
 
+@bench_app.command("bn")
+@_clear_errors
+def bench_bn(
+    scenarios: Annotated[str, typer.Option(
+        help="Covariate shifts, comma-separated (names or package.module:Class); a control "
+             "with no shift always runs.")] = "traffic_surge,surface_mix",
+    post: Annotated[int, typer.Option(min=1000, help="Requests after each change.")] = 20_000,
+    log_rate: Annotated[float, typer.Option(
+        min=0.01, max=1.0, help="Share of requests in the feature log.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="The world's seed.")] = 7,
+    scoring: Annotated[bool, typer.Option(
+        help="Also run the scoring bench at 500 candidates with and without the BN role.")
+    ] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+    png: Annotated[Path | None, typer.Option(
+        help="Log loss per arm after the change; default: --json's path as .png.")] = None,
+) -> None:
+    """Frozen, adaptive and retrained BatchNorm statistics after covariate shifts, against the
+    world's true click probabilities; and what the BN role costs the scoring path."""
+    from bench.bn import BnBenchConfig, run_bn_bench
+    from models.scenarios import load_scenario
+
+    chosen = tuple(name for name in scenarios.split(",") if name)
+    for name in chosen:
+        try:
+            load_scenario(name)
+        except ValueError as exc:
+            _fail(str(exc))
+    if png is None and json_out is not None:
+        png = json_out.with_suffix(".png")
+    config = BnBenchConfig(scenarios=chosen, post=post, log_rate=log_rate, seed=seed)
+    _report(run_bn_bench(_settings(), config, png, scoring), json_out)
+
+
 @bench_app.command("interests")
 @_clear_errors
 def bench_interests(

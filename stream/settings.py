@@ -190,14 +190,21 @@ class Settings(BaseSettings):
         0.1, gt=0, le=1, description="PyTorch's convention: the weight of each new batch of "
         "feature-log rows in the running BatchNorm statistics (Keras's momentum is 1 minus it).")
     bn_min_rows: int = Field(2000, ge=2, description="Feature-log rows per statistics update.")
+    bn_max_rows: int = Field(
+        20_000, ge=2, description="Rows waiting for the next update beyond this many make room "
+        "by dropping the oldest: memory stays bounded at any traffic.")
+    bn_min_interval_s: float = Field(
+        30.0, ge=0, description="Event-time seconds from one statistics update to the next at "
+        "least, so hot swaps stay rare at any traffic.")
     bn_max_step_sd: float = Field(
         1.0, gt=0, description="An update that moves any channel's mean by more than this many "
         "current standard deviations, or its std by more than 1 + this factor, is refused.")
     bn_var_floor: float = Field(1e-5, gt=0, description="No adapted variance goes below it.")
     bn_collapse_ratio: float = Field(
-        0.01, gt=0, lt=1, description="A channel whose batch variance falls below this share "
-        "of the current one, or whose adapted variance below this share of the trained one, "
-        "is collapsing: the update is refused and an alert goes out.")
+        0.01, gt=0, lt=1, description="A channel whose batch variance is below this share of "
+        "its current one keeps its statistics (a rare flag absent from the batch, a stuck "
+        "input); one whose adapted variance would fall below this share of the trained one is "
+        "collapsing: the update is refused and an alert goes out.")
     bn_watchdog_outcomes: int = Field(
         1000, ge=10, description="Labelled outcomes (with feature rows) on which a new "
         "statistics version is compared with its parent.")
@@ -261,6 +268,13 @@ class Settings(BaseSettings):
             raise ValueError(f"STREAMRANK_KAFKA_SSL_* are set, but {named} does not use TLS")
         if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
             raise ValueError("STREAMRANK_KAFKA_SSL_KEYFILE needs STREAMRANK_KAFKA_SSL_CERTFILE")
+        return self
+
+    @model_validator(mode="after")
+    def _bn_batch_fits(self) -> Settings:
+        if self.bn_max_rows < self.bn_min_rows:
+            raise ValueError(f"STREAMRANK_BN_MAX_ROWS={self.bn_max_rows} must be at least "
+                             f"STREAMRANK_BN_MIN_ROWS={self.bn_min_rows}")
         return self
 
     @field_serializer("redis_url")

@@ -70,7 +70,9 @@ def test_adapted_statistics_are_adabn_closed_form_layer_by_layer(exported) -> No
                              ("bn_hidden2", None)):
             bn = getattr(model, name)
             mean = blend(bn.running_mean.double(), layer_input.mean(0), m)
-            var = blend(bn.running_var.double(), layer_input.var(0, unbiased=True), m)
+            # The mixture's variance: PyTorch's blend plus the spread between the two means.
+            var = blend(bn.running_var.double(), layer_input.var(0, unbiased=True), m) + (
+                m * (1 - m) * (layer_input.mean(0) - bn.running_mean.double()) ** 2).numpy()
             expected[name] = (mean, var)
             if linear is None:
                 break
@@ -147,20 +149,50 @@ def test_a_thousandfold_jump_is_refused_by_the_step_cap(exported) -> None:
     assert "bn_input[1]" in got.detail
 
 
-def test_a_collapsing_variance_is_refused(exported) -> None:
+def test_a_channel_constant_in_training_passes_the_step_cap(exported) -> None:
+    # A flag always on in training has a float-rounding variance (1e-13); the same flag in live
+    # rows is no step, and the blended variance is floored, not refused.
+    _, manifest = exported
+    trained = manifest.trained_stats()
+    mean, var = trained.layers["bn_input"]
+    constant = trained.successor(1, layers={**trained.layers, "bn_input": (
+        mean.copy(), var.copy())})
+    constant.layers["bn_input"][0][3] = np.float32(0.99999976)
+    constant.layers["bn_input"][1][3] = np.float32(3.5e-13)
+    rows = shifted_rows(2000)
+    rows[:, 3] = 1.0
+    got = adapt(constant, constant, rows, Guards(), taps_of(manifest))
+    assert isinstance(got, Adapted), got
+    assert got.layers["bn_input"][1][3] == pytest.approx(Guards().var_floor)
+
+
+def test_a_channel_still_within_the_batch_keeps_its_moments(exported) -> None:
+    # A rare flag absent from the batch, or an input stuck at one value: no spread to learn.
     _, manifest = exported
     trained = manifest.trained_stats()
     rows = shifted_rows(2000)
-    rows[:, 4] = float(trained.layers["bn_input"][0][4])  # one channel stops moving
+    rows[:, 4] = float(trained.layers["bn_input"][0][4]) + 0.5
     got = adapt(trained, trained, rows, Guards(), taps_of(manifest))
-    assert isinstance(got, Refused) and got.reason == "collapse"
-    assert "bn_input[4]" in got.detail
-    # A slow slide towards zero is caught against the trained variance as well.
+    assert isinstance(got, Adapted) and got.channels_held == 1
+    mean, var = trained.layers["bn_input"]
+    assert got.layers["bn_input"][0][4] == mean[4] and got.layers["bn_input"][1][4] == var[4]
+    moved = np.delete(np.arange(N_FEATURES), 4)
+    assert (got.layers["bn_input"][0][moved] != mean[moved]).all()
+
+
+def test_a_variance_sliding_towards_zero_is_refused(exported) -> None:
+    _, manifest = exported
+    trained = manifest.trained_stats()
     mean, var = trained.layers["bn_input"]
     slid = trained.successor(9, layers={**trained.layers,
-                                        "bn_input": (mean, var * np.float32(0.011))})
+                                        "bn_input": (mean, var * np.float32(0.0105))})
+    rows = shifted_rows(2000)
+    # Channel 4 barely varies, about its running mean, yet not so little as to be held.
+    noise = np.random.default_rng(1).standard_normal(2000)
+    rows[:, 4] = mean[4] + noise / noise.std() * np.sqrt(var[4] * 0.0005)
     got = adapt(slid, trained, rows, Guards(max_step_sd=100.0), taps_of(manifest))
     assert isinstance(got, Refused) and got.reason == "collapse"
+    assert "bn_input[4]" in got.detail and got.after < 0.01 * var[4] < got.before
 
 
 def test_statistics_file_round_trip_and_refusals(exported) -> None:
@@ -208,3 +240,4 @@ def test_models_exported_before_online_bn_say_so(tmp_path: Path, exported) -> No
     from models.scorer import ModelError
     with pytest.raises(ModelError, match="retrain"):
         replace(manifest, bn_stats=None).trained_stats()
+

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from models.scenarios import SCENARIOS
 from schemas.export import EXPORTED
 
 
@@ -138,8 +139,8 @@ def test_demo_refuses_a_report_path_it_could_not_write_before_it_starts(
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--scenario", "nope"], "unknown scenario 'nope': give one of label_rate, covariate, "
-                             "stale_calibration, new_interest, or package.module:Class"),
+    (["--scenario", "nope"], f"unknown scenario 'nope': give one of {', '.join(SCENARIOS)}, "
+                             "or package.module:Class"),
     (["--scenario", "no_such_package.mod:Cls"], "no module named 'no_such_package'"),
     (["--scenario", "models.world:Nope"], "models.world has no class 'Nope'"),
     (["--scenario", "models.world:WorldConfig"], "does not satisfy the Scenario interface"),

@@ -401,11 +401,25 @@ def test_simulator_waits_for_worker(services: dict[str, dict[str, Any]]) -> None
 def test_each_role_runs_in_exactly_one_service(services: dict[str, dict[str, Any]]) -> None:
     """Roles are consumer groups of their own: compose runs (and scales) them apart."""
     roles: list[str] = []
-    for name in ("features", "outcomes", "drift", "interests", "worker"):
+    for name in ("features", "outcomes", "drift", "interests", "bn", "worker"):
         ctx = parse_cli(command_of(services[name]))
         roles += ctx.params["roles"].split(",")
         assert services[name]["build"] == services["worker"]["build"]
     assert sorted(roles) == sorted(ROLES)
+
+
+def test_bn_writes_statistics_where_the_scoring_workers_load_them(
+        services: dict[str, dict[str, Any]]) -> None:
+    """A scorer loads statistics only from under its model directory (models/scorer.py)."""
+    def model_volume(name: str) -> str:
+        volumes = [v for v in services[name].get("volumes") or []
+                   if v.split(":")[1] == "/app/artifacts"]
+        assert volumes, f"{name} mounts nothing at the model directory /app/artifacts"
+        return volumes[0].split(":")[0]
+
+    volume = model_volume("bn")
+    assert volume == model_volume("worker")
+    assert volume in (load_yaml(COMPOSE_FILE).get("volumes") or {}), "a named volume, shared"
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -67,7 +67,8 @@ def test_builtins_say_what_they_change() -> None:
     assert shifts_at(load_scenario("stale_calibration"), 5.0) == (
         Shift(5.0, "calibration", 0.7, duration_s=10.0),)
     assert shifts_at(load_scenario("new_interest"), 5.0) == (Shift(5.0, "new_interest", 1.0),)
-    assert shifts_at(load_scenario("traffic_surge"), 5.0) == (Shift(5.0, "traffic", 3.0),)
+    assert shifts_at(load_scenario("traffic_surge"), 5.0) == (Shift(5.0, "traffic", 10.0),)
+    assert shifts_at(load_scenario("surface_mix"), 5.0) == (Shift(5.0, "surface_mix", 0.9),)
 
 
 def test_a_new_interest_brings_candidates_far_from_the_history() -> None:

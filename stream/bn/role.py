@@ -1,7 +1,8 @@
 """The BN role: feature-log rows in, BatchNorm statistics versions out (:mod:`models.bn`).
 
 It reads the feature log (the exact rows scorers scored) and, every ``STREAMRANK_BN_MIN_ROWS``
-rows, blends them into the statistics the workers serve, layer by layer, behind the guards.
+rows but at most once per ``STREAMRANK_BN_MIN_INTERVAL_S`` (:mod:`models.bn_batch`), blends
+them into the statistics the workers serve, layer by layer, behind the guards.
 An accepted update is a version ``bn-<n>``: a file under the model's directory and a
 ``bn_stats`` update on model-updates, which every scorer hot-swaps. A refused one changes
 nothing; a collapse also goes out as a drift alert. The outcomes feed the watchdog
@@ -10,8 +11,8 @@ nothing; a collapse also goes out as a drift alert. The outcomes feed the watchd
 Nothing lost, nothing twice: rows wait in memory until their version is published, and their
 offsets are held (:meth:`holds`) until then. Each version records the last feature-log offset
 of each partition it holds, so a role restarted after publishing, before committing, skips
-those rows instead of blending them in twice. The statistics are global, so the role is a
-singleton: run one member of its group.
+those records (:meth:`applied`) instead of blending them in, or dead-lettering them, twice.
+The statistics are global, so the role is a singleton: run one member of its group.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ import numpy as np
 from aiokafka.structs import TopicPartition
 
 from models.bn import Adapted, BnStats, Guards, Refused, adapt
+from models.bn_batch import RowBatch
 from models.ranking_features import RANKER_FEATURE_NAMES
+from models.scorer import ModelError
 from schemas import DriftAlert, FeatureLog, Outcome, Rejection, WindowStats, encode
 from stream.bn.kind import write_stats
 from stream.bn.versions import BnVersions, adapted_model
 from stream.bn.watchdog import Probation, Watchdog, verdict
-from stream.runtime.consumer import Decoded, Sends, SupervisedConsumer
+from stream.runtime.consumer import Decoded, RawRecord, Sends, SupervisedConsumer
 from stream.runtime.metrics import WorkerMetrics
 from stream.runtime.versioned_state import VersionedStateService
 from stream.scoring.model_kind import model_update
@@ -40,7 +43,6 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SYNC_POLL_S = 0.05
 BN_RESULTS = ("accepted", "min_rows", "step_cap", "collapse", "frozen")
 ON_PROBATION = "adapted"  # the note of versions the watchdog judges; operators' are trusted
 
@@ -49,6 +51,10 @@ def guards(settings: Settings) -> Guards:
     return Guards(momentum=settings.bn_momentum, min_rows=settings.bn_min_rows,
                   max_step_sd=settings.bn_max_step_sd, var_floor=settings.bn_var_floor,
                   collapse_ratio=settings.bn_collapse_ratio)
+
+
+def row_batch(settings: Settings) -> RowBatch:
+    return RowBatch(settings.bn_min_rows, settings.bn_max_rows, settings.bn_min_interval_s)
 
 
 class BnService(SupervisedConsumer):
@@ -65,7 +71,7 @@ class BnService(SupervisedConsumer):
                                             metrics, name="bn-versions", **kwargs)
         self.guards = guards(settings)
         self.watchdog = Watchdog(settings.bn_watchdog_outcomes, settings.bn_watchdog_margin)
-        self._rows: list[np.ndarray] = []
+        self.batch = row_batch(settings)
         self._held: dict[TopicPartition, int] = {}  # first offset of the rows kept in memory
         self._last: dict[int, int] = {}  # per feature-log partition, the last offset kept
         self._updates = 0
@@ -80,27 +86,37 @@ class BnService(SupervisedConsumer):
             try:
                 self.versions.install_model(await asyncio.to_thread(
                     adapted_model, model_update(self.settings, manifest), self.settings))
-            except Rejection as refusal:  # the scorer serves it all the same
-                log.error("BN statistics of %s will not adapt: %s", manifest, refusal.detail)
+            except (Rejection, ModelError) as exc:  # the scorer serves it all the same
+                detail = exc.detail if isinstance(exc, Rejection) else str(exc)
+                log.error("BN statistics of %s will not adapt: %s", manifest, detail)
         await super().on_start()
+
+    def ready_to_read(self) -> bool:
+        """Not before the reader has caught up with model-updates once: numbering goes on
+        after every version published before, and replays are known by its offsets."""
+        self._live = self._live or self.reader.synced()
+        return self._live
+
+    def applied(self, record: RawRecord) -> bool:
+        current = self.versions.current
+        return (record.topic == self._feature_log and current is not None
+                and record.offset <= current.offsets.get(record.partition, -1))
 
     def holds(self) -> Mapping[TopicPartition, int]:
         return self._held
 
     def forget(self) -> None:
-        self._rows, self._held, self._last = [], {}, {}
+        self.batch.clear()
+        self._held, self._last = {}, {}
 
     async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
-        while not self._live:  # numbering goes on after every version published before
-            await asyncio.sleep(SYNC_POLL_S)
-            self._live = self.reader.synced()
         for decoded in batch:
             if decoded.record.topic == self._feature_log:
                 self._keep_rows(decoded)
             else:
                 self._watch(decoded.value)
         sends: Sends = []
-        if sum(len(r) for r in self._rows) >= self.guards.min_rows:
+        if self.batch.due():
             sends += await self._update()
         for probation in self.watchdog.due():
             sends += await self._judge(probation)
@@ -109,13 +125,11 @@ class BnService(SupervisedConsumer):
     def _keep_rows(self, decoded: Decoded[Any]) -> None:
         logged: FeatureLog = decoded.value
         record = decoded.record
-        current = self.versions.current
-        if current is not None and record.offset <= current.offsets.get(record.partition, -1):
-            return  # already in the statistics served: a replay after a crash
         if tuple(logged.feature_names) != RANKER_FEATURE_NAMES:
             self.metrics.bn_rows.labels("other_features").inc(len(logged.rows))
             return
-        self._rows.append(np.asarray(logged.rows, dtype=np.float32))
+        dropped = self.batch.add(np.asarray(logged.rows, dtype=np.float32), logged.ts)
+        self.metrics.bn_rows.labels("dropped").inc(dropped)
         self._held.setdefault(TopicPartition(record.topic, record.partition), record.offset)
         self._last[record.partition] = record.offset
 
@@ -128,7 +142,7 @@ class BnService(SupervisedConsumer):
 
     async def _update(self) -> Sends:
         model, current = self.versions.model, self.versions.current
-        rows = np.concatenate(self._rows)
+        rows = self.batch.take()
         offsets = {**(current.offsets if current else {}), **self._last}
         self.forget()  # kept or not, these rows are done with once this batch is acknowledged
         if model is None or current is None:
@@ -148,6 +162,7 @@ class BnService(SupervisedConsumer):
     def _adapted(self, result: Adapted, current: BnStats, offsets: dict[int, int]) -> BnStats:
         self.metrics.bn_updates.labels("accepted").inc()
         self.metrics.bn_rows.labels("used").inc(result.rows_used)
+        self.metrics.bn_channels_held.inc(result.channels_held)
         return self.versions.next_version(
             current, layers=result.layers, rows=current.rows + result.rows_used,
             offsets=offsets, note=ON_PROBATION, created_ts=time.time())

@@ -57,6 +57,7 @@ MAX_FETCH_WAIT_MS = 500  # see SupervisedConsumer._adapt_fetch_wait
 # Batches whose effects may still be in flight while the next one is handled: enough to ride
 # out a slow fetch or store call without stalling the other side (a bound, so memory is too).
 PIPELINE_DEPTH = 4
+READY_POLL_S = 0.05  # how often a loop not yet ready_to_read asks again
 
 
 class Decoded(NamedTuple, Generic[R]):  # a tuple: one per record, 20k to a batch
@@ -159,6 +160,17 @@ class SupervisedConsumer(Service):
         """Apply one batch's effects; return the sends that must be acknowledged before its
         offsets commit. Must be idempotent: after a failure the same records come again."""
 
+    def ready_to_read(self) -> bool:
+        """False while the role cannot yet judge records (its own state still loading): the
+        loop polls this before it reads anything."""
+        return True
+
+    def applied(self, record: RawRecord) -> bool:
+        """A record whose effects the role's own durable state already holds (read again after
+        a crash, before its offset committed): skipped undecoded, so nothing about it, not
+        even a dead letter, happens twice."""
+        return False
+
     def holds(self) -> Mapping[TopicPartition, int]:
         """The earliest offset of each partition whose record the role still keeps in memory
         only (a join waiting for its window): commits stop there, so a restart reads it
@@ -259,6 +271,8 @@ class SupervisedConsumer(Service):
                 self._on_fatal(failure)
 
     async def _consume(self) -> None:
+        while not (self._stopping or self.ready_to_read()):
+            await asyncio.sleep(READY_POLL_S)
         while not self._stopping:
             batch = await self._poll()
             if not await self._settle():
@@ -280,10 +294,12 @@ class SupervisedConsumer(Service):
         batch = _Batch(offsets={tp: rs[-1].offset + 1 for tp, rs in records.items() if rs},
                        unread=lag)
         limits, check, kept = self.settings.limits, self.check, batch.decoded  # per record:
-        tombstones = self.tombstones
+        tombstones, applied = self.tombstones, self.applied
         for tp, partition_records in records.items():
             record_type = self._topics[tp.topic]
             for record in partition_records:
+                if applied(record):
+                    continue
                 if tombstones and record.value is None:  # a deletion: see ``tombstones``
                     kept.append(Decoded(record, None))
                     continue

@@ -90,10 +90,15 @@ class WorkerMetrics:
         self.bn_rows = Counter(
             "streamrank_bn_rows", "Feature-log rows the BN role read, by what became of them: "
             "used, non_finite, other_features (another column layout), refused (in a refused "
-            "update).", ["outcome"], registry=self.registry)
+            "update), dropped (the oldest, beyond STREAMRANK_BN_MAX_ROWS waiting).", ["outcome"],
+            registry=self.registry)
         self.bn_updates = Counter(
             "streamrank_bn_updates", "Statistics updates, by result: accepted, or the guard "
             "that refused it (min_rows, step_cap, collapse), or frozen.", ["result"],
+            registry=self.registry)
+        self.bn_channels_held = Counter(
+            "streamrank_bn_channels_held", "Channels an accepted update left as they were: no "
+            "spread within its batch (a rare flag absent, a stuck input).",
             registry=self.registry)
         self.bn_rollbacks = Counter(
             "streamrank_bn_watchdog_rollbacks", "Versions the watchdog rolled back: worse "
@@ -104,13 +109,14 @@ class WorkerMetrics:
 
         self.state_refused = Counter(
             "streamrank_state_updates_refused",
-            "Versions on model-updates this worker could not install, by kind and reason "
-            "(invalid_state: fails to load; untrusted_state: outside the model dir, unsigned "
-            "or wrongly signed).", ["kind", "reason"], registry=self.registry)
+            "Versions on model-updates this worker could not install, by reader (the serving "
+            "one is versioned-state; a role that publishes versions reads them too), kind and "
+            "reason (invalid_state: fails to load; untrusted_state: outside the model dir, "
+            "unsigned or wrongly signed).", ["reader", "kind", "reason"], registry=self.registry)
         self.state_ignored = Counter(
             "streamrank_state_updates_ignored",
-            "Versions on model-updates of a kind this worker has no loader for.", ["kind"],
-            registry=self.registry)
+            "Versions on model-updates of a kind this worker has no loader for, by reader.",
+            ["reader", "kind"], registry=self.registry)
 
         self.alert_deliveries = Counter(
             "streamrank_alert_deliveries", "Drift-alert deliveries to subscriptions, by sink "

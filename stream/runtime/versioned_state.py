@@ -25,6 +25,7 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+SERVING_READER = "versioned-state"  # the scorers' reader; other roles name theirs
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class VersionedStateService(SupervisedConsumer):
     """
 
     def __init__(self, settings: Settings, bootstrap: str, kinds: Iterable[StateKind[Any]],
-                 metrics: WorkerMetrics, name: str = "versioned-state", **kwargs: Any) -> None:
+                 metrics: WorkerMetrics, name: str = SERVING_READER, **kwargs: Any) -> None:
         super().__init__(settings, bootstrap, metrics, name=name,
                          topics={settings.topic("model-updates"): ModelUpdate},
                          group_id=None, fetch_wait_ms=100, max_records=1000,
@@ -115,7 +116,7 @@ class VersionedStateService(SupervisedConsumer):
             try:
                 loaded = await load_off_loop(kind, update)
             except Rejection as refusal:
-                self.metrics.state_refused.labels(kind.name, refusal.reason).inc()
+                self.metrics.state_refused.labels(self.health.name, kind.name, refusal.reason).inc()
                 log.error("%s %s not installed (%s): %s", kind.name, update.version,
                           refusal.reason, refusal.detail)
                 continue
@@ -124,7 +125,7 @@ class VersionedStateService(SupervisedConsumer):
             return
 
     def _ignore(self, kind_name: str, count: int) -> None:
-        self.metrics.state_ignored.labels(kind_name).inc(count)
+        self.metrics.state_ignored.labels(self.health.name, kind_name).inc(count)
         if kind_name not in self._unknown_logged:
             self._unknown_logged.add(kind_name)
             log.warning("ignoring %s updates: this worker has no loader for that kind (counted "

@@ -57,6 +57,7 @@ def feature_logs(count: int, seed: int, shift: float = 0.3) -> list[tuple[str, b
 def bn_settings(settings: Settings, models: Path, **overrides: Any) -> Settings:
     return settings.model_copy(update={
         "roles": "scoring,bn", "model_dir": models, "bn_min_rows": MIN_ROWS,
+        "bn_min_interval_s": 0.0,  # batches published seconds apart each make a version
         "bn_watchdog_outcomes": WATCHDOG_OUTCOMES, "feature_log_rate": 0.0, **overrides})
 
 
