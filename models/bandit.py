@@ -343,7 +343,7 @@ def _cumulative(values: np.ndarray) -> np.ndarray:
     return np.concatenate(([0.0], np.cumsum(values)))
 
 
-def contexts(request: AdRequest, slot: int, ads_above: int = 0) -> np.ndarray:
+def slot_contexts(request: AdRequest, slot: int, ads_above: int = 0) -> np.ndarray:
     """Context rows ``[len(ad_ids), DIM]`` of each ad at ``slot``, below ``ads_above`` ads."""
     x, value_per_ad = _ad_columns(request)
     return _fill_slot(x, value_per_ad, slot, request.n, _cumulative(request.organic_values),

@@ -19,9 +19,9 @@ from models.bandit import (
     BanditParams,
     SlotDecision,
     action_probabilities,
-    contexts,
     decide,
     net_scores,
+    slot_contexts,
     update,
     valid_slots,
 )
@@ -45,7 +45,7 @@ def make_request(rng: np.random.Generator, k: int = 20, slots: Sequence[int] = S
 def logged_rows(seed: int, requests: int = 40) -> np.ndarray:
     """Context rows as the serving path would log them: every ad at every slot."""
     rng = np.random.default_rng(seed)
-    return np.vstack([contexts(make_request(rng), slot, ads_above=int(rng.integers(0, 2)))
+    return np.vstack([slot_contexts(make_request(rng), slot, ads_above=int(rng.integers(0, 2)))
                       for _ in range(requests) for slot in SLOTS])
 
 
@@ -91,7 +91,7 @@ def test_context_rows_follow_the_documented_names() -> None:
         bids=np.array([1.0, 3.0]), click_rates=np.array([0.1, 0.2]),
         conversion_rates=np.array([0.5, 0.25]), embeddings=np.array([[4.0, 3.0], [0.0, -2.0]]),
         organic_values=np.array([5.0, 4.0, 3.0, 2.0, 1.0]), slots=(2,), n=4)
-    x = contexts(request, slot=2, ads_above=1)
+    x = slot_contexts(request, slot=2, ads_above=1)
     assert x.shape == (2, DIM) == (2, len(CONTEXT_NAMES))
     row = dict(zip(CONTEXT_NAMES, x[0], strict=True))
     expected = {
@@ -129,7 +129,7 @@ def test_propensities_are_the_full_distribution_with_its_floor() -> None:
             assert d.propensity == d.probabilities[d.actions.index(d.ad_id)]
             # The distribution is the documented one on the feasible ads' context rows.
             rows = [request.ad_ids.index(a) for a in d.actions[1:]]
-            x = contexts(request, d.slot, above)[rows]
+            x = slot_contexts(request, d.slot, above)[rows]
             assert np.array_equal(d.probabilities, action_probabilities(params, x))
             greedy = int(np.argmax(np.concatenate(([0.0], net_scores(params, x)))))
             assert d.probabilities[greedy] == pytest.approx(1 - params.epsilon + params.epsilon / k)
@@ -213,7 +213,7 @@ def test_profitable_ads_are_placed_and_a_huge_dial_places_none() -> None:
         assert [d.ad_id is not None for d in placed] == [True, True, True, False, False]
         assert all(d.propensity == 1.0 for d in placed)
         # The first ad is the best by the model's net reward.
-        best = int(np.argmax(net_scores(params, contexts(request, SLOTS[0]))))
+        best = int(np.argmax(net_scores(params, slot_contexts(request, SLOTS[0]))))
         assert placed[0].ad_id == request.ad_ids[best]
         refused = decide(params.retuned(dial=1e4), request, rng, max_ads=3, min_spacing=3)
         assert all(d.ad_id is None for d in refused)
