@@ -155,10 +155,16 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
             logs: dict[str, str] = {}
             maxima: list[_MaxPass] = []
             stats_served: list[str] = []  # a side BN role's versions reach the worker
+            side_shares: list[float] = []  # the side worker's CPU over the scoring worker's
             for k in range(config.repeats):
                 with environment(candidates, f"max{k}") as bench:
+                    before = bench.cpu_s()
                     maxima.append(asyncio.run(bench.maximum(candidates)))
+                    spent = [after - start for after, start in zip(bench.cpu_s(), before,
+                                                                   strict=True)]
                     stats_served.append(bench.worker.get("/stats")["stats_version"])
+                    if bench.side is not None and spent[0] > 0:
+                        side_shares.append(spent[1] / spent[0])
                     logs[f"max{k}"] = str(bench.worker.log_path)
             rate = statistics.median(m.candidates_per_s for m in maxima) / candidates / 2
             passes: list[_LatencyPass] = []
@@ -170,7 +176,9 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
                         http_ms = asyncio.run(bench.http(candidates))
                         worker = bench.describe_worker()
             by_candidates[str(candidates)] = _figures(maxima, passes, http_ms, rate) | {
-                "worker_logs": logs, "stats_version_after_max": stats_served}
+                "worker_logs": logs, "stats_version_after_max": stats_served,
+                "side_cpu_share_at_max": round(statistics.median(side_shares), 4)
+                if side_shares else None}
     return worker | {
         "by_candidates": by_candidates,
         "bare_provider": worker["provider"],
@@ -265,12 +273,13 @@ def _environment(settings: Settings, config: ScoringBenchConfig, manifest: Path
             with contextlib.ExitStack() as stack:
                 echo = stack.enter_context(EchoProcess(settings, bootstrap))
                 stack.enter_context(worker)
+                side = None
                 if config.side_roles:
-                    stack.enter_context(_worker_process(settings, bootstrap, manifest,
-                                                        config.side_roles))
+                    side = stack.enter_context(_worker_process(settings, bootstrap, manifest,
+                                                               config.side_roles))
                 worker.wait_for(lambda s: s["model_version"] == version, timeout_s=60.0)
                 yield _Bench(settings, bootstrap, config, catalogue, Manifest.load(manifest),
-                             worker, echo)
+                             worker, echo, side)
         finally:
             asyncio.run(drop_store(settings))
             delete_topics(settings, bootstrap)
@@ -301,6 +310,14 @@ def _worker_model(log_path: Path, version: str, settings: Settings) -> tuple[str
         if match.group(1).decode() == version:
             return match.group(2).decode(), int(match.group(3))
     return choose_provider(settings.scorer_device), None
+
+
+def _cpu_s(process: WorkerProcess | None) -> float:
+    """CPU seconds (user and system) a worker process has spent; 0 when there is none."""
+    if process is None or process.process is None:
+        return 0.0
+    fields = Path(f"/proc/{process.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _maps_torch(pid: int | None) -> bool | None:
@@ -593,7 +610,7 @@ class _LatencyPass:
 class _Bench:
     def __init__(self, settings: Settings, bootstrap: str, config: ScoringBenchConfig,
                  catalogue: Catalogue, manifest: Manifest, worker: WorkerProcess,
-                 echo: EchoProcess) -> None:
+                 echo: EchoProcess, side: WorkerProcess | None = None) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.config = config
@@ -601,8 +618,13 @@ class _Bench:
         self.manifest = manifest
         self.worker = worker
         self.echo = echo
+        self.side = side
         self.window = _in_flight_at_max(settings)
         self.rng = np.random.default_rng(config.seed + 1)
+
+    def cpu_s(self) -> tuple[float, float]:
+        """CPU seconds spent so far by the scoring worker and by the side worker."""
+        return _cpu_s(self.worker), _cpu_s(self.side)
 
     def _worker_alive(self) -> None:
         process = self.worker.process

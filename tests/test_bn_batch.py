@@ -6,9 +6,11 @@ import doctest
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 import models.bn_batch
 from models.bn_batch import RowBatch
+from stream.settings import Settings
 
 
 def test_updates_wait_for_rows_and_for_the_interval_keeping_the_newest_rows() -> None:
@@ -25,3 +27,9 @@ def test_updates_wait_for_rows_and_for_the_interval_keeping_the_newest_rows() ->
     assert batch.due()
     with pytest.raises(ValueError):
         RowBatch(min_rows=300, max_rows=250, min_interval_s=0.0)
+
+
+def test_settings_refuse_a_cap_below_the_rows_an_update_needs() -> None:
+    with pytest.raises(ValidationError, match="STREAMRANK_BN_MAX_ROWS=1000 must be at least "
+                                              "STREAMRANK_BN_MIN_ROWS=2000"):
+        Settings(bn_min_rows=2000, bn_max_rows=1000)

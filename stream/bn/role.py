@@ -11,8 +11,8 @@ nothing; a collapse also goes out as a drift alert. The outcomes feed the watchd
 Nothing lost, nothing twice: rows wait in memory until their version is published, and their
 offsets are held (:meth:`holds`) until then. Each version records the last feature-log offset
 of each partition it holds, so a role restarted after publishing, before committing, skips
-those records (:meth:`applied`) instead of blending them in, or dead-lettering them, twice.
-The statistics are global, so the role is a singleton: run one member of its group.
+those records (:meth:`already_applied`) instead of blending them in, or dead-lettering them,
+twice. The statistics are global, so the role is a singleton: run one member of its group.
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ from schemas import DriftAlert, FeatureLog, Outcome, Rejection, WindowStats, enc
 from stream.bn.kind import write_stats
 from stream.bn.versions import BnVersions, adapted_model
 from stream.bn.watchdog import Probation, Watchdog, verdict
-from stream.runtime.consumer import Decoded, RawRecord, Sends, SupervisedConsumer
+from stream.runtime.consumer import (
+    MAX_FETCH_WAIT_MS,
+    Decoded,
+    RawRecord,
+    Sends,
+    SupervisedConsumer,
+)
 from stream.runtime.metrics import WorkerMetrics
 from stream.runtime.versioned_state import VersionedStateService
 from stream.scoring.model_kind import model_update
@@ -64,7 +70,8 @@ class BnService(SupervisedConsumer):
         super().__init__(
             settings, bootstrap, metrics, name="bn",
             topics={self._feature_log: FeatureLog, settings.topic("outcomes"): Outcome},
-            group_id=settings.bn_group, fetch_wait_ms=settings.batch_wait_ms,
+            # Statistics are not latency-bound: the longest fetch wait polls the broker least.
+            group_id=settings.bn_group, fetch_wait_ms=MAX_FETCH_WAIT_MS,
             max_records=settings.batch_max_records, **kwargs)
         self.versions = BnVersions(settings, self._on_stats)
         self.reader = VersionedStateService(settings, bootstrap, self.versions.kinds(),
@@ -97,7 +104,7 @@ class BnService(SupervisedConsumer):
         self._live = self._live or self.reader.synced()
         return self._live
 
-    def applied(self, record: RawRecord) -> bool:
+    def already_applied(self, record: RawRecord) -> bool:
         current = self.versions.current
         return (record.topic == self._feature_log and current is not None
                 and record.offset <= current.offsets.get(record.partition, -1))

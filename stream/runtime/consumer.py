@@ -165,7 +165,7 @@ class SupervisedConsumer(Service):
         loop polls this before it reads anything."""
         return True
 
-    def applied(self, record: RawRecord) -> bool:
+    def already_applied(self, record: RawRecord) -> bool:
         """A record whose effects the role's own durable state already holds (read again after
         a crash, before its offset committed): skipped undecoded, so nothing about it, not
         even a dead letter, happens twice."""
@@ -294,11 +294,11 @@ class SupervisedConsumer(Service):
         batch = _Batch(offsets={tp: rs[-1].offset + 1 for tp, rs in records.items() if rs},
                        unread=lag)
         limits, check, kept = self.settings.limits, self.check, batch.decoded  # per record:
-        tombstones, applied = self.tombstones, self.applied
+        tombstones, already_applied = self.tombstones, self.already_applied
         for tp, partition_records in records.items():
             record_type = self._topics[tp.topic]
             for record in partition_records:
-                if applied(record):
+                if already_applied(record):
                     continue
                 if tombstones and record.value is None:  # a deletion: see ``tombstones``
                     kept.append(Decoded(record, None))
