@@ -172,8 +172,8 @@ def _scoring_overhead(settings: Settings, repeats: int) -> dict[str, Any]:
 
     The bench serves an untrained model, whose statistics every real row is far from, and a pass
     lasts seconds: the step cap would refuse every update and the interval hold back the rest.
-    Both are opened here, so versions are published and hot-swapped during every pass, and the
-    cost measured includes the swaps: a worst case."""
+    Both are opened here so that versions can be published within a pass; whether one reached
+    the scorer is reported (``stats_version_after_max``), since the passes are short."""
     from bench.scoring import ScoringBenchConfig, run_scoring_bench
 
     settings = settings.model_copy(update={"bn_max_step_sd": 1e6, "bn_min_interval_s": 2.0})
