@@ -6,10 +6,15 @@ slot of a request chooses between "no ad" and every ad still allowed there by it
 ``revenue - dial * engagement_loss``, where "no ad" nets 0 and the dial is the business knob.
 The engagement loss is therefore what an ad costs *against no ad in that slot*.
 
-Two Bayesian linear regressions over one small context vector (:data:`CONTEXT_NAMES`) predict
-the revenue and the engagement loss of an ad in a slot. Their weights are shared by all ads, not
-kept per ad: ads come and go daily, and a new ad is judged by its features from its first
-request instead of from a cold start.
+Three Bayesian linear regressions over one small context vector (:data:`CONTEXT_NAMES`)
+make the two reward models. Revenue is learnt where an ad was shown. The engagement loss is
+learnt as a difference, because a slot shows only one of its two worlds: the organic engagement
+from the slot down is learnt where no ad was shown (``organic``, on the context with its ad
+columns empty), and the organic engagement below an ad where one was (``ad_engagement``). Both
+are linear in the context, so the loss ``organic - ad_engagement`` and the net reward are too,
+and a decision stays one dot product per ad. The weights are shared by all ads, not kept per ad:
+ads come and go daily, and a new ad is judged by its features from its first request instead
+of from a cold start.
 
 Exploration is an epsilon floor around the greedy action, which maximises the optimistic net
 reward (LinUCB: Li et al., WWW 2010) or, with ``alpha = 0``, its posterior mean::
@@ -80,6 +85,10 @@ _SLOT_COLUMNS = CONTEXT_NAMES.index("slot_discount")
 _USER = slice(1, 1 + len(USER_NAMES))
 _AD = slice(_USER.stop, _SLOT_COLUMNS)
 _DISCOUNT, _DEPTH, _REVENUE, _DISPLACED, _BELOW = range(_SLOT_COLUMNS, DIM)
+# The columns that describe the ad: zero in the context of "no ad" at a slot.
+AD_COLUMNS: tuple[int, ...] = (*range(_AD.start, _AD.stop), _REVENUE)
+_WITHOUT_AD = np.ones(DIM)
+_WITHOUT_AD[list(AD_COLUMNS)] = 0.0
 _VERSION = re.compile(r"bandit-(0|[1-9][0-9]{0,17})")
 
 
@@ -125,20 +134,25 @@ class Posterior:
 
 @dataclass(frozen=True, eq=False)
 class BanditParams:
-    """One version of the policy: both posteriors and the knobs that turn them into decisions.
+    """One version of the policy: the three posteriors and the knobs that turn them into
+    decisions.
 
     Versions are ``bandit-<n>``: the prior is ``bandit-0`` and each update or retuning is the
-    next number, so a logged ``policy`` names exactly the distribution a decision came from.
+    next number, so a logged ``policy_version`` names exactly the distribution a decision came
+    from. ``offsets`` holds, per outcomes partition, the last offset learnt from, so a learner
+    restarted after publishing a version never learns those outcomes twice.
     """
 
     version: str
-    revenue: Posterior
-    loss: Posterior
+    revenue: Posterior        # revenue of an ad shown in the slot
+    ad_engagement: Posterior  # organic engagement below an ad in the slot
+    organic: Posterior        # organic engagement from the slot down, with no ad there
     dial: float = 1.0     # revenue given up per unit of engagement kept
     epsilon: float = 0.05  # exploration floor, shared out over the feasible actions
     alpha: float = 0.0    # LinUCB width in posterior standard deviations; 0: the mean
-    samples: int = 0      # (slot, ad) outcomes learnt from
+    samples: int = 0      # slot outcomes learnt from
     parent: str | None = None
+    offsets: dict[int, int] = field(default_factory=dict)
     net_mean: np.ndarray = field(init=False, repr=False)
     net_covariance: np.ndarray = field(init=False, repr=False)
 
@@ -159,9 +173,17 @@ class BanditParams:
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) \
                 or self.samples < 0:
             raise ValueError(f"samples must be a count, got {self.samples!r}")
-        # The net reward is linear in both weight vectors, and the two posteriors independent.
-        net_mean = self.revenue.mean - self.dial * self.loss.mean
-        net_covariance = self.revenue.covariance + self.dial**2 * self.loss.covariance
+        if not isinstance(self.offsets, dict) or not all(
+                type(k) is int and type(v) is int and k >= 0 and v >= -1
+                for k, v in self.offsets.items()):
+            raise ValueError("offsets must map partitions to offsets")
+        # net = revenue - dial * (organic without the ad - engagement below it): linear in the
+        # context, and the three posteriors are independent.
+        organic_mean = self.organic.mean * _WITHOUT_AD
+        organic_covariance = self.organic.covariance * np.outer(_WITHOUT_AD, _WITHOUT_AD)
+        net_mean = self.revenue.mean - self.dial * (organic_mean - self.ad_engagement.mean)
+        net_covariance = self.revenue.covariance + self.dial**2 * (
+            self.ad_engagement.covariance + organic_covariance)
         if not (np.isfinite(net_mean).all() and np.isfinite(net_covariance).all()):
             raise ValueError("the net reward model overflows")
         net_mean.flags.writeable = net_covariance.flags.writeable = False
@@ -171,36 +193,46 @@ class BanditParams:
     @classmethod
     def prior(cls, ridge: float = 1.0, dial: float = 1.0, epsilon: float = 0.05,
               alpha: float = 0.0) -> BanditParams:
-        """Version 0: both weight vectors N(0, 1 / ridge), so every ad nets 0 and ties "no ad",
+        """Version 0: every weight vector N(0, 1 / ridge), so every ad nets 0 and ties "no ad",
         which wins ties: only the epsilon floor shows ads until outcomes teach otherwise."""
         if not ridge > 0.0:
             raise ValueError("ridge must be > 0")
         empty = Posterior(ridge * np.eye(DIM), np.zeros(DIM))
-        return cls("bandit-0", empty, empty, dial=dial, epsilon=epsilon, alpha=alpha)
+        return cls("bandit-0", empty, empty, empty, dial=dial, epsilon=epsilon, alpha=alpha)
 
     @property
     def number(self) -> int:
         return int(self.version.removeprefix("bandit-"))
 
-    def retuned(self, *, dial: float | None = None, epsilon: float | None = None,
-                alpha: float | None = None) -> BanditParams:
-        """The same posteriors under other knobs, as the next version: a logged policy must
-        name the dial it ran with, or its propensities cannot be trusted offline."""
+    def engagement_loss(self, contexts: np.ndarray) -> np.ndarray:
+        """Expected organic engagement an ad costs at each context row, against no ad."""
+        return np.asarray(contexts @ (self.organic.mean * _WITHOUT_AD - self.ad_engagement.mean))
+
+    def retuned(self, number: int | None = None, *, dial: float | None = None,
+                epsilon: float | None = None, alpha: float | None = None) -> BanditParams:
+        """The same posteriors under other knobs, as version ``number`` (default: the next):
+        a logged policy must name the dial it ran with, or its propensities cannot be trusted
+        offline."""
         return BanditParams(
-            f"bandit-{self.number + 1}", self.revenue, self.loss,
+            f"bandit-{self.number + 1 if number is None else number}", self.revenue,
+            self.ad_engagement, self.organic,
             dial=self.dial if dial is None else dial,
             epsilon=self.epsilon if epsilon is None else epsilon,
             alpha=self.alpha if alpha is None else alpha,
-            samples=self.samples, parent=self.version)
+            samples=self.samples, parent=self.version, offsets=self.offsets)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps({
             "format": FORMAT, "version": self.version, "parent": self.parent,
             "samples": self.samples, "dial": self.dial, "epsilon": self.epsilon,
             "alpha": self.alpha, "context_names": list(CONTEXT_NAMES),
-            "revenue": {"precision": self.revenue.precision.tolist(),
-                        "b": self.revenue.b.tolist()},
-            "loss": {"precision": self.loss.precision.tolist(), "b": self.loss.b.tolist()}})
+            "offsets": {str(k): v for k, v in sorted(self.offsets.items())},
+            **{name: {"precision": posterior.precision.tolist(), "b": posterior.b.tolist()}
+               for name, posterior in self._posteriors().items()}})
+
+    def _posteriors(self) -> dict[str, Posterior]:
+        return {"revenue": self.revenue, "ad_engagement": self.ad_engagement,
+                "organic": self.organic}
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BanditParams:
@@ -211,14 +243,19 @@ class BanditParams:
                 raise ValueError(f"not a format-{FORMAT} bandit parameter file")
             if raw["context_names"] != list(CONTEXT_NAMES):
                 raise ValueError("the parameters were learnt on other context features")
+            offsets = raw["offsets"]
+            if not isinstance(offsets, dict) or not all(k.isdigit() for k in offsets):
+                raise ValueError("offsets must map partitions to offsets")
             return cls(
                 version=raw["version"], parent=raw["parent"], samples=raw["samples"],
                 dial=raw["dial"], epsilon=raw["epsilon"], alpha=raw["alpha"],
+                offsets={int(k): v for k, v in offsets.items()},
                 revenue=_posterior(raw["revenue"], "revenue"),
-                loss=_posterior(raw["loss"], "loss"))
+                ad_engagement=_posterior(raw["ad_engagement"], "ad_engagement"),
+                organic=_posterior(raw["organic"], "organic"))
         except KeyError as exc:
             raise ValueError(f"bandit parameters lack {exc}") from exc
-        except (TypeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+        except (TypeError, ValueError, AttributeError) as exc:  # JSONDecodeError: ValueError
             raise ValueError(f"unreadable bandit parameters: {exc}") from exc
 
 
@@ -232,31 +269,51 @@ def _posterior(raw: Any, what: str) -> Posterior:
     return Posterior(*arrays)
 
 
-def update(params: BanditParams, contexts: np.ndarray, revenues: np.ndarray,
-           losses: np.ndarray) -> BanditParams:
-    """The next version, having learnt from ``(slot, ad)`` outcomes: context rows
-    ``[k, DIM]`` as logged, the revenue each earned, and the engagement each cost (against
-    no ad). Bad input raises ValueError; ``params`` is never changed (it is immutable)."""
-    x = np.asarray(contexts, dtype=np.float64)
-    r = np.asarray(revenues, dtype=np.float64)
-    loss = np.asarray(losses, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != DIM or r.shape != (len(x),) or loss.shape != (len(x),):
-        raise ValueError(f"need contexts [k, {DIM}] and k revenues and losses; got "
-                         f"{x.shape}, {r.shape}, {loss.shape}")
-    if not (np.isfinite(x).all() and np.isfinite(r).all() and np.isfinite(loss).all()):
-        raise ValueError("contexts, revenues and losses must be finite")
+@dataclass(frozen=True, eq=False)
+class Feedback:
+    """Outcomes of logged slot decisions: the context of what was chosen (an ad's row, or the
+    slot's row with empty ad columns for "no ad"), whether an ad was shown, what it earned, and
+    the organic engagement from the slot down (below the ad, when there was one)."""
+
+    contexts: np.ndarray     # [k, DIM]
+    placed: np.ndarray       # bool [k]
+    revenues: np.ndarray     # [k], 0 where no ad was shown
+    engagements: np.ndarray  # [k]
+
+    def __post_init__(self) -> None:
+        k = len(np.atleast_1d(self.placed))
+        for name, shape in (("contexts", (k, DIM)), ("revenues", (k,)),
+                            ("engagements", (k,))):
+            object.__setattr__(self, name, _frozen(getattr(self, name), name, shape))
+        placed = np.asarray(self.placed)
+        if placed.shape != (k,) or placed.dtype != bool:
+            raise ValueError("placed must be a bool vector")
+        object.__setattr__(self, "placed", placed)
+
+
+def _updated(posterior: Posterior, x: np.ndarray, y: np.ndarray) -> Posterior:
     # The k rank-one updates A += x x^T at once; averaging with the transpose makes it exactly
     # symmetric, whatever order the BLAS summed in. An overflow is refused by Posterior.
     with np.errstate(over="ignore", invalid="ignore"):
         gram = x.T @ x
-        gram = (gram + gram.T) / 2.0
-        revenue_b, loss_b = params.revenue.b + x.T @ r, params.loss.b + x.T @ loss
+        return Posterior(posterior.precision + (gram + gram.T) / 2.0, posterior.b + x.T @ y)
+
+
+def learn(params: BanditParams, feedback: Feedback,
+          offsets: dict[int, int] | None = None) -> BanditParams:
+    """The next version, having learnt from ``feedback``, with ``offsets`` (per outcomes
+    partition, the last offset it came from) merged into the parameters'. Bad input raises
+    ValueError; ``params`` is never changed (it is immutable)."""
+    placed, x = feedback.placed, feedback.contexts
+    ads = x[placed]
     return BanditParams(
         f"bandit-{params.number + 1}",
-        Posterior(params.revenue.precision + gram, revenue_b),
-        Posterior(params.loss.precision + gram, loss_b),
+        _updated(params.revenue, ads, feedback.revenues[placed]),
+        _updated(params.ad_engagement, ads, feedback.engagements[placed]),
+        _updated(params.organic, x[~placed] * _WITHOUT_AD, feedback.engagements[~placed]),
         dial=params.dial, epsilon=params.epsilon, alpha=params.alpha,
-        samples=params.samples + len(x), parent=params.version)
+        samples=params.samples + len(x), parent=params.version,
+        offsets={**params.offsets, **(offsets or {})})
 
 
 @dataclass(frozen=True, eq=False)
@@ -296,9 +353,10 @@ class SlotDecision:
     slot: int
     ad_id: str | None              # None: no ad
     propensity: float              # P(this choice | the decisions above it)
-    context: np.ndarray | None     # [DIM] of the chosen ad, for the feature log; None: no ad
+    context: np.ndarray            # [DIM] of the choice, for the feature log and learning
     actions: tuple[str | None, ...]  # the feasible actions, "no ad" (None) first
     probabilities: np.ndarray      # P of each of ``actions``
+    ad_contexts: np.ndarray        # [len(actions) - 1, DIM]: each feasible ad's context (OPE)
 
 
 def valid_slots(slots: Iterable[int], n: int) -> list[int]:
@@ -386,6 +444,8 @@ def decide(params: BanditParams, request: AdRequest, rng: np.random.Generator,
     exact. ``rng`` should be seeded per request, so that every path serving the same request
     logs the same decisions."""
     base, value_per_ad = _ad_columns(request)
+    without_ad = np.zeros((1, DIM))  # the context of "no ad": the user and the slot only
+    without_ad[0, 0], without_ad[0, _USER] = 1.0, request.user
     cumulative = _cumulative(request.organic_values)
     ids = np.asarray(request.ad_ids, dtype=object)
     first_of_id = {ad_id: row for row, ad_id in reversed(list(enumerate(request.ad_ids)))}
@@ -403,11 +463,12 @@ def decide(params: BanditParams, request: AdRequest, rng: np.random.Generator,
         choice = _draw(probabilities, rng)
         actions: tuple[str | None, ...] = (None, *ids[rows].tolist())
         if choice == 0:
-            context = None
+            context = _fill_slot(without_ad, np.zeros(1), slot, request.n, cumulative,
+                                 placed)[0].copy()
         else:
             available[rows[choice - 1]] = False
             placed, last, context = placed + 1, slot, x[choice - 1]
-        probabilities.flags.writeable = False
+        probabilities.flags.writeable = context.flags.writeable = x.flags.writeable = False
         decisions.append(SlotDecision(slot, actions[choice], float(probabilities[choice]),
-                                      context, actions, probabilities))
+                                      context, actions, probabilities, x))
     return decisions
