@@ -8,6 +8,7 @@ from schemas.records import (
     SCHEMA_VERSION,
     SEVERITIES,
     AdDecision,
+    AdSlotLog,
     AdLabels,
     Context,
     DeadLetter,
@@ -29,7 +30,7 @@ from schemas.topics import TOPIC_RECORDS, topic_name
 
 __all__ = [
     "DETECTORS", "EVENT_TYPES", "REASONS", "SCHEMA_VERSION", "SEVERITIES", "TOPIC_RECORDS",
-    "AdDecision", "AdLabels",
+    "AdDecision", "AdLabels", "AdSlotLog",
     "Context", "DeadLetter", "DriftAlert", "DriftSubscription", "Event", "FeatureLog", "ItemLabels",
     "ItemUpsert", "Limits", "ModelUpdate", "Outcome", "RankedItem", "RankingRequest",
     "RankingResult", "Record", "Rejection", "WindowStats", "decode", "encode",

@@ -198,10 +198,15 @@ class RankedItem(Record):
 
 
 class AdDecision(Record):
+    """What one allowed slot of a ranking got: an ad or none (``ad_id`` null), drawn with
+    ``propensity`` by the policy version named, given the decisions of the slots above."""
+
+    decision_id: Id
     slot: Annotated[int, Field(ge=0, le=10_000)]  # a feed position, as in RankingRequest
     ad_id: Id | None
-    propensity: Annotated[float, Field(ge=0, le=1)]
-    policy: str
+    propensity: Annotated[float, Field(gt=0, le=1)]  # never 0: every logged choice was drawn
+    policy: str  # the policy family, e.g. "linucb"
+    policy_version: Id  # e.g. "bandit-12": the parameters and knobs the draw came from
 
 
 class RankingResult(TimedRecord):
@@ -214,9 +219,38 @@ class RankingResult(TimedRecord):
     latency_ms: NonNegative
 
 
+class AdSlotLog(Record):
+    """The context an ad-slot decision saw: the chosen action's row (what the learner learns
+    from) and, on the sampled requests, every feasible ad's row with the whole distribution
+    (what off-policy evaluation of another setting needs)."""
+
+    decision_id: Id
+    slot: Annotated[int, Field(ge=0, le=10_000)]
+    context: list[FeatureValue]  # the chosen action's row, columns ``ad_feature_names``
+    actions: list[Id | None] | None = None  # the feasible actions, "no ad" (null) first
+    probabilities: list[Probability] | None = None  # P of each of ``actions``
+    ad_contexts: list[list[FeatureValue]] | None = None  # a row per ad of ``actions[1:]``
+
+    @model_validator(mode="after")
+    def _one_row_per_ad(self) -> AdSlotLog:
+        parts = (self.actions, self.probabilities, self.ad_contexts)
+        if any(part is None for part in parts) and not all(part is None for part in parts):
+            raise ValueError("actions, probabilities and ad_contexts come together")
+        if self.actions is not None and self.probabilities is not None \
+                and self.ad_contexts is not None:
+            if len(self.probabilities) != len(self.actions) \
+                    or len(self.ad_contexts) != len(self.actions) - 1:
+                raise ValueError("one probability per action and one row per ad action")
+            if any(len(row) != len(self.context) for row in self.ad_contexts):
+                raise ValueError("every ad row needs as many columns as the context")
+        return self
+
+
 class FeatureLog(TimedRecord):
     """The exact feature rows a ranking scored its shown items from, in rank order: training
-    reads these, so training and serving features cannot disagree. ``ts`` is the ranking's."""
+    reads these, so training and serving features cannot disagree. ``ts`` is the ranking's.
+    A ranking with ad decisions is always logged, for their contexts; its item rows only when
+    the request is in the feature-log sample."""
 
     request_id: Id
     user_id: Id
@@ -224,6 +258,8 @@ class FeatureLog(TimedRecord):
     feature_names: list[str]  # the columns of ``rows``
     item_ids: list[Id]
     rows: list[list[FeatureValue]]
+    ad_feature_names: list[str] = Field(default_factory=list)  # the columns of ad contexts
+    ads: list[AdSlotLog] = Field(default_factory=list)
 
     @field_validator("rows")
     @classmethod
@@ -277,9 +313,12 @@ class Outcome(TimedRecord):
     value: float | None = None
     propensity: Annotated[float, Field(ge=0, le=1)] | None = None
     policy: str | None = None
+    policy_version: Id | None = None
+    decision_id: Id | None = None
     item_labels: ItemLabels | None = None
     ad_labels: AdLabels | None = None
-    # Items of a request in the feature log: the row it was scored from, and its columns.
+    # Items of a request in the feature log: the row it was scored from, and its columns;
+    # ad slots: the context of the decision.
     features: list[FeatureValue] | None = None
     feature_names: list[str] | None = None
 
