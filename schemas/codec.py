@@ -36,10 +36,11 @@ DECODE_REASONS: tuple[str, ...] = (
 # ... and what a role can refuse a well-formed one for: a request with nothing to rank, one
 # nobody waits for any more, a record whose handler kept failing, a version on
 # model-updates that does not load or that the worker may not trust (outside
-# STREAMRANK_MODEL_DIR, unsigned or wrongly signed), and a drift alert that could not be
-# delivered to one of its subscriptions.
+# STREAMRANK_MODEL_DIR, unsigned or wrongly signed), a drift alert that could not be
+# delivered to one of its subscriptions, and an ad outcome whose reward cannot be (no labels,
+# an absurd revenue, earnings on a slot left empty).
 ROLE_REASONS: tuple[str, ...] = ("expired", "handler_error", "invalid_state", "untrusted_state",
-                                 "delivery_failed")
+                                 "delivery_failed", "invalid_outcome")
 REASONS: tuple[str, ...] = DECODE_REASONS + ROLE_REASONS
 
 

@@ -39,7 +39,10 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "schema_version": 1, "ts": EXAMPLE_TS, "request_id": "r-19", "user_id": "u7",
         "items": [{"item_id": "i42", "value": 0.31,
                    "probs": {"click": 0.12, "like": 0.03, "share": 0.01, "hide": 0.02}}],
-        "ads": [{"slot": 2, "ad_id": "a9", "propensity": 0.85, "policy": "linucb"}],
+        "ads": [{"decision_id": "r-19/2", "slot": 2, "ad_id": "a9", "propensity": 0.85,
+                 "policy": "epsilon-greedy", "policy_version": "bandit-12"},
+                {"decision_id": "r-19/6", "slot": 6, "ad_id": None, "propensity": 0.9,
+                 "policy": "epsilon-greedy", "policy_version": "bandit-12"}],
         "model_version": "m-20260921-1", "stats_version": "bn-3", "latency_ms": 4.2,
     },
     "drift-alerts": {

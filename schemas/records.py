@@ -203,7 +203,7 @@ class AdDecision(Record):
 
     decision_id: Id
     slot: Annotated[int, Field(ge=0, le=10_000)]  # a feed position, as in RankingRequest
-    ad_id: Id | None
+    ad_id: Id | None = None  # none: the slot stays organic
     propensity: Annotated[float, Field(gt=0, le=1)]  # never 0: every logged choice was drawn
     policy: str  # the policy family, e.g. "linucb"
     policy_version: Id  # e.g. "bandit-12": the parameters and knobs the draw came from
@@ -289,8 +289,9 @@ class AdLabels(Record):
     impression: bool = False
     click: bool = False
     revenue: NonNegative = 0.0  # conversions: a sum of Amounts, so beyond one Amount's cap
-    engagements_after: Annotated[int, Field(ge=0)] = 0  # organic clicks, likes, shares below
-    session_ended: bool = True  # no event on any position below the slot
+    # Organic clicks, likes and shares below the ad; for a slot left empty, from the slot down.
+    engagements_after: Annotated[int, Field(ge=0)] = 0
+    session_ended: bool = True  # no organic event on those positions
 
 
 class Outcome(TimedRecord):
@@ -304,7 +305,7 @@ class Outcome(TimedRecord):
     user_id: Id
     seq: Annotated[int, Field(ge=0)]
     kind: Literal["item", "ad"]
-    item_id: Id | None  # the ad of a slot left empty is None
+    item_id: Id | None = None  # the ad of a slot left empty is None
     position: Annotated[int, Field(ge=0, le=10_000)]  # rank, or the slot
     model_version: str
     stats_version: str

@@ -15,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from threadpoolctl import threadpool_limits
 
 from models.value import ValueModel
+from stream.ads.learner import ADS_OUTCOMES, AdsLearnerService
+from stream.ads.serving import AdPlacer, BanditSlot
 from stream.bn.role import BN_RESULTS, BnService
 from stream.drift.delivery import AlertDelivery
 from stream.drift.role import DriftService
@@ -55,8 +57,10 @@ class Worker:
 
     metrics: WorkerMetrics
     models: ModelSlot
+    bandit: BanditSlot
     store: FeatureStore | None = None
     ranker: MicroBatcher | None = None
+    scoring: ScoringService | None = None
     subscriptions: SubscriptionRegistry | None = None
     consumers: list[SupervisedConsumer] = field(default_factory=list)
 
@@ -95,7 +99,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         broker_heartbeat_interval=settings.consumer_session_timeout_ms / 10_000,
         autodiscover=False,
     )
-    worker = Worker(WorkerMetrics(), ModelSlot(settings))
+    worker = Worker(WorkerMetrics(), ModelSlot(settings), BanditSlot(settings))
 
     @app.task
     async def start_services() -> None:
@@ -117,17 +121,19 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             catalogue = ItemCatalogue(settings, bootstrap, worker.metrics, **supervision)
             retriever = Retriever(store, lambda: catalogue.index, settings.retrieval_k,
                                   worker.metrics, settings.retrieval_source)
-            ranker = Ranker(reader, worker.models, ValueModel(settings.value_weights), retriever)
+            ranker = Ranker(reader, worker.models, ValueModel(settings.value_weights), retriever,
+                            AdPlacer(worker.bandit, settings))
             worker.ranker = MicroBatcher(ranker, settings.scoring_batch_max_requests,
                                          settings.rank_queue_max)
             if settings.model_manifest is not None:
                 await worker.models.load(settings.model_manifest)
-            kinds = serving_kinds(worker.models, settings)
+            kinds = serving_kinds(worker.models, worker.bandit, settings)
+            worker.scoring = ScoringService(settings, bootstrap, ranker, worker.metrics,
+                                            **supervision)
             worker.consumers += [
                 VersionedStateService(settings, bootstrap, kinds, worker.metrics, **supervision),
                 StateAuditService(settings, bootstrap, kinds, worker.metrics, **supervision),
-                ScoringService(settings, bootstrap, ranker, worker.metrics, **supervision),
-                catalogue]
+                worker.scoring, catalogue]
         if "outcomes" in roles:
             worker.consumers.append(
                 OutcomesService(settings, bootstrap, worker.metrics, **supervision))
@@ -137,6 +143,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         if "bn" in roles:
             bn = BnService(settings, bootstrap, worker.metrics, **supervision)
             worker.consumers += [bn.reader, bn]
+        if "ads" in roles:
+            learner = AdsLearnerService(settings, bootstrap, worker.metrics, **supervision)
+            worker.consumers += [learner.reader, learner]
         if "drift" in roles:
             worker.consumers += [
                 DriftService(settings, bootstrap, worker.metrics, **supervision),
@@ -186,6 +195,11 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             "stats_version": worker.models.current.stats_version,
             "model_load_failures": int(total("streamrank_state_updates_refused",
                                              reader=SERVING_READER, kind="model")),
+            "ad_decisions": int(total("streamrank_ad_decisions")),
+            "ads_policy_version": worker.bandit.current.version,
+            "ads_learnt": {outcome: int(total("streamrank_ads_outcomes", outcome=outcome))
+                           for outcome in ADS_OUTCOMES},
+            "ads_versions_published": int(total("streamrank_ads_versions")),
         })
 
     @app.page("/metrics")
@@ -194,7 +208,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         return web.bytes(generate_latest(worker.metrics.registry),
                          content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
-    add_rank_view(app, settings, worker.metrics, lambda: worker.ranker)
+    add_rank_view(app, settings, worker.metrics, lambda: worker.ranker,
+                  lambda: worker.scoring)
     add_subscription_views(app, settings, worker.metrics, lambda: worker.subscriptions)
 
     return app

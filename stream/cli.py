@@ -39,6 +39,9 @@ app.add_typer(drift_app, name="drift")
 bn_app = typer.Typer(no_args_is_help=True,
                      help="Online BatchNorm statistics: status, freeze, rollback, reset.")
 app.add_typer(bn_app, name="bn")
+ads_app = typer.Typer(no_args_is_help=True,
+                      help="Ad slots: the policy's status and knobs, off-policy evaluation.")
+app.add_typer(ads_app, name="ads")
 
 log = logging.getLogger("streamrank")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -308,6 +311,51 @@ def _bn(operation: str, target: str | None = None) -> None:
 
     with broker(settings) as bootstrap:
         _report(asyncio.run(run(bootstrap)), None)
+
+
+def _ads(dial: float | None = None, epsilon: float | None = None) -> None:
+    """Read the bandit versions on model-updates, then show them or publish retuned knobs."""
+    from stream.ads import control
+    from stream.runtime.environment import broker
+
+    settings = _settings()
+
+    async def run(bootstrap: str) -> dict[str, Any]:
+        slot = await control.read_params(settings, bootstrap)
+        if dial is not None or epsilon is not None:
+            try:
+                params = control.retuned(slot, dial, epsilon)
+            except ValueError as exc:
+                raise StreamrankError(str(exc)) from exc
+            await control.publish(settings, bootstrap, params)
+            slot.install(params)
+        return control.status(slot)
+
+    with broker(settings) as bootstrap:
+        _report(asyncio.run(run(bootstrap)), None)
+
+
+@ads_app.command("status")
+@_clear_errors
+def ads_status() -> None:
+    """The policy version served, its dial, epsilon and alpha, and how much it has learnt."""
+    _ads()
+
+
+@ads_app.command("set")
+@_clear_errors
+def ads_set(
+    dial: Annotated[float | None, typer.Option(
+        min=0.0, help="Revenue given up per unit of organic engagement an ad costs.")] = None,
+    epsilon: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Exploration floor, shared out over each slot's actions.")
+    ] = None,
+) -> None:
+    """Publish the served parameters under a new dial and/or epsilon, as the next version:
+    every scorer swaps it in, and every decision after it names it."""
+    if dial is None and epsilon is None:
+        _fail("give --dial, --epsilon or both")
+    _ads(dial, epsilon)
 
 
 @bn_app.command("status")

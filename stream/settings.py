@@ -17,7 +17,7 @@ from schemas import DETECTORS, Limits, topic_name
 from stream.redaction import Redactor, redact_url, url_secrets
 
 # Every role is a consumer group of its own, so a deployment can scale each apart.
-ROLES = ("features", "scoring", "outcomes", "drift", "interests", "bn")
+ROLES = ("features", "scoring", "outcomes", "drift", "interests", "bn", "ads")
 # Features whose distribution holds still while traffic does: context, similarities and
 # smoothed rates. Decayed counters grow until their half-life is reached, so monitoring them
 # would alert on every warm-up.
@@ -211,6 +211,34 @@ class Settings(BaseSettings):
     bn_watchdog_margin: float = Field(
         0.01, ge=0, description="A version whose click log loss is worse than its parent's by "
         "more than this share is rolled back.")
+
+    ads_dial: float = Field(
+        1.0, ge=0, description="Revenue given up per unit of organic engagement (clicks, likes, "
+        "shares) an ad costs: net reward = revenue - dial x engagement loss. The prior's; "
+        "change it at runtime with `streamrank ads set --dial`.")
+    ads_epsilon: float = Field(
+        0.1, gt=0, le=1, description="Exploration floor: every feasible action of a slot keeps "
+        "at least epsilon / |actions|, so every logged propensity is exact and nonzero. The "
+        "prior's; change it at runtime with `streamrank ads set --epsilon`.")
+    ads_alpha: float = Field(
+        0.0, ge=0, description="LinUCB width, in posterior standard deviations of the net "
+        "reward (0: the posterior mean).")
+    ads_ridge: float = Field(1.0, gt=0, description="Prior precision of every reward model.")
+    ads_max_ads: int = Field(3, ge=0, le=100, description="Ads per ranking at most.")
+    ads_min_spacing: int = Field(
+        3, ge=1, le=1000, description="Feed positions from one ad to the next at least.")
+    ads_seed: int = Field(
+        0, ge=0, description="Mixed with the request id into each ranking's decision seed, so "
+        "the topic and POST /rank decide a request alike.")
+    ads_group: str = "streamrank-ads"
+    ads_update_outcomes: int = Field(
+        500, ge=1, description="Ad-slot outcomes the learner gathers per parameter version.")
+    ads_update_interval_s: float = Field(
+        60.0, ge=0, description="Event-time seconds from one parameter version to the next at "
+        "least, so hot swaps stay rare at any traffic.")
+    ads_max_age_s: float = Field(
+        86_400.0, gt=0, description="Outcomes of rankings older than this (against the newest "
+        "read) are counted and not learnt from: a backlog from another regime.")
 
     roles: str = Field(
         ",".join(ROLES), pattern=r"^[a-z]+(,[a-z]+)*$",

@@ -120,6 +120,7 @@ class Simulator:
         self._log: IO[bytes] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._item_index = {item_id: i for i, item_id in enumerate(world.item_ids)}
+        self._ad_index = {ad_id: i for i, ad_id in enumerate(world.ad_ids)}
 
     async def __aenter__(self) -> Simulator:
         self._producer = await started_producer(self.settings, self.bootstrap, linger_ms=2)
@@ -254,6 +255,7 @@ class Simulator:
                                   candidates=not self.retrieval)
         ranked = self.rng.permutation(draw.candidates)[: world.config.shown]
         served_by = "random"
+        ads_by_slot: dict[int, int] | None = None  # None: random ads, as a naive ad server
         if policy == "served":
             waiter = asyncio.get_running_loop().create_future()
             self._waiting[request.request_id] = waiter
@@ -263,6 +265,8 @@ class Simulator:
                 result = await asyncio.wait_for(waiter, self.result_timeout_s)
                 self.report.round_trip_ms.append((time.perf_counter() - sent) * 1000)
                 ranked = np.array([self._item_index[item.item_id] for item in result.items])
+                ads_by_slot = {ad.slot: self._ad_index[ad.ad_id] for ad in result.ads
+                               if ad.ad_id is not None}
                 served_by = result.model_version
                 self._score_against_truth(draw, ranked, elapsed, served_by)
             except TimeoutError:
@@ -271,14 +275,17 @@ class Simulator:
         else:
             await self._send("requests", request.user_id, request)
         self.report.requests += 1
-        await self._play(request, draw, ranked, served_by, elapsed, time.time())
+        await self._play(request, draw, ranked, served_by, elapsed, time.time(), ads_by_slot)
 
     async def _play(self, request: RankingRequest, draw: RequestDraw, ranked: np.ndarray,
-                    served_by: str, elapsed: float, ts: float) -> None:
-        """Sample the user's engagements with the shown feed; publish and log them at ``ts``."""
+                    served_by: str, elapsed: float, ts: float,
+                    ads_by_slot: dict[int, int] | None = None) -> None:
+        """Sample the user's engagements with the shown feed, with the ads the worker placed
+        (random ones in every reached slot when none was asked); publish and log them."""
         world = self.world
-        ads_by_slot = {slot: int(self.rng.choice(draw.ads))
-                       for slot in _slots_reached(draw.ad_slots, len(ranked))}
+        if ads_by_slot is None:
+            ads_by_slot = {slot: int(self.rng.choice(draw.ads))
+                           for slot in _slots_reached(draw.ad_slots, len(ranked))}
         events = engagement_events(
             request, world.play(self.rng, draw, ranked, ads_by_slot, elapsed), ts)
         for event in events:

@@ -26,7 +26,8 @@ def ranking(request_id: str, ts: float = T0, ads: bool = True) -> RankingResult:
         ts=ts, request_id=request_id, user_id="u1",
         items=[RankedItem(item_id=f"i{k}", value=0.5 - k / 10, probs={"click": 0.1 * (k + 1)})
                for k in range(3)],
-        ads=[AdDecision(slot=1, ad_id="a7", propensity=0.5, policy="linucb")] if ads else [],
+        ads=[AdDecision(decision_id=f"{request_id}/1", slot=1, ad_id="a7", propensity=0.5,
+                        policy="linucb", policy_version="bandit-3")] if ads else [],
         model_version="m1", stats_version="bn1", latency_ms=1.0)
 
 

@@ -178,7 +178,7 @@ def test_direct_result_encoding_is_the_schema_codecs_encoding() -> None:
 
 
 def test_the_feature_log_holds_the_rows_scored_exactly() -> None:
-    from stream.scoring.feature_log import encode_feature_log, logged
+    from stream.scoring.feature_log import feature_log, logged
     from stream.scoring.ranker import Ranked
 
     rows = np.random.default_rng(0).normal(size=(2, len(RANKER_FEATURE_NAMES))).astype(
@@ -186,7 +186,8 @@ def test_the_feature_log_holds_the_rows_scored_exactly() -> None:
     ranked = Ranked("r1", "u1", [{"item_id": "i3"}, {"item_id": "i1"}], "v7", "s", 1.0,
                     time.time(), rows)
 
-    log = decode(encode_feature_log(ranked), FeatureLog)
+    assert feature_log(ranked, rate=0.0) is None  # not sampled, and no ad decisions
+    log = decode(feature_log(ranked, rate=1.0) or b"", FeatureLog)
 
     assert (log.item_ids, log.model_version) == (["i3", "i1"], "v7")
     assert tuple(log.feature_names) == RANKER_FEATURE_NAMES
@@ -202,6 +203,7 @@ async def test_non_finite_scores_never_go_out() -> None:
     from stream.features.reader import FeatureReader
     from stream.features.store import MemoryStore
     from stream.interests.retrieval import Retriever
+    from stream.ads.serving import AdPlacer, BanditSlot
     from stream.runtime.metrics import WorkerMetrics
     from stream.scoring.ranker import ModelSlot, NonFiniteScores, Ranker, Received
     from stream.settings import Settings
@@ -218,7 +220,8 @@ async def test_non_finite_scores_never_go_out() -> None:
     store = MemoryStore(60, 5)
     index = ItemIndex(32)
     retriever = Retriever(store, lambda: index, default_k=10, metrics=WorkerMetrics())
-    ranker = Ranker(FeatureReader(store, 32), slot, ValueModel({"click": 1.0}), retriever)
+    ranker = Ranker(FeatureReader(store, 32), slot, ValueModel({"click": 1.0}), retriever,
+                    AdPlacer(BanditSlot(Settings()), Settings()))
     requests = [Received(RankingRequest(request_id=f"r{n}", user_id="u", ts=time.time(),
                                         candidates=["i1", "i2"]), 0.0) for n in range(3)]
     with pytest.raises(NonFiniteScores, match="r2"):

@@ -102,7 +102,8 @@ async def _publish(env: Environment, config: FaultsConfig, stream: Stream,
                 ts=ts, request_id=f"r{k}", user_id=user,
                 items=[RankedItem(item_id=f"i{rng.integers(1000)}", value=1.0 / (rank + 1),
                                   probs={"click": 0.1}) for rank in range(ITEMS_SHOWN)],
-                ads=[AdDecision(slot=1, ad_id="a1", propensity=0.5, policy="uniform")],
+                ads=[AdDecision(decision_id=f"r{k}/1", slot=1, ad_id="a1", propensity=0.5,
+                                policy="uniform", policy_version="bandit-0")],
                 model_version="m", stats_version="none", latency_ms=1.0)
             events = [_event(rng, ranking, j) for j in range(int(rng.integers(1, 5)))]
             stream.rankings.append(ranking)

@@ -11,15 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from aiokafka.structs import TopicPartition
-
 from models.bn import TRAINED, BnStats, StatsError, read_stats
-from schemas import ModelUpdate, Rejection, decode
+from schemas import ModelUpdate
 from stream.bn.kind import stats_path, write_stats
 from stream.bn.versions import BnVersions
 from stream.errors import StreamrankError
-from stream.runtime.clients import READ_TO_END_WAIT_MS, kafka_consumer, read_to_end
-from stream.runtime.versioned_state import publish_update, registry
+from stream.runtime.versioned_state import publish_update, replay_versions
 from stream.settings import Settings
 
 
@@ -30,28 +27,7 @@ class BnControlError(StreamrankError):
 async def read_versions(settings: Settings, bootstrap: str) -> BnVersions:
     """Every version on model-updates, installed in order as a worker would."""
     versions = BnVersions(settings)
-    kinds = registry(versions.kinds())
-    topic = settings.topic("model-updates")
-    consumer = kafka_consumer(settings, bootstrap, group_id=None, auto_offset_reset="earliest",
-                              fetch_max_wait_ms=READ_TO_END_WAIT_MS)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p)
-                      for p in sorted(consumer.partitions_for_topic(topic) or {0})]
-        consumer.assign(partitions)
-        for tp in partitions:
-            consumer.seek(tp, 0)  # tansu's ListOffsets answer is wrong: seek, never reset
-        async for _, record in read_to_end(consumer):
-            try:
-                update = decode(record.value or b"", ModelUpdate, settings.limits)
-                kind = kinds.get(update.kind)
-                if kind is not None:
-                    kind.install(kind.load(update))
-            except Rejection:
-                continue  # workers refuse it too; the state audit dead-letters it
-    finally:
-        await consumer.stop()
+    await replay_versions(settings, bootstrap, versions.kinds())
     return versions
 
 

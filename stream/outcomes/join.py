@@ -196,9 +196,14 @@ def joined(result: RankingResult, events: list[Event], window_s: float,
                         features=rows.get(item.item_id),
                         feature_names=names if item.item_id in rows else None)
                 for rank, item in enumerate(result.items)]
+    contexts = {} if features is None else {a.decision_id: a.context for a in features.ads}
+    ad_names = None if features is None else features.ad_feature_names
     outcomes += [outcome(len(result.items) + k, kind="ad", item_id=ad.ad_id, position=ad.slot,
                          propensity=ad.propensity, policy=ad.policy,
-                         ad_labels=_ad_labels(ad.ad_id, ad.slot, events))
+                         policy_version=ad.policy_version, decision_id=ad.decision_id,
+                         ad_labels=_ad_labels(ad.ad_id, ad.slot, events),
+                         features=contexts.get(ad.decision_id),
+                         feature_names=ad_names if ad.decision_id in contexts else None)
                  for k, ad in enumerate(result.ads)]
     return outcomes
 
@@ -212,10 +217,14 @@ def _item_labels(item_id: str, events: list[Event]) -> ItemLabels:
 
 
 def _ad_labels(ad_id: str | None, slot: int, events: list[Event]) -> AdLabels:
+    """An ad's earnings and the organic engagement below it; for a slot left empty, the
+    organic engagement from the slot down: the items an ad there would have pushed down, so
+    the two compare (their difference is what the ad cost)."""
     mine = [e for e in events if ad_id is not None and e.item_id == ad_id
             and e.type in AD_EVENTS]
+    first = slot + 1 if ad_id is not None else slot
     below = [e for e in events if e.type not in AD_EVENTS and e.position is not None
-             and e.position > slot]
+             and e.position >= first]
     return AdLabels(impression=any(e.type == "ad_impression" for e in mine),
                     click=any(e.type == "ad_click" for e in mine),
                     revenue=sum(e.revenue or 0.0 for e in mine if e.type == "conversion"),

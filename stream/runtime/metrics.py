@@ -107,6 +107,18 @@ class WorkerMetrics:
             "streamrank_bn_watchdog_judged", "Versions the watchdog compared with their parent.",
             registry=self.registry)
 
+        self.ad_decisions = Counter(
+            "streamrank_ad_decisions", "Ad-slot decisions served and logged (an ad or none).",
+            registry=self.registry)
+        self.ads_outcomes = Counter(
+            "streamrank_ads_outcomes", "Ad-slot outcomes the learner read, by what became of "
+            "them: learnt; no_context (its feature log never joined); other_context (another "
+            "context layout); stale (older than STREAMRANK_ADS_MAX_AGE_S).", ["outcome"],
+            registry=self.registry)
+        self.ads_versions = Counter(
+            "streamrank_ads_versions", "Bandit parameter versions the learner published.",
+            registry=self.registry)
+
         self.state_refused = Counter(
             "streamrank_state_updates_refused",
             "Versions on model-updates this worker could not install, by reader (the serving "

@@ -16,8 +16,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from schemas import ModelUpdate, Rejection, encode
-from stream.runtime.clients import started_producer
+from aiokafka.structs import TopicPartition
+
+from schemas import ModelUpdate, Rejection, decode, encode
+from stream.runtime.clients import (
+    READ_TO_END_WAIT_MS,
+    kafka_consumer,
+    read_to_end,
+    started_producer,
+)
 from stream.runtime.consumer import Decoded, Sends, SupervisedConsumer
 from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
@@ -140,3 +147,32 @@ async def publish_update(settings: Settings, bootstrap: str, update: ModelUpdate
                                      key=update.kind.encode())
     finally:
         await producer.stop()
+
+
+async def replay_versions(settings: Settings, bootstrap: str,
+                          kinds: Iterable[StateKind[Any]]) -> None:
+    """Install every version on model-updates in order, as a worker would, for a command
+    that shows or changes the state (``streamrank bn``, ``streamrank ads``). Versions that
+    do not load are skipped: workers refuse them too, and the state audit dead-letters them."""
+    by_name = registry(kinds)
+    topic = settings.topic("model-updates")
+    consumer = kafka_consumer(settings, bootstrap, group_id=None, auto_offset_reset="earliest",
+                              fetch_max_wait_ms=READ_TO_END_WAIT_MS)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p)
+                      for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, 0)  # tansu's ListOffsets answer is wrong: seek, never reset
+        async for _, record in read_to_end(consumer):
+            try:
+                update = decode(record.value or b"", ModelUpdate, settings.limits)
+                kind = by_name.get(update.kind)
+                if kind is not None:
+                    kind.install(kind.load(update))
+            except Rejection:
+                continue
+    finally:
+        await consumer.stop()

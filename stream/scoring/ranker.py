@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import time
 from collections import deque
@@ -14,10 +15,16 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES, ranking_matrix
+from models.ranking_features import (
+    RANKER_FEATURE_NAMES,
+    TASK_NAMES,
+    CandidateFeatures,
+    ranking_matrix,
+)
 from models.scorer import PopularityScorer, Scorer, load_scorer
 from models.value import ValueModel
 from schemas import SCHEMA_VERSION, RankingRequest
+from stream.ads.serving import AdPlacer, PlacedAds, wants_ads
 from stream.features.reader import FeatureReader
 from stream.interests.retrieval import Retriever, wants_retrieval
 from stream.settings import Settings
@@ -75,22 +82,25 @@ class Ranked:
     latency_ms: float
     ts: float
     rows: np.ndarray  # float32 [len(items), F]: the feature rows of the items, in rank order
+    ads: PlacedAds | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps({
             "schema_version": SCHEMA_VERSION, "ts": self.ts, "request_id": self.request_id,
-            "user_id": self.user_id, "items": self.items, "ads": [],
+            "user_id": self.user_id, "items": self.items,
+            "ads": [] if self.ads is None else self.ads.results(),
             "model_version": self.model_version, "stats_version": self.stats_version,
             "latency_ms": self.latency_ms})
 
 
 class Ranker:
     def __init__(self, reader: FeatureReader, models: ModelSlot, value: ValueModel,
-                 retriever: Retriever) -> None:
+                 retriever: Retriever, placer: AdPlacer) -> None:
         self.reader = reader
         self.models = models
         self.value = value
         self.retriever = retriever
+        self.placer = placer
 
     async def rank(self, received: Sequence[Received]) -> list[Ranked]:
         """Score a micro-batch of requests with one feature round trip and one model run,
@@ -100,8 +110,13 @@ class Ranker:
                    for x, r in zip(retrieved, received, strict=True)]
         received = [Received(x.request, r.at) for x, r in zip(retrieved, received, strict=True)]
         now = time.time()
-        features = await self.reader.fetch_many(
-            [(r.request.user_id, r.request.candidates) for r in received], now)
+        # The ad candidates' features come in the same round trip as the candidates'.
+        fetched = await self.reader.fetch_many(
+            [(r.request.user_id, [*r.request.candidates, *r.request.ad_candidates])
+             if wants_ads(r.request) else (r.request.user_id, r.request.candidates)
+             for r in received], now)
+        features = [_first(f, len(r.request.candidates)) for f, r in
+                    zip(fetched, received, strict=True)]
         # Each request's rows are written straight into the batch's matrix: no second copy.
         bounds = np.cumsum([0, *(len(f.items) for f in features)]).tolist()
         batch = np.empty((bounds[-1], len(RANKER_FEATURE_NAMES)), dtype=np.float32)
@@ -113,11 +128,13 @@ class Ranker:
         values = self.value.values(probs, scorer.task_names)
         _refuse_non_finite(received, rows, probs, values)
         return [self._result(r, scorer, probs[request_rows], values[request_rows],
-                             batch[request_rows], request_sources)
-                for r, request_sources, request_rows in zip(received, sources, rows, strict=True)]
+                             batch[request_rows], request_sources, f, now)
+                for r, request_sources, request_rows, f
+                in zip(received, sources, rows, fetched, strict=True)]
 
     def _result(self, received: Received, scorer: Scorer, probs: np.ndarray,
-                values: np.ndarray, features: np.ndarray, sources: list[str] | None) -> Ranked:
+                values: np.ndarray, features: np.ndarray, sources: list[str] | None,
+                fetched: CandidateFeatures, now: float) -> Ranked:
         request = received.request
         n = min(request.n, len(values))
         top = np.argpartition(-values, n - 1)[:n] if n < len(values) else np.arange(n)
@@ -132,9 +149,27 @@ class Ranker:
         if sources is not None:  # only then: a request with its own candidates is unchanged
             for item, i in zip(items, top.tolist(), strict=True):
                 item["source"] = sources[i]
+        ads = None
+        if wants_ads(request):
+            ads = self.placer.place(request, _after(fetched, len(request.candidates)),
+                                    values[top].tolist(), now)
         return Ranked(request.request_id, request.user_id, items, scorer.version,
                       scorer.stats_version, (time.perf_counter() - received.at) * 1000.0,
-                      time.time(), features[top])
+                      time.time(), features[top], ads)
+
+
+def _first(features: CandidateFeatures, n: int) -> CandidateFeatures:
+    """The features of the first ``n`` items (the candidates, before the ads)."""
+    if len(features.items) == n:
+        return features
+    return dataclasses.replace(features, items=features.items[:n],
+                               embeddings=features.embeddings[:n], known=features.known[:n])
+
+
+def _after(features: CandidateFeatures, n: int) -> CandidateFeatures:
+    """The features of the items after the first ``n`` (the ad candidates)."""
+    return dataclasses.replace(features, items=features.items[n:],
+                               embeddings=features.embeddings[n:], known=features.known[n:])
 
 
 class NonFiniteScores(ValueError):

@@ -14,8 +14,8 @@ from typing import Any
 from schemas import RankingRequest, Rejection
 from stream.runtime.consumer import Decoded, Sends, SupervisedConsumer
 from stream.runtime.metrics import WorkerMetrics
-from stream.scoring.feature_log import encode_feature_log, logged
-from stream.scoring.ranker import Ranker, Received
+from stream.scoring.feature_log import feature_log
+from stream.scoring.ranker import Ranked, Ranker, Received
 from stream.settings import Settings
 
 
@@ -47,14 +47,21 @@ class ScoringService(SupervisedConsumer):
         arrived = time.perf_counter()
         results = await self.ranker.rank([Received(d.value, arrived) for d in batch])
         sends: Sends = []
-        rate = self.settings.feature_log_rate
         for result in results:
-            key = result.user_id.encode()
-            # The outcomes role joins a request's feature rows before or after its ranking.
-            if logged(result.request_id, rate):
-                sends.append(await self.producer.send(
-                    self._feature_log_topic, encode_feature_log(result), key=key))
-            sends.append(await self.producer.send(self._rankings_topic, result.encode(),
-                                                  key=key))
+            sends += await self.publish(result)
             self.metrics.observe_ranking(result.model_version, result.latency_ms)
+        return sends
+
+    async def publish(self, result: Ranked) -> Sends:
+        """The ranking and its feature log, keyed by user; ``POST /rank`` logs its ad
+        decisions through here too, so no decision goes unlogged."""
+        key = result.user_id.encode()
+        sends: Sends = []
+        # The outcomes role joins a request's feature log before or after its ranking.
+        logged = feature_log(result, self.settings.feature_log_rate)
+        if logged is not None:
+            sends.append(await self.producer.send(self._feature_log_topic, logged, key=key))
+        sends.append(await self.producer.send(self._rankings_topic, result.encode(), key=key))
+        if result.ads is not None:
+            self.metrics.ad_decisions.inc(len(result.ads.decisions))
         return sends

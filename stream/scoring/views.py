@@ -7,17 +7,20 @@ and these, which only HTTP has: ``unauthorized`` (401),
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
 from redis.exceptions import RedisError
 
 from schemas import RankingRequest, Rejection, decode
 from stream.runtime.access import authorized
 from stream.runtime.metrics import WorkerMetrics
-from stream.scoring.ranker import MicroBatcher, Overloaded, Received
+from stream.scoring.ranker import MicroBatcher, Overloaded, Ranked, Received
+from stream.scoring.role import ScoringService
 from stream.settings import Settings
 
 # A micro-batch takes milliseconds; a second is the smallest wait ``Retry-After`` can say.
@@ -25,8 +28,10 @@ RETRY_AFTER_S = 1
 
 
 def add_rank_view(app: faust.App, settings: Settings, metrics: WorkerMetrics,
-                  batcher: Callable[[], MicroBatcher | None]) -> None:
-    """Register ``POST /rank``; ``batcher`` gives the worker's micro-batcher once it started."""
+                  batcher: Callable[[], MicroBatcher | None],
+                  scoring: Callable[[], ScoringService | None]) -> None:
+    """Register ``POST /rank``; ``batcher`` gives the worker's micro-batcher once it started,
+    and ``scoring`` the role that logs a ranking with ad decisions on the rankings topic."""
 
     @app.page("/rank")
     class Rank(View):
@@ -53,8 +58,22 @@ def add_rank_view(app: faust.App, settings: Settings, metrics: WorkerMetrics,
                 return self._overloaded(ranker)
             except (RedisError, OSError) as exc:
                 return self._refuse(503, "unavailable", f"feature store unavailable: {exc}")
+            if result.ads is not None:
+                # Ad decisions are answered only once logged: an unlogged decision is one
+                # that neither the learner nor off-policy evaluation will ever see.
+                try:
+                    await self._log(result)
+                except KafkaError as exc:
+                    return self._refuse(503, "unavailable", f"cannot log the ad decisions: "
+                                        f"{exc}")
             metrics.observe_ranking(result.model_version, result.latency_ms)
             return self.bytes(result.encode(), content_type="application/json")
+
+        async def _log(self, result: Ranked) -> None:
+            service = scoring()
+            if service is None:
+                raise KafkaError("the scoring role's producer has not started")
+            await asyncio.gather(*await service.publish(result))
 
         def _overloaded(self, ranker: MicroBatcher) -> Response:
             return self._refuse(429, "overloaded", f"{ranker.queue_max} requests are already "

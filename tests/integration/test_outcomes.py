@@ -27,7 +27,8 @@ def ranking(request_id: str, user: str, ts: float) -> RankingResult:
         ts=ts, request_id=request_id, user_id=user,
         items=[RankedItem(item_id=f"i{k}", value=1.0 - k / 10, probs={"click": 0.1})
                for k in range(3)],
-        ads=[AdDecision(slot=1, ad_id="a1", propensity=0.25, policy="uniform")],
+        ads=[AdDecision(decision_id=f"{request_id}/1", slot=1, ad_id="a1", propensity=0.25,
+                        policy="uniform", policy_version="bandit-0")],
         model_version="m1", stats_version="none", latency_ms=2.0)
 
 
