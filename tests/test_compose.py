@@ -401,7 +401,7 @@ def test_simulator_waits_for_worker(services: dict[str, dict[str, Any]]) -> None
 def test_each_role_runs_in_exactly_one_service(services: dict[str, dict[str, Any]]) -> None:
     """Roles are consumer groups of their own: compose runs (and scales) them apart."""
     roles: list[str] = []
-    for name in ("features", "outcomes", "drift", "interests", "bn", "worker"):
+    for name in ("features", "outcomes", "drift", "interests", "bn", "ads", "worker"):
         ctx = parse_cli(command_of(services[name]))
         roles += ctx.params["roles"].split(",")
         assert services[name]["build"] == services["worker"]["build"]
@@ -418,7 +418,7 @@ def test_bn_writes_statistics_where_the_scoring_workers_load_them(
         return volumes[0].split(":")[0]
 
     volume = model_volume("bn")
-    assert volume == model_volume("worker")
+    assert volume == model_volume("worker") == model_volume("ads")
     assert volume in (load_yaml(COMPOSE_FILE).get("volumes") or {}), "a named volume, shared"
 
 
