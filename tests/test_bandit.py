@@ -1,11 +1,13 @@
 """Ad-slot bandit (models/bandit.py): exact propensities, constraints on hostile requests, seeded
-decisions, the dial, the Bayesian linear update in closed form, and the parameter file."""
+decisions, the dial, the three Bayesian linear updates in closed form, the engagement loss they
+learn together, the logged contexts, offsets, and the parameter file."""
 
 from __future__ import annotations
 
 import doctest
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -13,22 +15,29 @@ import pytest
 
 import models.bandit
 from models.bandit import (
+    AD_COLUMNS,
     CONTEXT_NAMES,
     DIM,
+    USER_NAMES,
     AdRequest,
     BanditParams,
+    Feedback,
     SlotDecision,
     action_probabilities,
     decide,
+    learn,
     net_scores,
     slot_contexts,
-    update,
     valid_slots,
 )
 
 EMBEDDING_DIM = 8
 SLOTS = (2, 5, 8, 11, 14)
 COLUMN = {name: i for i, name in enumerate(CONTEXT_NAMES)}
+# The context of "no ad" at a slot is an ad's context there with these columns emptied.
+WITHOUT_AD = np.ones(DIM)
+WITHOUT_AD[list(AD_COLUMNS)] = 0.0
+Linear = Callable[[np.ndarray], np.ndarray]
 
 
 def make_request(rng: np.random.Generator, k: int = 20, slots: Sequence[int] = SLOTS,
@@ -49,15 +58,39 @@ def logged_rows(seed: int, requests: int = 40) -> np.ndarray:
                       for _ in range(requests) for slot in SLOTS])
 
 
-def learnt(revenue_of, loss_of, seed: int = 0, **knobs: float) -> BanditParams:
+def constant(value: float) -> Linear:
+    return lambda x: np.full(len(x), value)
+
+
+def organic_engagement(x: np.ndarray) -> np.ndarray:
+    """Organic engagement from a slot down with no ad there: most of the value below it."""
+    return 0.1 + 0.8 * x[:, COLUMN["value_below"]] + 0.3 * x[:, COLUMN["slot_discount"]]
+
+
+def feedback_of(x: np.ndarray, revenue_of: Linear, loss_of: Linear,
+                organic_of: Linear = organic_engagement, seed: int = 0,
+                noise: float = 0.01) -> Feedback:
+    """Both worlds of every row: the ad shown (its revenue, and the organic engagement below it,
+    which is the organic engagement without it less the loss), and no ad (the same slot's row
+    with the ad columns empty, and the organic engagement)."""
     rng = np.random.default_rng(seed)
-    x = logged_rows(seed)
-    noise = 0.01 * rng.standard_normal((2, len(x)))
-    trained = update(BanditParams.prior(), x, revenue_of(x) + noise[0], loss_of(x) + noise[1])
+    without = x * WITHOUT_AD
+    organic = organic_of(without)
+    jitter = noise * rng.standard_normal((3, len(x)))
+    return Feedback(
+        contexts=np.vstack([x, without]), placed=np.repeat([True, False], len(x)),
+        revenues=np.concatenate([revenue_of(x) + jitter[0], np.zeros(len(x))]),
+        engagements=np.concatenate([organic - loss_of(x) + jitter[1], organic + jitter[2]]))
+
+
+def learnt(revenue_of: Linear, loss_of: Linear, organic_of: Linear = organic_engagement,
+           seed: int = 0, **knobs: Any) -> BanditParams:
+    trained = learn(BanditParams.prior(),
+                    feedback_of(logged_rows(seed), revenue_of, loss_of, organic_of, seed))
     return trained.retuned(**knobs)
 
 
-def profitable(**knobs: float) -> BanditParams:
+def profitable(**knobs: Any) -> BanditParams:
     """Ads earn clearly more than the engagement they cost, which is small but positive."""
     return learnt(lambda x: 2.0 + 10.0 * x[:, COLUMN["ad_expected_revenue"]],
                   lambda x: 0.05 + 0.01 * x[:, COLUMN["value_below"]], **knobs)
@@ -78,6 +111,10 @@ def check_constraints(decisions: list[SlotDecision], request: AdRequest, max_ads
             e.ad_id is not None for e in decisions[:k])
         assert 0.0 < d.propensity <= 1.0
         assert np.isclose(d.probabilities.sum(), 1.0)
+        assert d.context.shape == (DIM,)
+        assert d.ad_contexts.shape == (len(d.actions) - 1, DIM)
+        if d.ad_id is None:
+            assert (d.context[list(AD_COLUMNS)] == 0.0).all()
 
 
 def test_the_module_example_runs() -> None:
@@ -104,6 +141,47 @@ def test_context_rows_follow_the_documented_names() -> None:
         "displaced_value": 4.0, "value_below": 4.0 + 3.0}
     assert row == pytest.approx(expected)
     assert x[1, COLUMN["ad_affinity"]] == pytest.approx(-0.8)
+    # What "no ad" leaves empty: everything that describes the ad, nothing of the slot.
+    assert [CONTEXT_NAMES[i] for i in AD_COLUMNS] == [
+        "ad_log_bid", "ad_click_rate", "ad_conversion_rate", "ad_affinity",
+        "ad_expected_revenue"]
+
+
+def test_the_no_ad_context_is_the_slot_without_an_ad() -> None:
+    request = AdRequest(
+        user=np.array([0.1, 0.2, 0.3]), interest=np.array([3.0, 4.0]), ad_ids=["a", "b"],
+        bids=np.array([1.0, 3.0]), click_rates=np.array([0.1, 0.2]),
+        conversion_rates=np.array([0.5, 0.25]), embeddings=np.array([[4.0, 3.0], [0.0, -2.0]]),
+        organic_values=np.array([5.0, 4.0, 3.0, 2.0, 1.0]), slots=(0, 2), n=4)
+    user = dict(zip(USER_NAMES, request.user, strict=True))
+    no_ad = {name: 0.0 for name in CONTEXT_NAMES} | {"bias": 1.0, **user}
+    # Slot 0, nothing above: it would push down the whole feed of ranks 0-3.
+    first = no_ad | {"slot_discount": 1.0, "slot_depth": 0.0, "displaced_value": 5.0,
+                     "value_below": 5.0 + 4.0 + 3.0 + 2.0}
+    # Slot 2 below no ad holds rank 2, and the feed's last two positions ranks 2 and 3; below
+    # an ad it holds rank 1, and they hold ranks 1 and 2.
+    free = no_ad | {"slot_discount": 0.5, "slot_depth": 0.5, "displaced_value": 3.0,
+                    "value_below": 3.0 + 2.0}
+    below_an_ad = free | {"displaced_value": 4.0, "value_below": 4.0 + 3.0}
+    seen = set()
+    for seed in range(40):
+        decisions = decide(BanditParams.prior(epsilon=1.0), request, np.random.default_rng(seed),
+                           max_ads=1, min_spacing=1)
+        assert [d.slot for d in decisions] == [0, 2]
+        top, second = decisions
+        if top.ad_id is None:
+            assert dict(zip(CONTEXT_NAMES, top.context, strict=True)) == pytest.approx(first)
+        assert top.ad_contexts.shape == (2, DIM)
+        assert np.array_equal(top.ad_contexts, slot_contexts(request, 0))
+        if second.ad_id is None:
+            expected = free if top.ad_id is None else below_an_ad
+            assert dict(zip(CONTEXT_NAMES, second.context, strict=True)) == pytest.approx(
+                expected)
+        if top.ad_id is not None:  # max_ads is reached: "no ad" is all there is, and certain
+            assert (second.actions, second.propensity) == ((None,), 1.0)
+            assert second.ad_contexts.shape == (0, DIM)
+        seen.add((top.ad_id is None, second.ad_id is None))
+    assert {(True, True), (False, True)} <= seen
 
 
 def test_valid_slots_drops_duplicates_and_slots_outside_the_feed() -> None:
@@ -115,7 +193,7 @@ def test_propensities_are_the_full_distribution_with_its_floor() -> None:
     params = learnt(lambda x: x @ np.linspace(-1, 1, DIM), lambda x: x @ np.linspace(1, -1, DIM),
                     epsilon=0.2, alpha=0.5)
     rng = np.random.default_rng(5)
-    slates = 0
+    slates = no_ad = 0
     for seed in range(60):
         request = make_request(rng, k=6)
         decisions = decide(params, request, np.random.default_rng(seed), max_ads=3,
@@ -131,15 +209,26 @@ def test_propensities_are_the_full_distribution_with_its_floor() -> None:
             rows = [request.ad_ids.index(a) for a in d.actions[1:]]
             x = slot_contexts(request, d.slot, above)[rows]
             assert np.array_equal(d.probabilities, action_probabilities(params, x))
+            # ... and those rows are logged with the decision, for off-policy evaluation.
+            assert d.ad_contexts.shape == (k - 1, DIM)
+            assert np.array_equal(d.ad_contexts, x)
             greedy = int(np.argmax(np.concatenate(([0.0], net_scores(params, x)))))
             assert d.probabilities[greedy] == pytest.approx(1 - params.epsilon + params.epsilon / k)
+            assert d.context.shape == (DIM,)
             if d.ad_id is not None:
                 assert np.array_equal(d.context, x[d.actions.index(d.ad_id) - 1])
                 above += 1
             else:
-                assert d.context is None
+                # "No ad": the slot's row (below the same ads) with the ad columns empty.
+                no_ad += 1
+                assert (d.context[list(AD_COLUMNS)] == 0.0).all()
+                assert np.array_equal(d.context,
+                                      slot_contexts(request, d.slot, above)[0] * WITHOUT_AD)
+            for array in (d.context, d.ad_contexts, d.probabilities):
+                assert not array.flags.writeable
         slates += above > 1
     assert slates > 0  # some slates placed several ads, so later slots were conditioned
+    assert no_ad > 0
 
 
 @pytest.mark.parametrize(("case", "request_args", "max_ads", "min_spacing", "most_ads"), [
@@ -222,7 +311,8 @@ def test_profitable_ads_are_placed_and_a_huge_dial_places_none() -> None:
 def test_ads_placed_fall_as_the_dial_rises_on_a_fixed_context_set() -> None:
     params = profitable(epsilon=0.0)
     x = logged_rows(seed=11)
-    assert (x @ params.loss.mean > 0).all()  # every ad costs engagement, as the test assumes
+    # every ad costs engagement, as the test assumes
+    assert (params.engagement_loss(x) > 0).all()
     shown = [int(sum(action_probabilities(params.retuned(dial=dial), row[None])[1] == 1.0
                      for row in x))
              for dial in (0.0, 1.0, 10.0, 20.0, 30.0, 40.0, 60.0, 100.0, 1e4)]
@@ -240,61 +330,190 @@ def test_optimism_tries_ads_the_mean_would_not() -> None:
     assert any(d.ad_id is not None for d in optimistic)
 
 
-def test_posterior_mean_is_the_ridge_solution_and_approaches_the_true_weights() -> None:
+
+def test_the_learnt_engagement_loss_is_organic_without_the_ad_less_engagement_below_it() -> None:
+    def loss_of(x: np.ndarray) -> np.ndarray:
+        return 0.05 + 0.02 * x[:, COLUMN["value_below"]] + 0.5 * x[:, COLUMN["ad_click_rate"]]
+
+    def revenue_of(x: np.ndarray) -> np.ndarray:
+        return 1.0 + 10.0 * x[:, COLUMN["ad_expected_revenue"]]
+
+    params = learnt(revenue_of, loss_of, dial=3.0)
+    x = logged_rows(seed=11)  # rows it did not learn from
+    truth = loss_of(x)
+    # The loss is learnt from two regressions whose targets are many times larger.
+    assert np.abs(params.engagement_loss(x) - truth).max() < 0.15 * truth.min()
+    assert np.allclose(params.engagement_loss(x),
+                       x @ (params.organic.mean * WITHOUT_AD - params.ad_engagement.mean),
+                       rtol=1e-12, atol=1e-12)
+    # The net reward is revenue less dial times that loss, and "no ad" nets 0.
+    assert np.allclose(net_scores(params, x),
+                       x @ params.revenue.mean - 3.0 * params.engagement_loss(x),
+                       rtol=1e-9, atol=1e-9)
+    # The organic model never reads the ad columns: an ad's own features cannot excuse its loss.
+    assert (params.organic.mean[list(AD_COLUMNS)] == 0.0).all()
+    # Without the organic world the loss would be mistaken: what is learnt below an ad alone is
+    # mostly the organic engagement, not what the ad cost.
+    assert np.abs(-(x @ params.ad_engagement.mean) - truth).max() > 10 * truth.max()
+
+
+def test_posterior_means_are_the_ridge_solutions_on_their_rows_and_approach_the_truth() -> None:
     rng = np.random.default_rng(6)
-    w_revenue, w_loss = rng.standard_normal(DIM), rng.standard_normal(DIM)
+    w_revenue, w_below, w_organic = rng.standard_normal((3, DIM))
     x = rng.standard_normal((20_000, DIM))
-    revenues = x @ w_revenue + 0.3 * rng.standard_normal(len(x))
-    losses = x @ w_loss + 0.3 * rng.standard_normal(len(x))
+    placed = rng.random(len(x)) < 0.4
+    # The rows without an ad keep sloppy ad columns: learn must ignore them, not trust the log.
+    without = x * WITHOUT_AD
+    revenues = np.where(placed, x @ w_revenue + 0.3 * rng.standard_normal(len(x)), 0.0)
+    engagements = np.where(placed, x @ w_below, without @ w_organic) \
+        + 0.3 * rng.standard_normal(len(x))
     prior = BanditParams.prior(ridge=2.0)
-    few = update(prior, x[:50], revenues[:50], losses[:50])
+    few = learn(prior, Feedback(x[:50], placed[:50], revenues[:50], engagements[:50]))
     params = prior
     for batch in np.array_split(np.arange(len(x)), 7):
-        params = update(params, x[batch], revenues[batch], losses[batch])
+        params = learn(params, Feedback(x[batch], placed[batch], revenues[batch],
+                                        engagements[batch]))
     assert params.version == "bandit-7" and params.parent == "bandit-6"
     assert params.samples == len(x)
-    ridge = np.linalg.solve(2.0 * np.eye(DIM) + x.T @ x, x.T @ revenues)
-    assert np.allclose(params.revenue.mean, ridge, rtol=1e-9, atol=1e-12)
-    assert np.allclose(params.revenue.precision, 2.0 * np.eye(DIM) + x.T @ x, rtol=1e-12)
-    assert np.allclose(params.revenue.covariance @ params.revenue.precision, np.eye(DIM),
-                       atol=1e-9)
-    for posterior, truth in ((params.revenue, w_revenue), (params.loss, w_loss)):
+    shown, unshown = x[placed], without[~placed]
+    for posterior, rows, y in ((params.revenue, shown, revenues[placed]),
+                               (params.ad_engagement, shown, engagements[placed]),
+                               (params.organic, unshown, engagements[~placed])):
+        precision = 2.0 * np.eye(DIM) + rows.T @ rows
+        assert np.allclose(posterior.precision, precision, rtol=1e-12)
+        assert np.allclose(posterior.b, rows.T @ y, rtol=1e-9, atol=1e-9)
+        assert np.allclose(posterior.mean, np.linalg.solve(precision, rows.T @ y), rtol=1e-9,
+                           atol=1e-12)
+        assert np.allclose(posterior.covariance @ posterior.precision, np.eye(DIM), atol=1e-9)
+    for posterior, truth in ((params.revenue, w_revenue), (params.ad_engagement, w_below),
+                             (params.organic, w_organic * WITHOUT_AD)):
         assert np.abs(posterior.mean - truth).max() < 0.02
+    assert np.abs(params.engagement_loss(x) - x @ (w_organic * WITHOUT_AD - w_below)).max() \
+        < 0.1 * np.abs(x @ (w_organic * WITHOUT_AD - w_below)).mean()
     assert np.abs(params.revenue.mean - w_revenue).max() < np.abs(
         few.revenue.mean - w_revenue).max()
+    # A batch that showed no ad teaches revenue and the engagement below ads nothing, and one
+    # that showed only ads teaches the organic model nothing.
+    none = learn(prior, Feedback(x[~placed], placed[~placed], revenues[~placed],
+                                 engagements[~placed]))
+    only = learn(prior, Feedback(x[placed], placed[placed], revenues[placed],
+                                 engagements[placed]))
+    for posterior in (none.revenue, none.ad_engagement, only.organic):
+        assert np.array_equal(posterior.precision, prior.revenue.precision)
+        assert np.array_equal(posterior.b, np.zeros(DIM))
+    assert np.allclose(only.revenue.mean, params.revenue.mean, rtol=1e-9, atol=1e-12)
+    assert np.allclose(none.organic.mean, params.organic.mean, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("bad", ["revenue_nan", "loss_inf", "context_nan", "overflow", "shape"])
-def test_a_bad_update_raises_and_changes_nothing(bad: str) -> None:
-    params = profitable()
+def test_logged_decisions_are_learnt_from_as_they_are() -> None:
+    params = profitable(epsilon=0.5)
+    decisions = [d for seed in range(20) for d in decide(
+        params, make_request(np.random.default_rng(100 + seed)), np.random.default_rng(seed))]
+    placed = np.array([d.ad_id is not None for d in decisions])
+    assert placed.any() and not placed.all()
+    feedback = Feedback(np.stack([d.context for d in decisions]), placed,
+                        np.where(placed, 1.0, 0.0), np.full(len(placed), 0.5))
+    later = learn(params, feedback, offsets={0: len(decisions) - 1})
+    assert later.samples == params.samples + len(decisions)
+    rows = feedback.contexts[~placed]
+    # The "no ad" contexts are logged with their ad columns already empty.
+    assert np.array_equal(rows, rows * WITHOUT_AD)
+    assert np.allclose(later.organic.precision - params.organic.precision, rows.T @ rows)
+
+
+@pytest.mark.parametrize("bad", ["revenue_nan", "engagement_inf", "context_nan",
+                                 "unshown_context_inf", "overflow", "overflow_unshown",
+                                 "revenue_overflow", "shape", "short_revenues", "short_placed",
+                                 "placed_ints", "placed_matrix"])
+def test_a_bad_learn_raises_and_changes_nothing(bad: str) -> None:
+    params = learn(profitable(), feedback_of(logged_rows(seed=14, requests=1), constant(1.0),
+                                             constant(0.0)), offsets={0: 7})
     before = params.to_bytes()
     x = logged_rows(seed=12, requests=2)
-    revenues, losses = np.ones(len(x)), np.zeros(len(x))
+    revenues, engagements = np.ones(len(x)), np.zeros(len(x))
+    placed = np.arange(len(x)) % 2 == 0
+    placed_arg: np.ndarray = placed
     if bad == "revenue_nan":
-        revenues[3] = np.nan
-    elif bad == "loss_inf":
-        losses[0] = np.inf
+        revenues[2] = np.nan
+    elif bad == "engagement_inf":
+        engagements[1] = np.inf  # a row without an ad
     elif bad == "context_nan":
-        x[1, 4] = np.nan
+        x[0, COLUMN["slot_depth"]] = np.nan  # a row with an ad
+    elif bad == "unshown_context_inf":
+        x[1, COLUMN["ad_log_bid"]] = np.inf  # an ad column, which learn would empty
     elif bad == "overflow":
         x[0, 0] = 1e200  # finite, but its square is not
-    else:
+    elif bad == "overflow_unshown":
+        x[1, COLUMN["value_below"]] = 1e200
+    elif bad == "revenue_overflow":
+        x[0, 0], revenues[0] = 1e10, 1e300  # the gram is finite, b is not
+    elif bad == "shape":
         x = x[:, :-1]
+    elif bad == "short_revenues":
+        revenues = revenues[:-1]
+    elif bad == "short_placed":
+        placed_arg = placed[:-1]
+    elif bad == "placed_ints":
+        placed_arg = placed.astype(np.int64)
+    else:
+        placed_arg = placed[:, None]
     with pytest.raises(ValueError):
-        update(params, x, revenues, losses)
+        learn(params, Feedback(x, placed_arg, revenues, engagements), offsets={0: 99})
     assert params.to_bytes() == before
-    with pytest.raises(ValueError):
-        params.revenue.precision[0, 0] = 0.0  # the arrays themselves are read-only
+    assert params.offsets == {0: 7}
+    for posterior in (params.revenue, params.ad_engagement, params.organic):
+        with pytest.raises(ValueError):
+            posterior.precision[0, 0] = 0.0  # the arrays themselves are read-only
+
+
+def test_offsets_merge_across_learns_and_survive_retuning_and_bytes() -> None:
+    x = logged_rows(seed=13, requests=1)
+    feedback = feedback_of(x, constant(1.0), constant(0.0))
+    prior = BanditParams.prior()
+    assert prior.offsets == {}
+    first = learn(prior, feedback, offsets={0: 10, 3: 4})
+    second = learn(first, feedback, offsets={3: 9, 5: -1})
+    assert prior.offsets == {}
+    assert first.offsets == {0: 10, 3: 4}  # learning again never changes a version
+    assert second.offsets == {0: 10, 3: 9, 5: -1}
+    assert learn(second, feedback).offsets == second.offsets
+    assert learn(second, feedback, offsets={}).offsets == second.offsets
+    retuned = second.retuned(dial=3.0, epsilon=0.2)
+    assert retuned.version == "bandit-3" and retuned.parent == "bandit-2"
+    assert retuned.offsets == second.offsets
+    numbered = second.retuned(40, alpha=0.5)
+    assert (numbered.version, numbered.parent, numbered.alpha, numbered.dial) == (
+        "bandit-40", "bandit-2", 0.5, second.dial)
+    assert numbered.offsets == second.offsets and numbered.samples == second.samples
+    assert learn(numbered, feedback).version == "bandit-41"
+    loaded = BanditParams.from_bytes(numbered.to_bytes())
+    assert loaded.offsets == second.offsets
+    assert all(type(k) is int and type(v) is int for k, v in loaded.offsets.items())
+    assert loaded.to_bytes() == numbered.to_bytes()
+    for offsets in ({-1: 3}, {8: -2}, {"8": 3}, {8: 1.5}, {8: True}, {np.int64(8): 3},
+                    {8: np.int64(3)}):
+        with pytest.raises(ValueError):
+            learn(second, feedback, offsets=offsets)  # type: ignore[arg-type]
+    for number in (-1, 10**18):
+        with pytest.raises(ValueError):
+            second.retuned(number)
 
 
 def test_params_round_trip_through_bytes_exactly() -> None:
-    params = profitable(epsilon=0.07, alpha=0.3, dial=2.5)
+    params = learn(profitable(), feedback_of(logged_rows(seed=15, requests=3),
+                                             constant(1.0), constant(0.0), seed=15),
+                   offsets={0: 120, 7: 3}).retuned(epsilon=0.07, alpha=0.3, dial=2.5)
     loaded = BanditParams.from_bytes(params.to_bytes())
-    for name in ("version", "parent", "samples", "dial", "epsilon", "alpha"):
+    for name in ("version", "parent", "samples", "dial", "epsilon", "alpha", "offsets"):
         assert getattr(loaded, name) == getattr(params, name)
-    for a, b in ((loaded.revenue, params.revenue), (loaded.loss, params.loss)):
+    for name in ("revenue", "ad_engagement", "organic"):
+        a, b = getattr(loaded, name), getattr(params, name)
         assert np.array_equal(a.precision, b.precision) and np.array_equal(a.b, b.b)
         assert np.array_equal(a.mean, b.mean) and np.array_equal(a.covariance, b.covariance)
+    # The three posteriors differ, so a file that swapped two of them would not pass.
+    assert not np.array_equal(params.ad_engagement.b, params.organic.b)
+    assert not np.array_equal(params.revenue.b, params.ad_engagement.b)
+    assert np.array_equal(loaded.net_mean, params.net_mean)
     assert loaded.to_bytes() == params.to_bytes()
     request = make_request(np.random.default_rng(8))
     assert [(d.ad_id, d.propensity) for d in decide(loaded, request, np.random.default_rng(1))] \
@@ -302,21 +521,30 @@ def test_params_round_trip_through_bytes_exactly() -> None:
 
 
 def _mutated(change: str) -> bytes:
-    body = orjson.loads(BanditParams.prior().to_bytes())
+    body = orjson.loads(learn(BanditParams.prior(), feedback_of(
+        logged_rows(seed=16, requests=1), constant(1.0), constant(0.0)), offsets={2: 5}
+    ).to_bytes())
     if change == "format":
         body["format"] = 2
     elif change == "missing":
-        del body["loss"]
+        del body["ad_engagement"]
+    elif change == "missing_organic":
+        del body["organic"]
+    elif change == "old_loss":  # the two-posterior file of the previous layout
+        body["loss"] = body.pop("ad_engagement")
+        del body["organic"], body["offsets"]
     elif change == "shape":
         body["revenue"]["b"] = body["revenue"]["b"][:-1]
     elif change == "ragged":
         body["revenue"]["precision"][3] = [1.0]
     elif change == "strings":
-        body["loss"]["b"] = ["0"] * DIM
+        body["ad_engagement"]["b"] = ["0"] * DIM
     elif change == "asymmetric":
-        body["loss"]["precision"][0][1] = 0.5
+        body["organic"]["precision"][0][1] += 0.5
     elif change == "not_definite":
-        body["loss"]["precision"] = np.zeros((DIM, DIM)).tolist()
+        body["ad_engagement"]["precision"] = np.zeros((DIM, DIM)).tolist()
+    elif change == "organic_nan":
+        body["organic"]["b"][0] = "NaN"
     elif change == "epsilon":
         body["epsilon"] = 1.5
     elif change == "epsilon_text":
@@ -327,16 +555,83 @@ def _mutated(change: str) -> bytes:
         body["context_names"] = body["context_names"][::-1]
     elif change == "version":
         body["version"] = "v1"
+    elif change == "offsets_missing":
+        del body["offsets"]
+    elif change == "offsets_list":
+        body["offsets"] = [[2, 5]]
+    elif change == "offsets_null":
+        body["offsets"] = None
+    elif change == "offsets_negative_partition":
+        body["offsets"] = {"-2": 5}
+    elif change == "offsets_named_partition":
+        body["offsets"] = {"p2": 5}
+    elif change == "offsets_empty_partition":
+        body["offsets"] = {"": 5}
+    elif change == "offsets_below":
+        body["offsets"] = {"2": -2}
+    elif change == "offsets_float":
+        body["offsets"] = {"2": 5.0}
+    elif change == "offsets_text":
+        body["offsets"] = {"2": "5"}
+    elif change == "offsets_bool":
+        body["offsets"] = {"2": True}
+    elif change == "offsets_null_offset":
+        body["offsets"] = {"2": None}
+    elif change == "offsets_superscript":
+        body["offsets"] = {"²": 5}  # a digit to str.isdigit, not to int
     return orjson.dumps(body)
+
+
+MALFORMED = ("format", "missing", "missing_organic", "old_loss", "shape", "ragged", "strings",
+             "asymmetric", "not_definite", "organic_nan", "epsilon", "epsilon_text", "dial",
+             "names", "version")
+MALFORMED_OFFSETS = ("offsets_missing", "offsets_list", "offsets_null",
+                     "offsets_negative_partition", "offsets_named_partition",
+                     "offsets_empty_partition", "offsets_below", "offsets_float",
+                     "offsets_text", "offsets_bool", "offsets_null_offset",
+                     "offsets_superscript")
 
 
 @pytest.mark.parametrize("data", [
     b"", b"not json", b"[]", b'{"format": 1}', b'{"format": 1, "dial": 1e999}',
-    *(_mutated(c) for c in ("format", "missing", "shape", "ragged", "strings", "asymmetric",
-                            "not_definite", "epsilon", "epsilon_text", "dial", "names",
-                            "version")),
+    *(_mutated(c) for c in (*MALFORMED, *MALFORMED_OFFSETS)),
 ])
 def test_malformed_params_raise_value_error(data: bytes) -> None:
     with pytest.raises(ValueError):
         BanditParams.from_bytes(data)
-    assert BanditParams.from_bytes(_mutated("none")).version == "bandit-0"
+    intact = BanditParams.from_bytes(_mutated("none"))
+    assert intact.version == "bandit-1" and intact.offsets == {2: 5}
+
+
+# Known defects of models/bandit.py, kept here as strict xfails so that fixing them shows up.
+
+@pytest.mark.xfail(strict=True, reason="BanditParams.offsets is a plain dict, kept by reference "
+                   "and shared with retuned versions: mutating one version changes another")
+def test_offsets_cannot_be_changed_behind_a_version() -> None:
+    mine = {1: 4}
+    prior = BanditParams.prior()
+    params = BanditParams("bandit-1", prior.revenue, prior.ad_engagement, prior.organic,
+                          offsets=mine)
+    retuned = params.retuned(dial=2.0)
+    mine[1] = -9
+    with pytest.raises(TypeError):
+        retuned.offsets[2] = 0
+    assert params.offsets == {1: 4} and retuned.offsets == {1: 4}
+
+
+@pytest.mark.xfail(strict=True, reason="from_bytes takes any str.isdigit key that int() reads: "
+                   "'01' collides with '1' (one offset silently lost), '\\uff11' reads as 1")
+@pytest.mark.parametrize("offsets", [{"1": 7, "01": 3}, {"01": 3}, {"\uff11": 7}])
+def test_non_canonical_partitions_in_a_file_raise_value_error(offsets: dict) -> None:
+    body = orjson.loads(BanditParams.prior().to_bytes())
+    body["offsets"] = offsets
+    with pytest.raises(ValueError):
+        BanditParams.from_bytes(orjson.dumps(body))
+
+
+@pytest.mark.xfail(strict=True, reason="Feedback copies and freezes every array but placed")
+def test_feedback_is_a_snapshot() -> None:
+    placed = np.array([True, False])
+    feedback = Feedback(np.ones((2, DIM)), placed, np.zeros(2), np.zeros(2))
+    placed[1] = True
+    assert feedback.placed.tolist() == [True, False]
