@@ -44,8 +44,9 @@ whole slate's probability is the product over its slots.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,7 @@ AD_COLUMNS: tuple[int, ...] = (*range(_AD.start, _AD.stop), _REVENUE)
 _WITHOUT_AD = np.ones(DIM)
 _WITHOUT_AD[list(AD_COLUMNS)] = 0.0
 _VERSION = re.compile(r"bandit-(0|[1-9][0-9]{0,17})")
+_PARTITION = re.compile(r"0|[1-9][0-9]{0,9}", re.ASCII)
 
 
 def _frozen(values: Any, what: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -152,7 +154,7 @@ class BanditParams:
     alpha: float = 0.0    # LinUCB width in posterior standard deviations; 0: the mean
     samples: int = 0      # slot outcomes learnt from
     parent: str | None = None
-    offsets: dict[int, int] = field(default_factory=dict)
+    offsets: Mapping[int, int] = field(default_factory=dict)  # read-only once made
     net_mean: np.ndarray = field(init=False, repr=False)
     net_covariance: np.ndarray = field(init=False, repr=False)
 
@@ -173,10 +175,12 @@ class BanditParams:
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) \
                 or self.samples < 0:
             raise ValueError(f"samples must be a count, got {self.samples!r}")
-        if not isinstance(self.offsets, dict) or not all(
+        if not isinstance(self.offsets, Mapping) or not all(
                 type(k) is int and type(v) is int and k >= 0 and v >= -1
                 for k, v in self.offsets.items()):
             raise ValueError("offsets must map partitions to offsets")
+        # A copy behind a read-only view: a version's offsets cannot change after it is made.
+        object.__setattr__(self, "offsets", MappingProxyType(dict(self.offsets)))
         # net = revenue - dial * (organic without the ad - engagement below it): linear in the
         # context, and the three posteriors are independent.
         organic_mean = self.organic.mean * _WITHOUT_AD
@@ -244,8 +248,10 @@ class BanditParams:
             if raw["context_names"] != list(CONTEXT_NAMES):
                 raise ValueError("the parameters were learnt on other context features")
             offsets = raw["offsets"]
-            if not isinstance(offsets, dict) or not all(k.isdigit() for k in offsets):
-                raise ValueError("offsets must map partitions to offsets")
+            if not isinstance(offsets, dict) or not all(_PARTITION.fullmatch(k)
+                                                        for k in offsets):
+                raise ValueError("offsets must map partitions (written as to_bytes does) "
+                                 "to offsets")
             return cls(
                 version=raw["version"], parent=raw["parent"], samples=raw["samples"],
                 dial=raw["dial"], epsilon=raw["epsilon"], alpha=raw["alpha"],
@@ -285,9 +291,10 @@ class Feedback:
         for name, shape in (("contexts", (k, DIM)), ("revenues", (k,)),
                             ("engagements", (k,))):
             object.__setattr__(self, name, _frozen(getattr(self, name), name, shape))
-        placed = np.asarray(self.placed)
+        placed = np.array(self.placed)  # a copy, like the others: the feedback is a snapshot
         if placed.shape != (k,) or placed.dtype != bool:
             raise ValueError("placed must be a bool vector")
+        placed.flags.writeable = False
         object.__setattr__(self, "placed", placed)
 
 
@@ -300,7 +307,7 @@ def _updated(posterior: Posterior, x: np.ndarray, y: np.ndarray) -> Posterior:
 
 
 def learn(params: BanditParams, feedback: Feedback,
-          offsets: dict[int, int] | None = None) -> BanditParams:
+          offsets: Mapping[int, int] | None = None) -> BanditParams:
     """The next version, having learnt from ``feedback``, with ``offsets`` (per outcomes
     partition, the last offset it came from) merged into the parameters'. Bad input raises
     ValueError; ``params`` is never changed (it is immutable)."""

@@ -603,10 +603,6 @@ def test_malformed_params_raise_value_error(data: bytes) -> None:
     assert intact.version == "bandit-1" and intact.offsets == {2: 5}
 
 
-# Known defects of models/bandit.py, kept here as strict xfails so that fixing them shows up.
-
-@pytest.mark.xfail(strict=True, reason="BanditParams.offsets is a plain dict, kept by reference "
-                   "and shared with retuned versions: mutating one version changes another")
 def test_offsets_cannot_be_changed_behind_a_version() -> None:
     mine = {1: 4}
     prior = BanditParams.prior()
@@ -619,8 +615,6 @@ def test_offsets_cannot_be_changed_behind_a_version() -> None:
     assert params.offsets == {1: 4} and retuned.offsets == {1: 4}
 
 
-@pytest.mark.xfail(strict=True, reason="from_bytes takes any str.isdigit key that int() reads: "
-                   "'01' collides with '1' (one offset silently lost), '\\uff11' reads as 1")
 @pytest.mark.parametrize("offsets", [{"1": 7, "01": 3}, {"01": 3}, {"\uff11": 7}])
 def test_non_canonical_partitions_in_a_file_raise_value_error(offsets: dict) -> None:
     body = orjson.loads(BanditParams.prior().to_bytes())
@@ -629,7 +623,6 @@ def test_non_canonical_partitions_in_a_file_raise_value_error(offsets: dict) -> 
         BanditParams.from_bytes(orjson.dumps(body))
 
 
-@pytest.mark.xfail(strict=True, reason="Feedback copies and freezes every array but placed")
 def test_feedback_is_a_snapshot() -> None:
     placed = np.array([True, False])
     feedback = Feedback(np.ones((2, DIM)), placed, np.zeros(2), np.zeros(2))

@@ -200,10 +200,10 @@ async def test_non_finite_scores_never_go_out() -> None:
     """A NaN score must fail its request (the runtime dead-letters it), not go out as null."""
     from models.ann import ItemIndex
     from models.value import ValueModel
+    from stream.ads.serving import AdPlacer, BanditSlot
     from stream.features.reader import FeatureReader
     from stream.features.store import MemoryStore
     from stream.interests.retrieval import Retriever
-    from stream.ads.serving import AdPlacer, BanditSlot
     from stream.runtime.metrics import WorkerMetrics
     from stream.scoring.ranker import ModelSlot, NonFiniteScores, Ranker, Received
     from stream.settings import Settings
