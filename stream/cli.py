@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -22,6 +22,10 @@ from stream.drift.client import SubscriptionsApi
 from stream.errors import StreamrankError
 from stream.redaction import mask, mask_secrets
 from stream.settings import Settings
+
+if TYPE_CHECKING:
+    from models.bandit import BanditParams
+    from stream.ads.offline import AdLogs, JoinCounts, SlotRounds
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="streamrank: a streaming real-time ranker.")
@@ -391,6 +395,121 @@ def bn_rollback(version: Annotated[str, typer.Argument(help="e.g. bn-3, or train
 def bn_reset() -> None:
     """Serve the trained statistics again, as a new version."""
     _bn("reset")
+
+
+LogsOption = Annotated[Path | None, typer.Option(
+    "--logs", help="JSON lines, each a FeatureLog or an Outcome as on the topics.")]
+FromTopicsOption = Annotated[bool, typer.Option(
+    "--from-topics", help="Read the feature-log and outcomes topics from start to end.")]
+ParamsOption = Annotated[Path | None, typer.Option(
+    "--params", help="A bandit parameter file; default: the newest bandit version on "
+    "model-updates.")]
+
+
+def _ad_rounds(from_topics: bool, logs: Path | None, params: Path | None, need_params: bool
+               ) -> tuple[SlotRounds, JoinCounts, BanditParams | None]:
+    """The joined rounds, their counts, and the bandit parameters (None only when not needed
+    and there are none), from one source: --logs or --from-topics."""
+    from stream.ads.logs import NoBanditVersion, newest_params, params_file, read_file, read_topics
+    from stream.ads.offline import join
+
+    if (logs is None) == (not from_topics):
+        _fail("give one source: --from-topics or --logs FILE")
+    settings = _settings()
+    bandit = params_file(params) if params is not None else None
+
+    async def from_broker(bootstrap: str) -> tuple[AdLogs, BanditParams | None]:
+        ad_logs = await read_topics(settings, bootstrap)
+        if bandit is not None:
+            return ad_logs, bandit
+        try:
+            return ad_logs, await newest_params(settings, bootstrap)
+        except NoBanditVersion:
+            if need_params:
+                raise
+            return ad_logs, None
+
+    if logs is not None:
+        if bandit is None and need_params:
+            _fail("no bandit parameters: --logs needs --params FILE")
+        ad_logs = read_file(logs, settings.limits)
+    else:
+        from stream.runtime.environment import broker
+
+        with broker(settings) as bootstrap:
+            ad_logs, bandit = asyncio.run(from_broker(bootstrap))
+    rounds, counts = join(ad_logs)
+    return rounds, counts, bandit
+
+
+@ads_app.command("evaluate")
+@_clear_errors
+def ads_evaluate(
+    dial: Annotated[float, typer.Option(help="The target's dial, also the reward's.")],
+    epsilon: Annotated[float, typer.Option(help="The target's exploration floor, in [0, 1].")],
+    from_topics: FromTopicsOption = False,
+    logs: LogsOption = None,
+    params: ParamsOption = None,
+    max_weight: Annotated[float | None, typer.Option(
+        help="Clip importance weights at this (IPS, SNIPS, DR).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """Estimate the per-slot value of the bandit parameters retuned to --dial and --epsilon on
+    the logged decisions (IPS, SNIPS, DM, DR), against the logging policy's on-policy mean."""
+    from stream.ads.offline import check_knobs, evaluate_setting, summary
+
+    try:
+        check_knobs(dial, epsilon)
+        if max_weight is not None and not max_weight > 0.0:
+            raise ValueError(f"--max-weight must be > 0, got {max_weight}")
+    except ValueError as exc:
+        _fail(str(exc))
+    rounds, counts, bandit = _ad_rounds(from_topics, logs, params, need_params=True)
+    assert bandit is not None  # need_params
+    report = evaluate_setting(rounds, counts, bandit, dial, epsilon, max_weight)
+    report["source"] = {"logs": str(logs) if logs else "topics",
+                        "params": str(params) if params else "model-updates"}
+    if json_out is not None:
+        json_out.write_bytes(_json(report))
+    typer.echo(summary(report))
+
+
+@ads_app.command("export")
+@_clear_errors
+def ads_export(
+    directory: Annotated[Path, typer.Argument(help="Where bandit_feedback.npz and meta.json "
+                                                   "go.")],
+    format_: Annotated[str, typer.Option("--format", help="obp (the only one).")] = "obp",
+    from_topics: FromTopicsOption = False,
+    logs: LogsOption = None,
+    params: ParamsOption = None,
+    dial: Annotated[float | None, typer.Option(
+        help="The reward's dial; default the parameters' (--params or the newest version), "
+             "else 1.0.")] = None,
+) -> None:
+    """Write the joined logged decisions in Open Bandit Pipeline's bandit-feedback layout."""
+    from stream.ads.export import export_obp
+    from stream.ads.offline import check_knobs
+
+    if format_ != "obp":
+        _fail(f"--format must be 'obp', not {format_!r}")
+    if dial is not None:
+        try:
+            check_knobs(dial, 0.0)
+        except ValueError as exc:
+            _fail(str(exc))
+    rounds, counts, bandit = _ad_rounds(from_topics, logs, params,
+                                        need_params=params is not None)
+    if dial is not None:
+        source = "--dial"
+    elif bandit is not None:
+        dial, source = bandit.dial, f"the parameters' ({bandit.version})"
+    else:
+        dial, source = 1.0, "default (no parameters found)"
+    meta = export_obp(rounds, counts, dial, directory, source)
+    _report({"directory": str(directory), **{k: meta[k] for k in
+             ("n_rounds", "n_actions", "dial", "dial_source")},
+             "counts": meta["counts"]["skipped"] | {"used": meta["counts"]["used"]}}, None)
 
 
 @schemas_app.command("export")
