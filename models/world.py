@@ -233,7 +233,7 @@ def _feed_values(organic: np.ndarray, is_ad: np.ndarray, item_at: np.ndarray
     feed's expected organic engagement, and reach x position bias at every position."""
     bias = position_bias(np.arange(is_ad.shape[1]))
     is_item = item_at >= 0
-    click, engaged, hide = organic[:, np.maximum(item_at, 0)] * np.where(is_item, bias, 0.0)
+    engaged, hide = organic[:, np.maximum(item_at, 0)] * np.where(is_item, bias, 0.0)
     end = np.where(is_ad, END_AD, np.where(is_item, END_ORGANIC + END_AFTER_HIDE * hide, 0.0))
     reach = np.concatenate((np.ones((len(end), 1)), np.cumprod(1.0 - end, axis=1)[:, :-1]),
                            axis=1)
@@ -436,11 +436,11 @@ class World:
 
     def _organic_rates(self, draw: RequestDraw, ranked: np.ndarray, elapsed_s: float
                        ) -> np.ndarray:
-        """Per ranked item once examined, as rows [3, len(ranked)]: P(click), the expected
-        click + like + share events, and P(hide)."""
+        """Per ranked item once examined, as rows [2, len(ranked)]: the expected click + like
+        + share events, and P(hide)."""
         rates = self._rates(self._state(elapsed_s), draw.user, ranked, np.zeros(len(ranked)),
                             draw.device)
-        return np.stack([rates.click, rates.click * (1.0 + rates.like + rates.share),
+        return np.stack([rates.click * (1.0 + rates.like + rates.share),
                          (1.0 - rates.click) * rates.hide])
 
     def _ad_values(self, user: int, ads: np.ndarray, elapsed_s: float) -> np.ndarray:

@@ -49,8 +49,8 @@ class AdsBenchConfig:
     frontier_dials: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8)
     frontier_requests: int = 10_000
     ope_requests: int = 20_000
-    ope_dial: float = 0.1  # the evaluated setting: the learnt parameters at this dial ...
-    ope_epsilon: float = 0.1  # ... and this epsilon
+    ope_dial: float = 0.2  # the evaluated setting: the learnt parameters at this dial ...
+    ope_epsilon: float = 0.2  # ... and this epsilon (the logger explores at ``epsilon``)
     timing_repeats: int = 3_000
     png: Path | None = None
 

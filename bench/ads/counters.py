@@ -68,7 +68,7 @@ class Counters:
         """Queue one request's events; every BATCH_REQUESTS requests they are applied."""
         user_id = self.world.user_ids[user]
         self._pending += [Event.model_construct(
-            ts=ts, event_id="", user_id=user_id, item_id=e.item_id, type=e.type,
+            ts=ts, event_id="", user_id=user_id, item_id=e.item_id, type=e.type,  # type: ignore[arg-type]
             position=e.position, dwell_s=e.dwell_s, revenue=e.revenue) for e in engagements]
         engaged = [e.item_id for e in engagements if e.type in POSITIVE_TYPES]
         if engaged:

@@ -40,7 +40,8 @@ def ope_phase(world: World, requests: Sequence[Request], counters: Counters,
         decision = decide(logging, ads, rng)[0]
         feasible = [None, *(int(draw.ads[ads.ad_ids.index(a)]) for a in decision.actions[1:])]
         index = decision.actions.index(decision.ad_id)
-        placement = {} if feasible[index] is None else {slot: feasible[index]}
+        shown = feasible[index]
+        placement = {} if shown is None else {slot: shown}
         events = world.play(rng, draw, request.ranked, placement, request.elapsed_s)
         counters.record(draw.user, events, request.ts)
         revenue = sum(e.revenue or 0.0 for e in events if e.type == "conversion")
