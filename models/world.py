@@ -8,8 +8,10 @@ shift it at a known time. It imports only numpy, so tests and benchmarks need no
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Literal, get_args
 
 import numpy as np
@@ -166,6 +168,14 @@ class Engagement:
 
 
 @dataclass(frozen=True)
+class AdFeedValue:
+    """The exact expectations of one feed with ads, as :meth:`World.play` samples it."""
+
+    revenue: float  # expected conversion revenue
+    engagement: float  # expected organic click + like + share events
+
+
+@dataclass(frozen=True)
 class _State:
     """Everything shifts change, at one moment: every user's interests, the device mix and the
     click model's scale and offset. Shifts replace it rather than mutate it."""
@@ -214,6 +224,42 @@ def _with_share(mix: tuple[float, ...], index: int, share: float) -> tuple[float
 def position_bias(positions: np.ndarray) -> np.ndarray:
     """P(a user examines a reached slot): 1 / log2(position + 2), the DCG discount."""
     return 1.0 / np.log2(np.asarray(positions, dtype=np.float64) + 2.0)
+
+
+def _feed_values(organic: np.ndarray, is_ad: np.ndarray, item_at: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """For feeds [K, L] (``is_ad``; ``item_at``: the ranked item at each position, -1 at an ad
+    or past the feed's end) of items with rates ``organic`` (World._organic_rates): each
+    feed's expected organic engagement, and reach x position bias at every position."""
+    bias = position_bias(np.arange(is_ad.shape[1]))
+    is_item = item_at >= 0
+    engaged, hide = organic[:, np.maximum(item_at, 0)] * np.where(is_item, bias, 0.0)
+    end = np.where(is_ad, END_AD, np.where(is_item, END_ORGANIC + END_AFTER_HIDE * hide, 0.0))
+    reach = np.concatenate((np.ones((len(end), 1)), np.cumprod(1.0 - end, axis=1)[:, :-1]),
+                           axis=1)
+    return np.sum(reach * engaged, axis=1), reach * bias
+
+
+@lru_cache(maxsize=64)
+def _placements(slots: tuple[int, ...], items: int, max_ads: int, min_spacing: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Every feasible set of ad positions among ``slots`` (sorted) for ``items`` organic items,
+    as feeds padded to ``items + max_ads``: ``is_ad`` and the item at each position (-1 at an
+    ad or past the end). The empty set is row 0."""
+    feasible = [
+        chosen for k in range(max_ads + 1) for chosen in itertools.combinations(slots, k)
+        if all(b - a >= min_spacing for a, b in itertools.pairwise(chosen))
+        and all(slot <= items + above for above, slot in enumerate(chosen))
+    ]
+    length = items + max_ads
+    is_ad = np.zeros((len(feasible), length), dtype=bool)
+    item_at = np.full((len(feasible), length), -1, dtype=np.int64)
+    for row, chosen in enumerate(feasible):
+        is_ad[row, list(chosen)] = True
+        feed = np.flatnonzero(~is_ad[row])[:items]
+        item_at[row, feed] = np.arange(items)
+    is_ad.flags.writeable = item_at.flags.writeable = False
+    return is_ad, item_at
 
 
 class World:
@@ -333,6 +379,75 @@ class World:
         end = END_ORGANIC + END_AFTER_HIDE * p["hide"]
         reach = np.concatenate(([1.0], np.cumprod(1.0 - end)[:-1]))
         return {task: reach * p[task] for task in ENGAGEMENT_TASKS}
+
+    def ad_feed_expectations(self, draw: RequestDraw, ranked: np.ndarray,
+                             ads_by_slot: dict[int, int], elapsed_s: float) -> AdFeedValue:
+        """Expected revenue and organic engagement of the feed :meth:`play` would sample: the
+        truth an ad policy is scored against, with no sampling noise. A position is reached
+        with the product of (1 - end chance) of those above it: END_AD after an ad, END_ORGANIC
+        plus END_AFTER_HIDE times P(hide) after an item; items below an ad shift down, so their
+        position bias is taken at their feed position, as in play()."""
+        ranked = np.asarray(ranked, dtype=np.int64)
+        n_feed = len(ranked) + len(ads_by_slot)
+        if any(not 0 <= slot < n_feed for slot in ads_by_slot):
+            raise ValueError(f"ad slots {sorted(ads_by_slot)} fall outside a feed of {n_feed}")
+        is_ad = np.zeros((1, n_feed), dtype=bool)
+        is_ad[0, list(ads_by_slot)] = True
+        item_at = np.where(is_ad, -1, np.cumsum(~is_ad, axis=1) - 1)
+        engagement, weights = _feed_values(self._organic_rates(draw, ranked, elapsed_s),
+                                           is_ad, item_at)
+        slots = sorted(ads_by_slot)
+        ads = np.array([ads_by_slot[slot] for slot in slots], dtype=np.int64)
+        revenue = weights[0, slots] @ self._ad_values(draw.user, ads, elapsed_s)
+        return AdFeedValue(float(revenue), float(engagement[0]))
+
+    def best_ads(self, draw: RequestDraw, ranked: np.ndarray, slots: tuple[int, ...],
+                 dial: float, max_ads: int, min_spacing: int, elapsed_s: float
+                 ) -> dict[int, int]:
+        """The placement of the draw's ads (each at most once) that maximises expected revenue
+        plus ``dial`` times expected organic engagement: the oracle an ad policy's regret is
+        measured against. Feasible as in :func:`models.bandit.decide`: slots in
+        ``[0, config.shown)``, at most ``max_ads``, ``min_spacing`` apart, and a slot only
+        while the feed reaches it (slot <= organic items + ads above).
+
+        Given the set of ad positions, reach and organic engagement are fixed, and an ad's
+        revenue is reach x position bias of its slot times its own value, so the best
+        assignment puts the best ad in the slot with the largest reach x bias (rearrangement);
+        only the slot sets are enumerated, all at once."""
+        ranked = np.asarray(ranked, dtype=np.int64)
+        ads = np.asarray(draw.ads, dtype=np.int64)
+        allowed = tuple(sorted({int(s) for s in slots if 0 <= s < self.config.shown}))
+        is_ad, item_at = _placements(allowed, len(ranked), min(max_ads, len(ads)),
+                                     min_spacing)
+        engagement, weights = _feed_values(self._organic_rates(draw, ranked, elapsed_s),
+                                           is_ad, item_at)
+        values = self._ad_values(draw.user, ads, elapsed_s)
+        order = np.argsort(-values, kind="stable")
+        # Each slot set's ad positions by reach x bias, best first; -inf pads the shorter sets.
+        at_ads = np.where(is_ad, weights, -np.inf)
+        positions = np.argsort(-at_ads, axis=1, kind="stable")[:, :min(len(ads), max_ads)]
+        best_weights = np.take_along_axis(at_ads, positions, axis=1)
+        placed = np.isfinite(best_weights)
+        top_values = values[order][:positions.shape[1]]
+        revenue = np.where(placed, best_weights, 0.0) @ top_values
+        best = int(np.argmax(revenue + dial * engagement))
+        return {int(slot): int(ads[ad])
+                for slot, ad in zip(positions[best][placed[best]], order, strict=False)}
+
+    def _organic_rates(self, draw: RequestDraw, ranked: np.ndarray, elapsed_s: float
+                       ) -> np.ndarray:
+        """Per ranked item once examined, as rows [2, len(ranked)]: the expected click + like
+        + share events, and P(hide)."""
+        rates = self._rates(self._state(elapsed_s), draw.user, ranked, np.zeros(len(ranked)),
+                            draw.device)
+        return np.stack([rates.click * (1.0 + rates.like + rates.share),
+                         (1.0 - rates.click) * rates.hide])
+
+    def _ad_values(self, user: int, ads: np.ndarray, elapsed_s: float) -> np.ndarray:
+        """Expected revenue of each ad once examined: P(ad_click) x P(conversion) x bid."""
+        click, conversion = self._ad_rates(self._state(elapsed_s), user, ads,
+                                           np.zeros(len(ads)))
+        return np.asarray(click * conversion * self.ad_bids[ads])
 
     def traffic_scale(self, elapsed_s: float) -> float:
         """How many times its starting rate each user sends requests at elapsed_s."""

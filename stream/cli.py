@@ -710,6 +710,29 @@ def bench_faults(
     _report(run_faults_bench(_settings(), chosen, config), json_out)
 
 
+@bench_app.command("ads")
+@_clear_errors
+def bench_ads(
+    requests: Annotated[int, typer.Option(min=1000, help="Requests per arm.")] = 50_000,
+    seed: Annotated[int, typer.Option(help="The world's seed.")] = 7,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+    png: Annotated[bool, typer.Option(
+        "--png", help="Also draw the revenue / engagement frontier and the regret curve.")
+    ] = False,
+    png_path: Annotated[Path, typer.Option(help="Where --png writes.")] = Path(
+        "docs/ads-frontier.png"),
+) -> None:
+    """The bandit ad policy against never, the best fixed ad load, random, epsilon-greedy and
+    the oracle, in a closed loop with the world; its frontier, OPE and decision cost."""
+    from bench.ads import AdsBenchConfig, run_ads_bench
+
+    _report(run_ads_bench(AdsBenchConfig(
+        requests=requests, seed=seed, fixed_requests=min(requests, 5_000),
+        frontier_requests=min(requests, 10_000),
+        ope_requests=20_000 if requests >= 10_000 else max(requests, 2_000),
+        png=png_path if png else None)), json_out)
+
+
 UrlOption = Annotated[str | None, typer.Option(
     help="A worker's web address; default http://127.0.0.1:$STREAMRANK_WEB_PORT. The token "
          "comes from STREAMRANK_API_TOKEN.")]
