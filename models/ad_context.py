@@ -56,20 +56,19 @@ def ad_rates(ads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return click_rates, conversion_rates
 
 
-def interest_vector(interests: Interests | None, history: np.ndarray, now: float,
-                    dim: int) -> np.ndarray:
-    """What the user is into, as one direction: the importance-weighted mean of the interest
-    medoids, else the mean of the recent engagements, else zeros (unknown: affinity 0)."""
+def interest_vectors(interests: Interests | None, history: np.ndarray, dim: int
+                     ) -> np.ndarray:
+    """What the user is into, as ``[k, dim]`` directions an ad's affinity is the largest
+    cosine to: the interests' centroids (the mean of each cluster, less noisy than its one
+    medoid item), else the mean of the recent engagements, else none (affinity 0)."""
     if interests is not None and len(interests):
-        weights = interests.importance_at(now)
-        return np.asarray(weights @ interests.medoids / max(float(weights.sum()), 1e-12),
-                          dtype=np.float64)
+        return np.asarray(interests.centroids, dtype=np.float64)
     if len(history):
-        return np.asarray(history.mean(axis=0), dtype=np.float64)
-    return np.zeros(dim)
+        return np.asarray(history.mean(axis=0, keepdims=True), dtype=np.float64)
+    return np.zeros((0, dim))
 
 
-def ad_request(user: np.ndarray, interest: np.ndarray, ad_ids: Sequence[str], ads: np.ndarray,
+def ad_request(user: np.ndarray, interests: np.ndarray, ad_ids: Sequence[str], ads: np.ndarray,
                ad_embeddings: np.ndarray, organic_values: np.ndarray, slots: Sequence[int],
                n: int) -> AdRequest:
     """``user``: the user's entity feature row (:data:`models.features.FEATURE_NAMES`);
@@ -77,6 +76,6 @@ def ad_request(user: np.ndarray, interest: np.ndarray, ad_ids: Sequence[str], ad
     shown, best first. An ad whose upsert has not arrived has bid 0, so it never earns."""
     click_rates, conversion_rates = ad_rates(ads)
     bids = np.maximum(ads[:, _ITEM["item_bid"]].astype(np.float64), 0.0)
-    return AdRequest(user=user_columns(user), interest=interest, ad_ids=ad_ids, bids=bids,
+    return AdRequest(user=user_columns(user), interests=interests, ad_ids=ad_ids, bids=bids,
                      click_rates=click_rates, conversion_rates=conversion_rates,
                      embeddings=ad_embeddings, organic_values=organic_values, slots=slots, n=n)

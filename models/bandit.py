@@ -30,7 +30,7 @@ Slots are decided top-down, each given the decisions above it (no ad twice, at m
 ``max_ads``, ``min_spacing`` between ads), so a slot's propensity is conditional on those; the
 whole slate's probability is the product over its slots.
 
->>> ads = AdRequest(user=np.array([0.05, 0.02, 3.0]), interest=np.array([1.0, 0.0]),
+>>> ads = AdRequest(user=np.array([0.05, 0.02, 3.0]), interests=np.array([[1.0, 0.0]]),
 ...                 ad_ids=("a1", "a2"), bids=np.array([2.0, 0.5]),
 ...                 click_rates=np.array([0.1, 0.02]), conversion_rates=np.array([0.3, 0.1]),
 ...                 embeddings=np.array([[1.0, 0.0], [0.0, 1.0]]),
@@ -73,23 +73,43 @@ CONTEXT_NAMES: tuple[str, ...] = (
     "ad_log_bid",           # log1p(bid)
     "ad_click_rate",        # the ad's smoothed P(ad_click | impression)
     "ad_conversion_rate",   # the ad's smoothed P(conversion | ad_click)
-    "ad_affinity",          # cosine of the ad's embedding to the user's interest vector
+    "ad_affinity",          # the ad's largest cosine to the user's interests (PinnerSage)
     # From here on the columns depend on the slot (and on the ads placed above it).
     "slot_discount",        # 1 / log2(slot + 2): how often a slot is examined (the DCG discount)
     "slot_depth",           # slot / n: how far down the feed
-    "ad_expected_revenue",  # bid * click rate * conversion rate * slot_discount
-    "displaced_value",      # the ranker's value of the item the ad pushes out of the slot
-    "value_below",          # organic value from the slot to the feed's end: a session end's cost
+    # bid * click rate * conversion rate * slot_discount, per thousand impressions (eCPM):
+    # per impression it is ~0.005, a column the ridge prior would hold at zero.
+    "ad_expected_revenue",
+    # The same times exp(2 * affinity) and exp(4 * affinity): a user's own click and
+    # conversion rates for an ad rise with affinity multiplicatively (through a logit), which
+    # no sum of the columns above can express; two exponentials span how steeply they rise.
+    "ad_revenue_affinity_2",
+    "ad_revenue_affinity_4",
+    "displaced_value",      # the ranker's value of the item the ad pushes out, times discount
+    # The ranker's values of the organic items from the slot to the feed's end, each times the
+    # discount of the position it takes: what a session ended by the ad would lose.
+    "value_below",
 )
 DIM = len(CONTEXT_NAMES)
 _SLOT_COLUMNS = CONTEXT_NAMES.index("slot_discount")
 _USER = slice(1, 1 + len(USER_NAMES))
 _AD = slice(_USER.stop, _SLOT_COLUMNS)
-_DISCOUNT, _DEPTH, _REVENUE, _DISPLACED, _BELOW = range(_SLOT_COLUMNS, DIM)
+_DISCOUNT, _DEPTH, _REVENUE, _REVENUE_AFFINITY, _REVENUE_AFFINITY2, _DISPLACED, _BELOW = range(
+    _SLOT_COLUMNS, DIM)
+_AFFINITY = CONTEXT_NAMES.index("ad_affinity")
 # The columns that describe the ad: zero in the context of "no ad" at a slot.
-AD_COLUMNS: tuple[int, ...] = (*range(_AD.start, _AD.stop), _REVENUE)
+AD_COLUMNS: tuple[int, ...] = (*range(_AD.start, _AD.stop), _REVENUE, _REVENUE_AFFINITY,
+                               _REVENUE_AFFINITY2)
 _WITHOUT_AD = np.ones(DIM)
 _WITHOUT_AD[list(AD_COLUMNS)] = 0.0
+# What revenue is learnt on: the ad's expected revenue and its affinity terms, nothing else. An
+# ad earns only through its expected revenue, so revenue is a multiple of it; fitted on every
+# column, the intercept and slot columns soaked up the revenue of the slots where ads were
+# shown most, which halved its correlation with the truth in the bench.
+# The engagement models learn on the other columns: what an ad costs depends on where it
+# stands (the slot, the organic value it pushes down and cuts off), not on which ad it is.
+_REVENUE_ONLY = np.zeros(DIM)
+_REVENUE_ONLY[[_REVENUE, _REVENUE_AFFINITY, _REVENUE_AFFINITY2]] = 1.0
 _VERSION = re.compile(r"bandit-(0|[1-9][0-9]{0,17})")
 _PARTITION = re.compile(r"0|[1-9][0-9]{0,9}", re.ASCII)
 
@@ -183,11 +203,12 @@ class BanditParams:
         object.__setattr__(self, "offsets", MappingProxyType(dict(self.offsets)))
         # net = revenue - dial * (organic without the ad - engagement below it): linear in the
         # context, and the three posteriors are independent.
-        organic_mean = self.organic.mean * _WITHOUT_AD
-        organic_covariance = self.organic.covariance * np.outer(_WITHOUT_AD, _WITHOUT_AD)
-        net_mean = self.revenue.mean - self.dial * (organic_mean - self.ad_engagement.mean)
-        net_covariance = self.revenue.covariance + self.dial**2 * (
-            self.ad_engagement.covariance + organic_covariance)
+        revenue_mean, revenue_covariance = _masked(self.revenue, _REVENUE_ONLY)
+        organic_mean, organic_covariance = _masked(self.organic, _WITHOUT_AD)
+        below_mean, below_covariance = _masked(self.ad_engagement, _WITHOUT_AD)
+        net_mean = revenue_mean - self.dial * (organic_mean - below_mean)
+        net_covariance = revenue_covariance + self.dial**2 * (
+            below_covariance + organic_covariance)
         if not (np.isfinite(net_mean).all() and np.isfinite(net_covariance).all()):
             raise ValueError("the net reward model overflows")
         net_mean.flags.writeable = net_covariance.flags.writeable = False
@@ -210,7 +231,12 @@ class BanditParams:
 
     def engagement_loss(self, contexts: np.ndarray) -> np.ndarray:
         """Expected organic engagement an ad costs at each context row, against no ad."""
-        return np.asarray(contexts @ (self.organic.mean * _WITHOUT_AD - self.ad_engagement.mean))
+        return np.asarray(contexts @ (_masked(self.organic, _WITHOUT_AD)[0]
+                                      - _masked(self.ad_engagement, _WITHOUT_AD)[0]))
+
+    def expected_revenue(self, contexts: np.ndarray) -> np.ndarray:
+        """Expected revenue of an ad at each context row."""
+        return np.asarray(contexts @ _masked(self.revenue, _REVENUE_ONLY)[0])
 
     def retuned(self, number: int | None = None, *, dial: float | None = None,
                 epsilon: float | None = None, alpha: float | None = None) -> BanditParams:
@@ -265,6 +291,30 @@ class BanditParams:
             raise ValueError(f"unreadable bandit parameters: {exc}") from exc
 
 
+def without_ad(contexts: np.ndarray) -> np.ndarray:
+    """Context rows with their ad columns zeroed: the row of "no ad" at the same slot."""
+    return np.asarray(contexts * _WITHOUT_AD)
+
+
+def action_values(params: BanditParams, contexts: np.ndarray) -> np.ndarray:
+    """The expected value of each action of a slot, ``revenue + dial * organic engagement from
+    the slot down``, what off-policy evaluation estimates. ``contexts`` is ``[..., actions,
+    DIM]`` with "no ad" (any row of the slot, :func:`without_ad`) first. The value of an ad
+    less that of "no ad" is its net reward."""
+    revenue = _masked(params.revenue, _REVENUE_ONLY)[0]
+    organic = _masked(params.organic, _WITHOUT_AD)[0]
+    below = _masked(params.ad_engagement, _WITHOUT_AD)[0]
+    values = np.asarray(contexts @ revenue + params.dial * (contexts @ below))
+    values[..., 0] = params.dial * (contexts[..., 0, :] @ organic)
+    return values
+
+
+def _masked(posterior: Posterior, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and covariance of a posterior learnt on the columns of ``mask`` only: the
+    others never moved from the prior, and must not add its noise to a decision."""
+    return posterior.mean * mask, posterior.covariance * np.outer(mask, mask)
+
+
 def _posterior(raw: Any, what: str) -> Posterior:
     arrays = []
     for key in ("precision", "b"):
@@ -315,8 +365,8 @@ def learn(params: BanditParams, feedback: Feedback,
     ads = x[placed]
     return BanditParams(
         f"bandit-{params.number + 1}",
-        _updated(params.revenue, ads, feedback.revenues[placed]),
-        _updated(params.ad_engagement, ads, feedback.engagements[placed]),
+        _updated(params.revenue, ads * _REVENUE_ONLY, feedback.revenues[placed]),
+        _updated(params.ad_engagement, ads * _WITHOUT_AD, feedback.engagements[placed]),
         _updated(params.organic, x[~placed] * _WITHOUT_AD, feedback.engagements[~placed]),
         dial=params.dial, epsilon=params.epsilon, alpha=params.alpha,
         samples=params.samples + len(x), parent=params.version,
@@ -330,7 +380,7 @@ class AdRequest:
     it will show, best first; ``slots`` and ``n`` are the request's, unchecked."""
 
     user: np.ndarray             # [len(USER_NAMES)]
-    interest: np.ndarray         # [dim]: the user's interest (or history) vector; zeros: unknown
+    interests: np.ndarray        # [k, dim]: the user's interests (k = 0: unknown, affinity 0)
     ad_ids: Sequence[str]
     bids: np.ndarray             # [k], >= 0
     click_rates: np.ndarray      # [k]
@@ -343,8 +393,8 @@ class AdRequest:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ad_ids", tuple(self.ad_ids))
         k = len(self.ad_ids)
-        dim = np.shape(self.interest)[0] if np.ndim(self.interest) == 1 else -1
-        for name, shape in (("user", (len(USER_NAMES),)), ("interest", (dim,)),
+        k_interests, dim = np.shape(self.interests) if np.ndim(self.interests) == 2 else (-1, -1)
+        for name, shape in (("user", (len(USER_NAMES),)), ("interests", (k_interests, dim)),
                             ("bids", (k,)), ("click_rates", (k,)),
                             ("conversion_rates", (k,)), ("embeddings", (k, dim)),
                             ("organic_values", (np.size(self.organic_values),))):
@@ -377,6 +427,14 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return np.asarray(rows / np.maximum(norms, 1e-12))
 
 
+def _affinity(embeddings: np.ndarray, interests: np.ndarray) -> np.ndarray:
+    """Each ad's largest cosine to any of the user's interests: a user with two interests
+    likes an ad that either likes, where their mean would smear the two into neither."""
+    if len(interests) == 0:
+        return np.zeros(len(embeddings))
+    return np.asarray((_unit(embeddings) @ _unit(interests).T).max(axis=1))
+
+
 def _ad_columns(request: AdRequest) -> tuple[np.ndarray, np.ndarray]:
     """Context rows with the slot columns still zero, and each ad's bid * click * conversion."""
     x = np.zeros((len(request.ad_ids), DIM))
@@ -384,35 +442,32 @@ def _ad_columns(request: AdRequest) -> tuple[np.ndarray, np.ndarray]:
     x[:, _USER] = request.user
     x[:, _AD] = np.column_stack((np.log1p(request.bids), request.click_rates,
                                  request.conversion_rates,
-                                 _unit(request.embeddings) @ _unit(request.interest)))
+                                 _affinity(request.embeddings, request.interests)))
     return x, request.bids * request.click_rates * request.conversion_rates
 
 
 def _fill_slot(x: np.ndarray, value_per_ad: np.ndarray, slot: int, n: int,
-               cumulative: np.ndarray, ads_above: int) -> np.ndarray:
-    """Set the slot columns of ``x`` in place. ``cumulative``: running sums of the organic
-    values from 0, so the item at a rank and everything below it cost O(1) to read."""
-    m = len(cumulative) - 1
+               organic_values: np.ndarray, ads_above: int) -> np.ndarray:
+    """Set the slot columns of ``x`` in place."""
     rank = slot - ads_above  # the organic item the ad pushes down, were it there
-    start = cumulative[min(rank, m)]
+    below = organic_values[rank:]
     discount = 1.0 / np.log2(slot + 2.0)
+    revenue = value_per_ad * discount * 1000.0
+    affinity = x[:, _AFFINITY]
     x[:, _DISCOUNT] = discount
     x[:, _DEPTH] = slot / n
-    x[:, _REVENUE] = value_per_ad * discount
-    x[:, _DISPLACED] = cumulative[min(rank + 1, m)] - start
-    x[:, _BELOW] = cumulative[min(rank + n - slot, m)] - start
+    x[:, _REVENUE] = revenue
+    x[:, _REVENUE_AFFINITY] = revenue * np.exp(2.0 * affinity)
+    x[:, _REVENUE_AFFINITY2] = revenue * np.exp(4.0 * affinity)
+    x[:, _DISPLACED] = below[0] * discount if len(below) else 0.0
+    x[:, _BELOW] = below @ (1.0 / np.log2(np.arange(slot, slot + len(below)) + 2.0))
     return x
-
-
-def _cumulative(values: np.ndarray) -> np.ndarray:
-    return np.concatenate(([0.0], np.cumsum(values)))
 
 
 def slot_contexts(request: AdRequest, slot: int, ads_above: int = 0) -> np.ndarray:
     """Context rows ``[len(ad_ids), DIM]`` of each ad at ``slot``, below ``ads_above`` ads."""
     x, value_per_ad = _ad_columns(request)
-    return _fill_slot(x, value_per_ad, slot, request.n, _cumulative(request.organic_values),
-                      ads_above)
+    return _fill_slot(x, value_per_ad, slot, request.n, request.organic_values, ads_above)
 
 
 def net_scores(params: BanditParams, contexts: np.ndarray) -> np.ndarray:
@@ -453,7 +508,7 @@ def decide(params: BanditParams, request: AdRequest, rng: np.random.Generator,
     base, value_per_ad = _ad_columns(request)
     without_ad = np.zeros((1, DIM))  # the context of "no ad": the user and the slot only
     without_ad[0, 0], without_ad[0, _USER] = 1.0, request.user
-    cumulative = _cumulative(request.organic_values)
+    organic = request.organic_values
     ids = np.asarray(request.ad_ids, dtype=object)
     first_of_id = {ad_id: row for row, ad_id in reversed(list(enumerate(request.ad_ids)))}
     available = np.zeros(len(ids), dtype=bool)
@@ -465,12 +520,12 @@ def decide(params: BanditParams, request: AdRequest, rng: np.random.Generator,
             break
         room = placed < max_ads and slot - last >= min_spacing
         rows = np.flatnonzero(available) if room else np.empty(0, dtype=np.int64)
-        x = _fill_slot(base[rows], value_per_ad[rows], slot, request.n, cumulative, placed)
+        x = _fill_slot(base[rows], value_per_ad[rows], slot, request.n, organic, placed)
         probabilities = action_probabilities(params, x)
         choice = _draw(probabilities, rng)
         actions: tuple[str | None, ...] = (None, *ids[rows].tolist())
         if choice == 0:
-            context = _fill_slot(without_ad, np.zeros(1), slot, request.n, cumulative,
+            context = _fill_slot(without_ad, np.zeros(1), slot, request.n, organic,
                                  placed)[0].copy()
         else:
             available[rows[choice - 1]] = False

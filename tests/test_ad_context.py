@@ -16,7 +16,7 @@ from models.ad_context import (
     AD_PRIOR_IMPRESSIONS,
     ad_rates,
     ad_request,
-    interest_vector,
+    interest_vectors,
     user_columns,
 )
 from models.bandit import CONTEXT_NAMES, USER_NAMES, slot_contexts
@@ -92,7 +92,7 @@ def test_an_unknown_user_and_ad_get_the_priors_and_earn_nothing() -> None:
     clicks, conversions = ad_rates(rows)
     assert clicks == pytest.approx([AD_PRIOR_CLICK_RATE])
     assert conversions == pytest.approx([AD_PRIOR_CONVERSION_RATE])
-    request = ad_request(user_row(None, T0), np.zeros(DIM), ["ad"], rows, embeddings,
+    request = ad_request(user_row(None, T0), np.zeros((0, DIM)), ["ad"], rows, embeddings,
                          np.array([1.0, 0.5]), slots=(1,), n=2)
     assert request.bids.tolist() == [0.0]  # no upsert yet: no bid
     x = slot_contexts(request, 1)[0]
@@ -166,9 +166,9 @@ def test_the_request_takes_bids_from_the_upserts_and_passes_the_rest_through() -
     metas = [meta(2.5, axis=0), meta(0.75, axis=1), None, meta(-1.0, axis=2)]
     rows, embeddings = item_rows(counters, metas, T0)
     user = user_row(users["u"], T0)
-    interest = np.array([1.0, 0.0, 0.0, 0.0])
+    interests = np.array([[1.0, 0.0, 0.0, 0.0]])
     organic = np.array([0.9, 0.5, 0.25])
-    request = ad_request(user, interest, ["a1", "a2", "a3", "a4"], rows, embeddings, organic,
+    request = ad_request(user, interests, ["a1", "a2", "a3", "a4"], rows, embeddings, organic,
                          slots=(1, 3), n=5)
     # No upsert yet, or a bid the schema would never pass: the ad never earns.
     assert request.bids.tolist() == [2.5, 0.75, 0.0, 0.0]
@@ -178,7 +178,7 @@ def test_the_request_takes_bids_from_the_upserts_and_passes_the_rest_through() -
     assert np.array_equal(request.conversion_rates, conversion_rates)
     assert np.array_equal(request.user, user_columns(user))
     assert np.array_equal(request.embeddings, embeddings)
-    assert np.array_equal(request.interest, interest)
+    assert np.array_equal(request.interests, interests)
     assert np.array_equal(request.organic_values, organic)
     assert (tuple(request.slots), request.n) == ((1, 3), 5)
     x = slot_contexts(request, 1)
@@ -194,24 +194,23 @@ def _interests(medoids: np.ndarray, importance: Sequence[float], as_of: float) -
                      last_full_ts=as_of, last_ts=as_of, at_last_ts=1, pending=0)
 
 
-def test_interest_vector_prefers_weighted_medoids_then_the_history_then_zeros() -> None:
+def test_interest_vectors_are_the_centroids_then_the_history_mean_then_none() -> None:
     axis = np.eye(DIM)
     history = np.stack([axis[2], axis[2], axis[3]]).astype(np.float32)
     interests = _interests(axis[:2], [3.0, 1.0], T0)
-    for now in (T0, T0 + 30 * 86_400.0):  # decay scales every importance alike
-        vector = interest_vector(interests, history, now, DIM)
-        assert vector.dtype == np.float64 and vector.shape == (DIM,)
-        assert vector == pytest.approx([0.75, 0.25, 0.0, 0.0], rel=1e-6)
+    vectors = interest_vectors(interests, history, DIM)
+    assert vectors.dtype == np.float64 and vectors.shape == (2, DIM)
+    assert np.array_equal(vectors, axis[:2])
     empty = update_interests(None, np.zeros(0), np.zeros((0, DIM)), T0, InterestParams())
     assert len(empty) == 0
     for none in (None, empty):
-        assert interest_vector(none, history, T0, DIM) == pytest.approx(
-            [0.0, 0.0, 2 / 3, 1 / 3])
-        unknown = interest_vector(none, np.zeros((0, DIM), np.float32), T0, DIM)
-        assert unknown.tolist() == [0.0] * DIM and unknown.dtype == np.float64
+        assert interest_vectors(none, history, DIM).tolist() == [[0.0, 0.0, 2 / 3, 1 / 3]]
+        assert interest_vectors(none, np.zeros((0, DIM), np.float32), DIM).shape == (0, DIM)
 
 
-def test_interest_vector_from_learnt_interests_points_to_the_heavier_one() -> None:
+def test_a_two_interest_user_likes_an_ad_either_interest_likes() -> None:
+    """Affinity is the largest cosine to any interest: the mean of cats and cars would call a
+    cat ad lukewarm (cosine 0.7) and make no difference between it and a half-cat one."""
     rng = np.random.default_rng(0)
     cats, cars = np.eye(DIM)[0], np.eye(DIM)[1]
     engaged = np.vstack([cats + 0.1 * rng.standard_normal((6, DIM)),
@@ -219,7 +218,10 @@ def test_interest_vector_from_learnt_interests_points_to_the_heavier_one() -> No
     ts = T0 - np.arange(10.0)
     interests = update_interests(None, ts, engaged, now=T0, params=InterestParams())
     assert interests.sizes.tolist() == [6, 4]
-    vector = interest_vector(interests, engaged[6:], T0, DIM)  # the history would say cars
-    weights = interests.importance_at(T0)
-    assert vector == pytest.approx(weights @ interests.medoids / weights.sum(), rel=1e-6)
-    assert vector @ cats > vector @ cars > 0.0
+    vectors = interest_vectors(interests, engaged, DIM)
+    user, _ = states([])
+    rows, embeddings = item_rows([None, None], [meta(1.0, axis=0), meta(1.0, axis=2)], T0)
+    request = ad_request(user_row(user.get("u"), T0), vectors, ["cat-ad", "other"], rows,
+                         embeddings, np.array([0.5]), slots=(1,), n=3)
+    affinity = slot_contexts(request, 1)[:, COLUMN["ad_affinity"]]
+    assert affinity[0] > 0.95 and abs(affinity[1]) < 0.2

@@ -42,7 +42,7 @@ SLOTS = (2, 5, 8, 11)
 
 def make_request(rng: np.random.Generator, k: int = 6) -> AdRequest:
     return AdRequest(
-        user=np.array([0.05, 0.02, 3.0]), interest=rng.standard_normal(8),
+        user=np.array([0.05, 0.02, 3.0]), interests=rng.standard_normal((2, 8)),
         ad_ids=[f"a{i}" for i in range(k)], bids=rng.lognormal(0.7, 0.5, k),
         click_rates=rng.uniform(0.0, 0.1, k), conversion_rates=rng.uniform(0.0, 0.5, k),
         embeddings=rng.standard_normal((k, 8)),

@@ -43,7 +43,7 @@ Linear = Callable[[np.ndarray], np.ndarray]
 def make_request(rng: np.random.Generator, k: int = 20, slots: Sequence[int] = SLOTS,
                  n: int = 20, m: int = 30, ad_ids: Sequence[str] | None = None) -> AdRequest:
     return AdRequest(
-        user=np.array([0.05, 0.02, 3.0]), interest=rng.standard_normal(EMBEDDING_DIM),
+        user=np.array([0.05, 0.02, 3.0]), interests=rng.standard_normal((2, EMBEDDING_DIM)),
         ad_ids=[f"a{i}" for i in range(k)] if ad_ids is None else ad_ids,
         bids=rng.lognormal(0.7, 0.5, k), click_rates=rng.uniform(0.0, 0.1, k),
         conversion_rates=rng.uniform(0.0, 0.5, k),
@@ -124,7 +124,7 @@ def test_the_module_example_runs() -> None:
 
 def test_context_rows_follow_the_documented_names() -> None:
     request = AdRequest(
-        user=np.array([0.1, 0.2, 0.3]), interest=np.array([3.0, 4.0]), ad_ids=["a", "b"],
+        user=np.array([0.1, 0.2, 0.3]), interests=np.array([[3.0, 4.0]]), ad_ids=["a", "b"],
         bids=np.array([1.0, 3.0]), click_rates=np.array([0.1, 0.2]),
         conversion_rates=np.array([0.5, 0.25]), embeddings=np.array([[4.0, 3.0], [0.0, -2.0]]),
         organic_values=np.array([5.0, 4.0, 3.0, 2.0, 1.0]), slots=(2,), n=4)
@@ -149,7 +149,7 @@ def test_context_rows_follow_the_documented_names() -> None:
 
 def test_the_no_ad_context_is_the_slot_without_an_ad() -> None:
     request = AdRequest(
-        user=np.array([0.1, 0.2, 0.3]), interest=np.array([3.0, 4.0]), ad_ids=["a", "b"],
+        user=np.array([0.1, 0.2, 0.3]), interests=np.array([[3.0, 4.0]]), ad_ids=["a", "b"],
         bids=np.array([1.0, 3.0]), click_rates=np.array([0.1, 0.2]),
         conversion_rates=np.array([0.5, 0.25]), embeddings=np.array([[4.0, 3.0], [0.0, -2.0]]),
         organic_values=np.array([5.0, 4.0, 3.0, 2.0, 1.0]), slots=(0, 2), n=4)

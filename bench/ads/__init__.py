@@ -13,6 +13,7 @@ or three in the rest, so an ad is sometimes worth its engagement and often not.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,9 +85,10 @@ def run_ads_bench(config: AdsBenchConfig) -> dict[str, Any]:
             for stream, (name, arm) in enumerate(arms.items())}
     net = {name: float(run.net.mean()) for name, run in runs.items()}
     regret = _regret_curve(runs["oracle"], runs["policy"])
-    frontier = [_frontier_point(world, main[:config.frontier_requests], config, d)
-                for d in config.frontier_dials]
     counters.flush()
+    frontier = [_frontier_point(world, held[:config.frontier_requests], config,
+                                policy.params.retuned(dial=d), copy.deepcopy(counters))
+                for d in config.frontier_dials]
     ope = ope_phase(world, held, counters, policy.params,
                     policy.params.retuned(dial=config.ope_dial, epsilon=config.ope_epsilon),
                     SLOTS, config.seed)
@@ -143,14 +145,14 @@ def _regret_curve(oracle: ArmRun, policy: ArmRun, points: int = 10) -> list[floa
 
 
 def _frontier_point(world: World, requests: list[Request], config: AdsBenchConfig,
-                    dial: float) -> dict[str, float]:
-    """The policy learnt and run at ``dial``; revenue and engagement over the second half,
-    once it has learnt."""
-    run = play_arm(world, requests, Policy(config.rules, config.prior(dial), config.learn_every),
-                   SLOTS, dial, config.seed, 200)
-    half = len(requests) // 2
-    return {"dial": dial, "revenue": float(run.revenue[half:].mean()),
-            "engagement": float(run.engagement[half:].mean())}
+                    params: BanditParams, counters: Counters) -> dict[str, float]:
+    """The learnt policy with its dial turned to ``params.dial``, as ``streamrank ads set
+    --dial`` turns it: the same posteriors (they do not depend on the dial), on held-out
+    requests, learning nothing meanwhile."""
+    run = play_arm(world, requests, Policy(config.rules, params, learn_every=None), SLOTS,
+                   params.dial, config.seed, 200, counters)
+    return {"dial": params.dial, "revenue": float(run.revenue.mean()),
+            "engagement": float(run.engagement.mean())}
 
 
 def _bars(result: dict[str, Any], first_half: float, second_half: float

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.ad_context import ad_request, interest_vector
+from models.ad_context import ad_request, interest_vectors
 from models.bandit import AdRequest
 from models.features import (
     POSITIVE_TYPES,
@@ -27,11 +27,12 @@ from models.features import (
     item_meta_features,
     merge,
 )
+from models.interests import InterestParams, Interests, update_interests
 from models.world import Engagement, World
 from schemas import Event
 
 BATCH_REQUESTS = 20  # requests per micro-batch: a request sees the events of earlier batches
-HISTORY = 30  # recent positive engagements kept per user, the interest vector's history
+HISTORY = 50  # recent positive engagements kept per user, as the feature store keeps them
 
 
 class Counters:
@@ -44,7 +45,9 @@ class Counters:
         self._metas = [ItemMeta(start_ts, float(bid), True, embedding).pack()
                        for bid, embedding in zip(world.ad_bids, world.ad_embeddings,
                                                  strict=True)]
-        self._history: dict[int, deque[int]] = {}
+        self._history: dict[int, deque[tuple[float, int]]] = {}  # (ts, item), oldest first
+        self._interests: dict[int, Interests] = {}
+        self._interest_params = InterestParams()
         self._pending: list[Event] = []
         self._requests = 0
 
@@ -58,11 +61,23 @@ class Counters:
                                                    world.config.dim)
         rows = np.concatenate([entity_features([self._ads.get(a) for a in ad_ids], ts),
                                meta_rows], axis=1)
-        engaged = self._history.get(user, ())
-        history = world.item_embeddings[list(engaged)] if engaged else np.zeros((0, 1))
-        interest = interest_vector(None, history, ts, world.config.dim)
-        return ad_request(user_row, interest, ad_ids, rows, embeddings, organic_values,
-                          slots, world.config.shown)
+        return ad_request(user_row, self._interest_vectors(user, ts), ad_ids, rows, embeddings,
+                          organic_values, slots, world.config.shown)
+
+    def _interest_vectors(self, user: int, ts: float) -> np.ndarray:
+        """The user's PinnerSage interests from the engagement history, as the interests role
+        keeps them (:func:`models.interests.update_interests`)."""
+        engaged = self._history.get(user)
+        if not engaged:
+            return interest_vectors(None, np.zeros((0, self.world.config.dim)),
+                                    self.world.config.dim)
+        newest_first = list(reversed(engaged))
+        history_ts = np.array([t for t, _ in newest_first])
+        history = self.world.item_embeddings[[i for _, i in newest_first]]
+        interests = update_interests(self._interests.get(user), history_ts, history, ts,
+                                     self._interest_params)
+        self._interests[user] = interests
+        return interest_vectors(interests, history, self.world.config.dim)
 
     def record(self, user: int, engagements: Sequence[Engagement], ts: float) -> None:
         """Queue one request's events; every BATCH_REQUESTS requests they are applied."""
@@ -73,7 +88,7 @@ class Counters:
         engaged = [e.item_id for e in engagements if e.type in POSITIVE_TYPES]
         if engaged:
             history = self._history.setdefault(user, deque(maxlen=HISTORY))
-            history.extend(self._item_index[item_id] for item_id in engaged)
+            history.extend((ts, self._item_index[item_id]) for item_id in engaged)
         self._requests += 1
         if self._requests % BATCH_REQUESTS == 0:
             self.flush()

@@ -30,7 +30,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from models.bandit import AD_COLUMNS, CONTEXT_NAMES, DIM, BanditParams, action_probabilities
+from models.bandit import (
+    CONTEXT_NAMES,
+    DIM,
+    BanditParams,
+    action_probabilities,
+    action_values,
+    without_ad,
+)
 from models.ope import BanditFeedback, Estimate, evaluate, ips
 from schemas import AdLabels, AdSlotLog, FeatureLog, Outcome
 from stream.errors import StreamrankError
@@ -50,8 +57,6 @@ SKIP_REASONS = {
     "incomplete_outcome": "the ad outcome carries no propensity or labels",
 }
 PROPENSITY_RTOL = 1e-6  # a propensity stored as float32 somewhere still matches
-_WITHOUT_AD = np.ones(DIM)
-_WITHOUT_AD[list(AD_COLUMNS)] = 0.0
 
 
 class _Round(NamedTuple):
@@ -194,7 +199,7 @@ def _rounds(kept: list[_Round]) -> SlotRounds:
         k = len(r.slot.probabilities or ())
         feasible[i, :k] = True
         dist[i, :k] = r.slot.probabilities or ()
-        contexts[i, 0] = context[i] * _WITHOUT_AD  # no ad: the user and slot columns only
+        contexts[i, 0] = without_ad(context[i])  # no ad: the user and slot columns only
         if k > 1:
             contexts[i, 1:k] = r.slot.ad_contexts or ()
     return SlotRounds(
@@ -231,12 +236,9 @@ def policy_dist(rounds: SlotRounds, params: BanditParams) -> np.ndarray:
 
 
 def reward_model(rounds: SlotRounds, params: BanditParams, dial: float) -> np.ndarray:
-    """``[n, n_actions, 1]``: DM's and DR's reward model from the posterior means, on the
-    reward's scale: an ad earns ``(revenue + dial * ad_engagement) . x``, no ad
-    ``dial * organic . x`` (x without the ad columns); padding 0, never weighted."""
-    ad = params.revenue.mean + dial * params.ad_engagement.mean
-    q = rounds.contexts @ ad
-    q[:, 0] = dial * (rounds.contexts[:, 0] @ params.organic.mean)
+    """``[n, n_actions, 1]``: DM's and DR's reward model, the parameters' expected value of
+    each action at ``dial`` (:func:`models.bandit.action_values`); padding 0, never weighted."""
+    q = action_values(params.retuned(dial=dial), rounds.contexts)
     return np.where(rounds.feasible, q, 0.0)[..., None]
 
 

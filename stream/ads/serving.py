@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.ad_context import ad_request, interest_vector
+from models.ad_context import ad_request, interest_vectors
 from models.bandit import BanditParams, SlotDecision, decide
 from models.ranking_features import CandidateFeatures
 from schemas import SCHEMA_VERSION, RankingRequest
@@ -92,13 +92,13 @@ class AdPlacer:
         self.min_spacing = settings.ads_min_spacing
 
     def place(self, request: RankingRequest, ads: CandidateFeatures,
-              organic_values: Sequence[float], now: float) -> PlacedAds:
+              organic_values: Sequence[float]) -> PlacedAds:
         """``ads``: the features of the request's user and ad candidates; ``organic_values``:
         the ranker's values of the items shown, best first."""
         params = self.slot.current  # one version for the whole request
         dim = ads.embeddings.shape[1]
-        interest = interest_vector(ads.interests, ads.history, now, dim)
-        seen = ad_request(ads.user, interest, request.ad_candidates, ads.items,
+        interests = interest_vectors(ads.interests, ads.history, dim)
+        seen = ad_request(ads.user, interests, request.ad_candidates, ads.items,
                           ads.embeddings, np.asarray(organic_values), request.ad_slots,
                           request.n)
         decisions = decide(params, seen, decision_rng(self.seed, request.request_id),

@@ -128,13 +128,13 @@ class Ranker:
         values = self.value.values(probs, scorer.task_names)
         _refuse_non_finite(received, rows, probs, values)
         return [self._result(r, scorer, probs[request_rows], values[request_rows],
-                             batch[request_rows], request_sources, f, now)
+                             batch[request_rows], request_sources, f)
                 for r, request_sources, request_rows, f
                 in zip(received, sources, rows, fetched, strict=True)]
 
     def _result(self, received: Received, scorer: Scorer, probs: np.ndarray,
                 values: np.ndarray, features: np.ndarray, sources: list[str] | None,
-                fetched: CandidateFeatures, now: float) -> Ranked:
+                fetched: CandidateFeatures) -> Ranked:
         request = received.request
         n = min(request.n, len(values))
         top = np.argpartition(-values, n - 1)[:n] if n < len(values) else np.arange(n)
@@ -152,7 +152,7 @@ class Ranker:
         ads = None
         if wants_ads(request):
             ads = self.placer.place(request, _after(fetched, len(request.candidates)),
-                                    values[top].tolist(), now)
+                                    values[top].tolist())
         return Ranked(request.request_id, request.user_id, items, scorer.version,
                       scorer.stats_version, (time.perf_counter() - received.at) * 1000.0,
                       time.time(), features[top], ads)
