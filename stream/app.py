@@ -122,7 +122,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             retriever = Retriever(store, lambda: catalogue.index, settings.retrieval_k,
                                   worker.metrics, settings.retrieval_source)
             ranker = Ranker(reader, worker.models, ValueModel(settings.value_weights), retriever,
-                            AdPlacer(worker.bandit, settings))
+                            AdPlacer(worker.bandit, settings),
+                            worker.metrics.scoring_latency)
             worker.ranker = MicroBatcher(ranker, settings.scoring_batch_max_requests,
                                          settings.rank_queue_max)
             if settings.model_manifest is not None:
@@ -178,6 +179,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             "users_with_features": counts["users"],
             "items_with_features": counts["items"],
             "requests_ranked": int(total("streamrank_requests_ranked")),
+            "scoring_latency_ms": worker.metrics.scoring_latency.report_ms(),
             "outcomes_emitted": int(total("streamrank_outcomes")),
             "outcome_events_late": int(total("streamrank_outcome_events_late")),
             "drift_updates": int(total("streamrank_drift_updates")),

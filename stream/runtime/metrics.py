@@ -5,6 +5,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from stream.runtime.latency import StageLatency
+
+# Where a ranking's time goes, handover by the fetch to the broker's ack: see docs/scoring.md.
+SCORING_STAGES = ("features", "matrix", "model", "ads", "produce", "total")
+# 0.1 ms to 1 s: fine enough below a millisecond for the matrix and the model of one request.
+SCORING_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+                     0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
 
 class WorkerMetrics:
     def __init__(self) -> None:
@@ -39,6 +47,13 @@ class WorkerMetrics:
             "streamrank_ranking_latency_ms", "Worker receipt to result, per request.",
             registry=self.registry,
             buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250))
+        self.scoring_latency = StageLatency(
+            self.registry, "streamrank_scoring_latency_seconds",
+            "Per request, by stage: features (retrieval and the feature round trip), matrix, "
+            "model (scores and values), ads (only requests with ad slots), produce (the "
+            "ranking's send until the broker's ack) and total (the fetch's handover to that "
+            "ack; over HTTP, to the answer). Batch stages count each request of the batch "
+            "with the batch's duration.", SCORING_STAGES, SCORING_BUCKETS_S)
         self.http_refused = Counter(
             "streamrank_http_refused", "HTTP requests refused before ranking, by reason: "
             "unauthorized, overloaded, starting, unavailable (bad bodies count as "

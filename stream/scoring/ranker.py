@@ -27,6 +27,8 @@ from schemas import SCHEMA_VERSION, RankingRequest
 from stream.ads.serving import AdPlacer, PlacedAds, wants_ads
 from stream.features.reader import FeatureReader
 from stream.interests.retrieval import Retriever, wants_retrieval
+from stream.runtime.latency import StageLatency
+from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
 
 
@@ -94,17 +96,23 @@ class Ranked:
 
 
 class Ranker:
+    """``latency`` records the stages a request spends here (features, matrix, model, ads);
+    without one, the ranker counts them on a registry of its own."""
+
     def __init__(self, reader: FeatureReader, models: ModelSlot, value: ValueModel,
-                 retriever: Retriever, placer: AdPlacer) -> None:
+                 retriever: Retriever, placer: AdPlacer,
+                 latency: StageLatency | None = None) -> None:
         self.reader = reader
         self.models = models
         self.value = value
         self.retriever = retriever
         self.placer = placer
+        self.latency = latency if latency is not None else WorkerMetrics().scoring_latency
 
     async def rank(self, received: Sequence[Received]) -> list[Ranked]:
         """Score a micro-batch of requests with one feature round trip and one model run,
         after retrieving candidates for those that want them."""
+        started = time.perf_counter()
         retrieved = await self.retriever.retrieve([r.request for r in received])
         sources = [x.sources if wants_retrieval(r.request) else None
                    for x, r in zip(retrieved, received, strict=True)]
@@ -115,6 +123,7 @@ class Ranker:
             [(r.request.user_id, [*r.request.candidates, *r.request.ad_candidates])
              if wants_ads(r.request) else (r.request.user_id, r.request.candidates)
              for r in received], now)
+        fetched_at = time.perf_counter()
         features = [_first(f, len(r.request.candidates)) for f, r in
                     zip(fetched, received, strict=True)]
         # Each request's rows are written straight into the batch's matrix: no second copy.
@@ -123,10 +132,16 @@ class Ranker:
         rows = [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
         for f, r, request_rows in zip(features, received, rows, strict=True):
             ranking_matrix(f, r.request.context, now, out=batch[request_rows])
+        assembled_at = time.perf_counter()
         scorer = self.models.current
         probs = scorer.score(batch)
         values = self.value.values(probs, scorer.task_names)
         _refuse_non_finite(received, rows, probs, values)
+        scored_at = time.perf_counter()
+        count = len(received)
+        self.latency.observe("features", fetched_at - started, count)
+        self.latency.observe("matrix", assembled_at - fetched_at, count)
+        self.latency.observe("model", scored_at - assembled_at, count)
         return [self._result(r, scorer, probs[request_rows], values[request_rows],
                              batch[request_rows], request_sources, f)
                 for r, request_sources, request_rows, f
@@ -151,8 +166,10 @@ class Ranker:
                 item["source"] = sources[i]
         ads = None
         if wants_ads(request):
+            placing = time.perf_counter()
             ads = self.placer.place(request, _after(fetched, len(request.candidates)),
                                     values[top].tolist())
+            self.latency.observe("ads", time.perf_counter() - placing)
         return Ranked(request.request_id, request.user_id, items, scorer.version,
                       scorer.stats_version, (time.perf_counter() - received.at) * 1000.0,
                       time.time(), features[top], ads)

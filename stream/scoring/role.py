@@ -7,8 +7,10 @@ new scoring group must not re-score every request the topic retains.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from schemas import RankingRequest, Rejection
@@ -48,20 +50,33 @@ class ScoringService(SupervisedConsumer):
         results = await self.ranker.rank([Received(d.value, arrived) for d in batch])
         sends: Sends = []
         for result in results:
-            sends += await self.publish(result)
+            sends += await self.publish(result, arrived)
             self.metrics.observe_ranking(result.model_version, result.latency_ms)
         return sends
 
-    async def publish(self, result: Ranked) -> Sends:
+    async def publish(self, result: Ranked, received_at: float) -> Sends:
         """The ranking and its feature log, keyed by user; ``POST /rank`` logs its ad
-        decisions through here too, so no decision goes unlogged."""
+        decisions through here too, so no decision goes unlogged. When the broker acks the
+        ranking, its produce and total latencies (from ``received_at``, a perf_counter()) are
+        recorded, off the loop's path: the runtime awaits the sends, not this."""
         key = result.user_id.encode()
         sends: Sends = []
         # The outcomes role joins a request's feature log before or after its ranking.
         logged = feature_log(result, self.settings.feature_log_rate)
         if logged is not None:
             sends.append(await self.producer.send(self._feature_log_topic, logged, key=key))
-        sends.append(await self.producer.send(self._rankings_topic, result.encode(), key=key))
+        sending = time.perf_counter()
+        ranking = await self.producer.send(self._rankings_topic, result.encode(), key=key)
+        ranking.add_done_callback(partial(self._acked, received_at, sending))
+        sends.append(ranking)
         if result.ads is not None:
             self.metrics.ad_decisions.inc(len(result.ads.decisions))
         return sends
+
+    def _acked(self, received_at: float, sending: float, ranking: asyncio.Future[Any]) -> None:
+        if ranking.cancelled() or ranking.exception() is not None:
+            return  # not delivered: the runtime reads the request again
+        acked = time.perf_counter()
+        latency = self.metrics.scoring_latency
+        latency.observe("produce", acked - sending)
+        latency.observe("total", acked - received_at)

@@ -52,8 +52,9 @@ def add_rank_view(app: faust.App, settings: Settings, metrics: WorkerMetrics,
                 metrics.rejected.labels("http", rejection.reason).inc()
                 return self.json({"error": rejection.reason, "detail": rejection.detail},
                                  status=400)
+            received = Received(ranking_request, time.perf_counter())
             try:
-                result = await ranker.rank_one(Received(ranking_request, time.perf_counter()))
+                result = await ranker.rank_one(received)
             except Overloaded:
                 return self._overloaded(ranker)
             except (RedisError, OSError) as exc:
@@ -61,19 +62,22 @@ def add_rank_view(app: faust.App, settings: Settings, metrics: WorkerMetrics,
             if result.ads is not None:
                 # Ad decisions are answered only once logged: an unlogged decision is one
                 # that neither the learner nor off-policy evaluation will ever see.
-                try:
-                    await self._log(result)
+                try:  # its total latency is recorded when the broker acks the log
+                    await self._log(result, received.at)
                 except KafkaError as exc:
                     return self._refuse(503, "unavailable", f"cannot log the ad decisions: "
                                         f"{exc}")
             metrics.observe_ranking(result.model_version, result.latency_ms)
-            return self.bytes(result.encode(), content_type="application/json")
+            answer = result.encode()
+            if result.ads is None:
+                metrics.scoring_latency.observe("total", time.perf_counter() - received.at)
+            return self.bytes(answer, content_type="application/json")
 
-        async def _log(self, result: Ranked) -> None:
+        async def _log(self, result: Ranked, received_at: float) -> None:
             service = scoring()
             if service is None:
                 raise KafkaError("the scoring role's producer has not started")
-            await asyncio.gather(*await service.publish(result))
+            await asyncio.gather(*await service.publish(result, received_at))
 
         def _overloaded(self, ranker: MicroBatcher) -> Response:
             return self._refuse(429, "overloaded", f"{ranker.queue_max} requests are already "

@@ -285,3 +285,32 @@ def test_outcomes_carry_the_rows_scored_and_a_model_trained_on_them_serves(
         return version
 
     assert asyncio.run(served_by()) == "from-topics"
+
+
+def test_in_worker_latency_by_stage_in_stats_and_metrics(
+        worker: tuple[WorkerProcess, Settings]) -> None:
+    """Every stage is measured, over the topic and over HTTP; no bound is put on the times."""
+    process, settings = worker
+    ads: dict[str, Any] = {"ad_candidates": ["i30", "i31", "i32"], "ad_slots": [1, 3]}
+    asyncio.run(send_requests(settings, [request(**(ads if k % 2 else {})) for k in range(20)]))
+    for body in (request(), request(**ads)):
+        assert post_rank(process.port, body)[0] == 200
+    stages = ("features", "matrix", "model", "ads", "produce", "total")
+
+    def measured() -> bool:
+        latency = process.get("/stats")["scoring_latency_ms"]
+        return all(latency[stage]["n"] > 0 for stage in stages)
+
+    asyncio.run(wait_until(measured, timeout_s=30))
+    latency = process.get("/stats")["scoring_latency_ms"]
+    assert set(latency) == set(stages)
+    for stage in stages:
+        assert 0 < latency[stage]["p50"] <= latency[stage]["p99"], stage
+    # Every request of a batch counts once in the batch stages, and once in total at its ack.
+    assert latency["features"]["n"] == latency["matrix"]["n"] == latency["model"]["n"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{process.port}/metrics",
+                                timeout=5) as response:
+        text = response.read().decode()
+    for stage in stages:
+        assert f'streamrank_scoring_latency_seconds_bucket{{le="0.0001",stage="{stage}"}}' \
+            in text, stage
