@@ -716,11 +716,9 @@ def bench_ads(
     requests: Annotated[int, typer.Option(min=1000, help="Requests per arm.")] = 50_000,
     seed: Annotated[int, typer.Option(help="The world's seed.")] = 7,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
-    png: Annotated[bool, typer.Option(
-        "--png", help="Also draw the revenue / engagement frontier and the regret curve.")
-    ] = False,
-    png_path: Annotated[Path, typer.Option(help="Where --png writes.")] = Path(
-        "docs/ads-frontier.png"),
+    png: Annotated[Path | None, typer.Option(
+        help="The revenue / engagement frontier and the regret curve; default: --json's path "
+             "as .png.")] = None,
 ) -> None:
     """The bandit ad policy against never, the best fixed ad load, random, epsilon-greedy and
     the oracle, in a closed loop with the world; its frontier, OPE and decision cost."""
@@ -730,7 +728,7 @@ def bench_ads(
         requests=requests, seed=seed, fixed_requests=min(requests, 5_000),
         frontier_requests=min(requests, 10_000),
         ope_requests=20_000 if requests >= 10_000 else max(requests, 2_000),
-        png=png_path if png else None)), json_out)
+        png=png or (json_out.with_suffix(".png") if json_out else None))), json_out)
 
 
 UrlOption = Annotated[str | None, typer.Option(

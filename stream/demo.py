@@ -289,6 +289,9 @@ def summary(report: dict[str, Any], json_out: Path | None) -> str:
         f"after a simulated warm-up of {warmup['simulated_s']:g} s "
         f"({warmup['requests']:,} random feeds, made in {warmup['wall_s']:.1f} s)",
         *(_retrieval_lines(report) if retrieval else _reference_lines(report)),
+        f"ads (the bandit's, from the world's expectations): {report['ads']['per_request']:.2f} "
+        f"a request, revenue {report['ads']['revenue_per_request']:.4f} and organic "
+        f"engagement cost {report['ads']['engagement_cost_per_request']:.4f} a request",
         f"events: {report['events_published']:,} published, {report['events_processed']:,} "
         f"applied, {report['dlq']} in the DLQ; {report['timeouts']} requests timed out",
         f"outcomes: {report['outcomes']['count']:,} joined"

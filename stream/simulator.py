@@ -70,6 +70,11 @@ class SimulationReport:
     # world's first shift; None while there is none.
     change_request: int | None = None
     change_ts: float | None = None  # wall time then: the change's event time
+    # On the served requests, from the world's expectations: what the placed ads earned, the
+    # organic engagement they cost against the same feed with none, and how many were placed.
+    ad_revenue: float = 0.0
+    ad_engagement_cost: float = 0.0
+    ads_placed: int = 0
 
     def quality(self) -> dict[str, Any]:
         """CTRs per shown item from the world's true probabilities, on the served requests.
@@ -84,6 +89,10 @@ class SimulationReport:
             "timeouts": self.timeouts,
             "round_trip_ms": {"p50": round(float(np.nanpercentile(trips, 50)), 2),
                               "p99": round(float(np.nanpercentile(trips, 99)), 2)},
+            "ads": {"per_request": round(self.ads_placed / max(self.served, 1), 4),
+                    "revenue_per_request": round(self.ad_revenue / max(self.served, 1), 5),
+                    "engagement_cost_per_request": round(
+                        self.ad_engagement_cost / max(self.served, 1), 5)},
         }
         if self.retrieval:
             return quality | {
@@ -268,6 +277,7 @@ class Simulator:
                 ads_by_slot = {ad.slot: self._ad_index[ad.ad_id] for ad in result.ads
                                if ad.ad_id is not None}
                 served_by = result.model_version
+                self._score_ads(draw, ranked, ads_by_slot, elapsed)
                 self._score_against_truth(draw, ranked, elapsed, served_by)
             except TimeoutError:
                 self._waiting.pop(request.request_id, None)
@@ -297,6 +307,14 @@ class Simulator:
                        "ads": {str(s): world.ad_ids[a] for s, a in ads_by_slot.items()}},
             "events": [e.model_dump(mode="json", exclude_none=True) for e in events],
         })
+
+    def _score_ads(self, draw: RequestDraw, ranked: np.ndarray, ads_by_slot: dict[int, int],
+                   elapsed: float) -> None:
+        with_ads = self.world.ad_feed_expectations(draw, ranked, ads_by_slot, elapsed)
+        without = self.world.ad_feed_expectations(draw, ranked, {}, elapsed)
+        self.report.ad_revenue += with_ads.revenue
+        self.report.ad_engagement_cost += without.engagement - with_ads.engagement
+        self.report.ads_placed += len(ads_by_slot)
 
     def _score_against_truth(self, draw: RequestDraw, served: np.ndarray, elapsed: float,
                              version: str) -> None:

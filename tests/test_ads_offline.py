@@ -20,6 +20,7 @@ from models.bandit import (
     Feedback,
     decide,
     learn,
+    net_scores,
 )
 from models.ope import BanditFeedback
 from schemas import AdLabels, AdSlotLog, FeatureLog, Outcome, encode
@@ -191,11 +192,14 @@ def test_the_reward_model_is_the_posterior_means_on_the_rewards_scale(logged) ->
     q = reward_model(rounds, params, 2.0)[..., 0]
     i = int(np.argmax(rounds.feasible.sum(axis=1)))
     ad_row = rounds.contexts[i, 1]
-    assert q[i, 1] == pytest.approx(params.revenue.mean @ ad_row
-                                    + 2.0 * params.ad_engagement.mean @ ad_row)
+    at_dial_2 = params.retuned(dial=2.0)
     no_ad = ad_row.copy()
     no_ad[list(AD_COLUMNS)] = 0.0
-    assert q[i, 0] == pytest.approx(2.0 * params.organic.mean @ no_ad)
+    # An ad's value less that of no ad is its net reward at that dial; no ad is worth the
+    # organic engagement from the slot down.
+    assert q[i, 1] - q[i, 0] == pytest.approx(float(net_scores(at_dial_2, ad_row[None])[0]))
+    assert q[i, 0] == pytest.approx(2.0 * float(no_ad @ (at_dial_2.organic.mean * (
+        np.arange(DIM) != np.array(AD_COLUMNS)[:, None]).all(axis=0))))
     assert (q[~rounds.feasible] == 0.0).all()
 
 

@@ -39,7 +39,7 @@ def test_regret_frontier_and_ope_have_their_shapes(result: dict[str, Any]) -> No
     assert set(result["ope"]) == {"ips", "snips", "dm", "dr"}
     for estimate in result["ope"].values():
         assert set(estimate) == {"estimate", "truth", "relative_error", "ci_low", "ci_high",
-                                 "ess"}
+                                 "ess", "lift", "true_lift"}
         assert estimate["ci_low"] <= estimate["ci_high"]
     assert result["ope"]["dm"]["ess"] == 1000
 

@@ -22,6 +22,8 @@ def _report() -> dict[str, Any]:
         "outcomes": {"count": 52000, "events_late": 0},
         "training": {"source": "topics", "first_model_source": "log", "outcome_rows": 9100},
         "scenario": None, "retrieval": None,
+        "ads": {"per_request": 0.83, "revenue_per_request": 0.0213,
+                "engagement_cost_per_request": 0.0771},
     }
 
 
@@ -44,6 +46,7 @@ def test_summary_carries_the_ctrs_events_dlq_and_versions() -> None:
     assert [line.split()[:2] for line in lines[3:6]] == [
         ["popularity", "0.0670"], ["random", "0.0273"], ["oracle", "0.1062"]]
     assert "391,794 published, 391,791 applied, 3 in the DLQ; 2 requests timed out" in text
+    assert "0.83 a request, revenue 0.0213 and organic engagement cost 0.0771 a request" in text
     assert "first demo-1 on 144,000 rows (click AUC 0.729)" in text
     assert "52,000 joined; retrains learned from the topics (9,100 served rows" in text
     assert [line.split() for line in lines[-3:-1]] == [["demo-1", "1.29"], ["demo-2", "1.24"]]

@@ -28,10 +28,11 @@ def decision_costs(params: BanditParams, repeats: int, seed: int) -> dict[str, A
         user = rng.random(len(FEATURE_NAMES)).astype(np.float32)
         rows = rng.random((ADS, len(ITEM_FEATURE_NAMES))).astype(np.float32)
         embeddings = rng.standard_normal((ADS, dim)).astype(np.float32)
-        interest, values = rng.standard_normal(dim), np.sort(rng.random(N))[::-1] * 0.2
+        # Three interests: a PinnerSage user's typical count.
+        interests, values = rng.standard_normal((3, dim)), np.sort(rng.random(N))[::-1] * 0.2
         ids = [f"a{i}" for i in range(ADS)]
         started = time.perf_counter()
-        request = ad_request(user, interest, ids, rows, embeddings, values, SLOTS, N)
+        request = ad_request(user, interests, ids, rows, embeddings, values, SLOTS, N)
         middle = time.perf_counter()
         decisions = decide(params, request, rng)
         ended = time.perf_counter()
