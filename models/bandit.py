@@ -436,38 +436,40 @@ def _affinity(embeddings: np.ndarray, interests: np.ndarray) -> np.ndarray:
 
 
 def _ad_columns(request: AdRequest) -> tuple[np.ndarray, np.ndarray]:
-    """Context rows with the slot columns still zero, and each ad's bid * click * conversion."""
+    """Context rows with the slot columns still zero, and each ad's revenue columns before the
+    slot's discount: its eCPM times 1, exp(2 * affinity) and exp(4 * affinity)."""
     x = np.zeros((len(request.ad_ids), DIM))
     x[:, 0] = 1.0
     x[:, _USER] = request.user
+    affinity = _affinity(request.embeddings, request.interests)
     x[:, _AD] = np.column_stack((np.log1p(request.bids), request.click_rates,
-                                 request.conversion_rates,
-                                 _affinity(request.embeddings, request.interests)))
-    return x, request.bids * request.click_rates * request.conversion_rates
+                                 request.conversion_rates, affinity))
+    ecpm = request.bids * request.click_rates * request.conversion_rates * 1000.0
+    return x, ecpm[:, None] * np.exp(np.outer(affinity, (0.0, 2.0, 4.0)))
 
 
-def _fill_slot(x: np.ndarray, value_per_ad: np.ndarray, slot: int, n: int,
+# The DCG discount of every feed position a request may have (n and its slots are <= 10,000).
+_DISCOUNTS = 1.0 / np.log2(np.arange(20_002) + 2.0)
+
+
+def _fill_slot(x: np.ndarray, revenue_terms: np.ndarray, slot: int, n: int,
                organic_values: np.ndarray, ads_above: int) -> np.ndarray:
     """Set the slot columns of ``x`` in place."""
     rank = slot - ads_above  # the organic item the ad pushes down, were it there
     below = organic_values[rank:]
-    discount = 1.0 / np.log2(slot + 2.0)
-    revenue = value_per_ad * discount * 1000.0
-    affinity = x[:, _AFFINITY]
+    discount = _DISCOUNTS[slot]
     x[:, _DISCOUNT] = discount
     x[:, _DEPTH] = slot / n
-    x[:, _REVENUE] = revenue
-    x[:, _REVENUE_AFFINITY] = revenue * np.exp(2.0 * affinity)
-    x[:, _REVENUE_AFFINITY2] = revenue * np.exp(4.0 * affinity)
+    x[:, _REVENUE:_REVENUE_AFFINITY2 + 1] = revenue_terms * discount
     x[:, _DISPLACED] = below[0] * discount if len(below) else 0.0
-    x[:, _BELOW] = below @ (1.0 / np.log2(np.arange(slot, slot + len(below)) + 2.0))
+    x[:, _BELOW] = below @ _DISCOUNTS[slot:slot + len(below)]
     return x
 
 
 def slot_contexts(request: AdRequest, slot: int, ads_above: int = 0) -> np.ndarray:
     """Context rows ``[len(ad_ids), DIM]`` of each ad at ``slot``, below ``ads_above`` ads."""
-    x, value_per_ad = _ad_columns(request)
-    return _fill_slot(x, value_per_ad, slot, request.n, request.organic_values, ads_above)
+    x, revenue_terms = _ad_columns(request)
+    return _fill_slot(x, revenue_terms, slot, request.n, request.organic_values, ads_above)
 
 
 def net_scores(params: BanditParams, contexts: np.ndarray) -> np.ndarray:
@@ -505,7 +507,7 @@ def decide(params: BanditParams, request: AdRequest, rng: np.random.Generator,
     it is not returned. A slot where only "no ad" is feasible gets it with propensity 1, which is
     exact. ``rng`` should be seeded per request, so that every path serving the same request
     logs the same decisions."""
-    base, value_per_ad = _ad_columns(request)
+    base, revenue_terms = _ad_columns(request)
     without_ad = np.zeros((1, DIM))  # the context of "no ad": the user and the slot only
     without_ad[0, 0], without_ad[0, _USER] = 1.0, request.user
     organic = request.organic_values
@@ -520,12 +522,12 @@ def decide(params: BanditParams, request: AdRequest, rng: np.random.Generator,
             break
         room = placed < max_ads and slot - last >= min_spacing
         rows = np.flatnonzero(available) if room else np.empty(0, dtype=np.int64)
-        x = _fill_slot(base[rows], value_per_ad[rows], slot, request.n, organic, placed)
+        x = _fill_slot(base[rows], revenue_terms[rows], slot, request.n, organic, placed)
         probabilities = action_probabilities(params, x)
         choice = _draw(probabilities, rng)
         actions: tuple[str | None, ...] = (None, *ids[rows].tolist())
         if choice == 0:
-            context = _fill_slot(without_ad, np.zeros(1), slot, request.n, organic,
+            context = _fill_slot(without_ad, np.zeros((1, 3)), slot, request.n, organic,
                                  placed)[0].copy()
         else:
             available[rows[choice - 1]] = False

@@ -20,7 +20,7 @@ def frontier_png(path: Path, frontier: Sequence[Mapping[str, float]],
         return {"png": None, "png_skipped": "matplotlib is not installed"}
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     left.plot([p["engagement"] for p in frontier], [p["revenue"] for p in frontier],
-              marker="o", color="tab:blue", label="policy, learnt at each dial")
+              marker="o", color="tab:blue", label="the learnt policy, its dial turned")
     for point in frontier:
         left.annotate(f"dial {point['dial']:g}", (point["engagement"], point["revenue"]),
                       textcoords="offset points", xytext=(4, 4), fontsize=8)
