@@ -1,4 +1,4 @@
-"""The revenue / engagement frontier as a picture: the policy learnt at each dial, the fixed
+"""The revenue / engagement frontier as a picture: the learnt policy with its dial turned, the fixed
 ad loads as reference points, and the policy's cumulative regret. matplotlib is optional."""
 
 from __future__ import annotations
