@@ -9,6 +9,14 @@ isolates the ad policy from ranker error. Requests allow ads at feed positions S
 20-item feed, at most 3 per feed, 3 apart: six decisions a request, of which the cap binds.
 The bench dial is 0.2: there the oracle places no ad in ~20% of requests, one in ~half and two
 or three in the rest, so an ad is sometimes worth its engagement and often not.
+
+- ``fixed_best`` is the best of "an ad every k-th allowed slot", over k and over the slot it
+  starts from (measured on the first requests): counted from the top slot only, every fixed
+  load nets less than no ads at this dial, and a ratio against a negative baseline says nothing.
+- The frontier turns the learnt policy's dial, as ``streamrank ads set --dial`` does: the
+  posteriors do not depend on the dial, so it is the same policy, run on held-out requests.
+- OPE evaluates the learnt parameters at another epsilon from the logs of the running policy
+  (bench.ads.ope).
 """
 
 from __future__ import annotations
