@@ -1,6 +1,6 @@
 """The bandit's request from feature-store rows (models/ad_context.py): Beta-smoothed rates that
 start at the priors and follow the evidence, bids from the item upserts, and the interest
-vector's fallbacks."""
+vectors' fallbacks."""
 
 from __future__ import annotations
 
@@ -187,8 +187,10 @@ def test_the_request_takes_bids_from_the_upserts_and_passes_the_rest_through() -
     assert x[0, COLUMN["ad_click_rate"]] > x[1, COLUMN["ad_click_rate"]]  # evidence of 10%
 
 
-def _interests(medoids: np.ndarray, importance: Sequence[float], as_of: float) -> Interests:
-    return Interests(medoids=medoids.astype(np.float32), centroids=medoids.astype(np.float32),
+def _interests(medoids: np.ndarray, importance: Sequence[float], as_of: float,
+               centroids: np.ndarray | None = None) -> Interests:
+    centroids = medoids if centroids is None else centroids
+    return Interests(medoids=medoids.astype(np.float32), centroids=centroids.astype(np.float32),
                      importance=np.asarray(importance, dtype=np.float64),
                      sizes=np.ones(len(medoids), np.int64), as_of=as_of, lambda_per_day=0.01,
                      last_full_ts=as_of, last_ts=as_of, at_last_ts=1, pending=0)
@@ -197,15 +199,22 @@ def _interests(medoids: np.ndarray, importance: Sequence[float], as_of: float) -
 def test_interest_vectors_are_the_centroids_then_the_history_mean_then_none() -> None:
     axis = np.eye(DIM)
     history = np.stack([axis[2], axis[2], axis[3]]).astype(np.float32)
-    interests = _interests(axis[:2], [3.0, 1.0], T0)
+    # The centroids, not the medoids (the one member item of each cluster), are the directions.
+    centroids = np.array([[0.75, 0.25, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0]])
+    interests = _interests(axis[:2], [3.0, 1.0], T0, centroids=centroids)
     vectors = interest_vectors(interests, history, DIM)
     assert vectors.dtype == np.float64 and vectors.shape == (2, DIM)
-    assert np.array_equal(vectors, axis[:2])
+    assert np.array_equal(vectors, centroids)  # every interest, in order, unweighted
     empty = update_interests(None, np.zeros(0), np.zeros((0, DIM)), T0, InterestParams())
     assert len(empty) == 0
     for none in (None, empty):
-        assert interest_vectors(none, history, DIM).tolist() == [[0.0, 0.0, 2 / 3, 1 / 3]]
-        assert interest_vectors(none, np.zeros((0, DIM), np.float32), DIM).shape == (0, DIM)
+        # No interests: the mean of the history, as one row (a float32 history's mean is
+        # float32-exact only).
+        fallback = interest_vectors(none, history, DIM)
+        assert fallback.dtype == np.float64 and fallback.shape == (1, DIM)
+        assert fallback[0] == pytest.approx([0.0, 0.0, 2 / 3, 1 / 3], rel=1e-6, abs=0.0)
+        unknown = interest_vectors(none, np.zeros((0, DIM), np.float32), DIM)
+        assert unknown.shape == (0, DIM) and unknown.dtype == np.float64
 
 
 def test_a_two_interest_user_likes_an_ad_either_interest_likes() -> None:

@@ -1,6 +1,8 @@
 """Ad-slot bandit (models/bandit.py): exact propensities, constraints on hostile requests, seeded
-decisions, the dial, the three Bayesian linear updates in closed form, the engagement loss they
-learn together, the logged contexts, offsets, and the parameter file."""
+decisions, the dial, the three Bayesian linear updates in closed form on the columns each learns
+(revenue on the ad's expected revenue and its affinity terms, engagement on where the ad stands),
+the engagement loss they learn together, the action values OPE reads, the logged contexts,
+offsets, and the parameter file."""
 
 from __future__ import annotations
 
@@ -24,11 +26,13 @@ from models.bandit import (
     Feedback,
     SlotDecision,
     action_probabilities,
+    action_values,
     decide,
     learn,
     net_scores,
     slot_contexts,
     valid_slots,
+    without_ad,
 )
 
 EMBEDDING_DIM = 8
@@ -37,6 +41,12 @@ COLUMN = {name: i for i, name in enumerate(CONTEXT_NAMES)}
 # The context of "no ad" at a slot is an ad's context there with these columns emptied.
 WITHOUT_AD = np.ones(DIM)
 WITHOUT_AD[list(AD_COLUMNS)] = 0.0
+# What the revenue posterior learns on; the two engagement posteriors learn on WITHOUT_AD.
+REVENUE_COLUMNS = ("ad_expected_revenue", "ad_revenue_affinity_2", "ad_revenue_affinity_4")
+REVENUE_ONLY = np.zeros(DIM)
+REVENUE_ONLY[[CONTEXT_NAMES.index(name) for name in REVENUE_COLUMNS]] = 1.0
+# The ad's own columns that no posterior learns on.
+UNUSED = [i for i in range(DIM) if REVENUE_ONLY[i] == 0.0 and WITHOUT_AD[i] == 0.0]
 Linear = Callable[[np.ndarray], np.ndarray]
 
 
@@ -62,6 +72,10 @@ def constant(value: float) -> Linear:
     return lambda x: np.full(len(x), value)
 
 
+def log2(position: float) -> float:
+    return float(np.log2(position))
+
+
 def organic_engagement(x: np.ndarray) -> np.ndarray:
     """Organic engagement from a slot down with no ad there: most of the value below it."""
     return 0.1 + 0.8 * x[:, COLUMN["value_below"]] + 0.3 * x[:, COLUMN["slot_discount"]]
@@ -72,7 +86,9 @@ def feedback_of(x: np.ndarray, revenue_of: Linear, loss_of: Linear,
                 noise: float = 0.01) -> Feedback:
     """Both worlds of every row: the ad shown (its revenue, and the organic engagement below it,
     which is the organic engagement without it less the loss), and no ad (the same slot's row
-    with the ad columns empty, and the organic engagement)."""
+    with the ad columns empty, and the organic engagement). The model can learn revenue only
+    from the revenue columns and engagement only from the columns without the ad, so the
+    simulated rewards should depend on those alone."""
     rng = np.random.default_rng(seed)
     without = x * WITHOUT_AD
     organic = organic_of(without)
@@ -91,8 +107,11 @@ def learnt(revenue_of: Linear, loss_of: Linear, organic_of: Linear = organic_eng
 
 
 def profitable(**knobs: Any) -> BanditParams:
-    """Ads earn clearly more than the engagement they cost, which is small but positive."""
-    return learnt(lambda x: 2.0 + 10.0 * x[:, COLUMN["ad_expected_revenue"]],
+    """Ads earn clearly more than the engagement they cost, which is small but positive:
+    revenue rises with the ad's expected revenue (eCPM, so ~0.02 per unit is ~20 per sale) and
+    more so where the user likes the ad."""
+    return learnt(lambda x: 0.02 * x[:, COLUMN["ad_expected_revenue"]]
+                  + 0.005 * x[:, COLUMN["ad_revenue_affinity_2"]],
                   lambda x: 0.05 + 0.01 * x[:, COLUMN["value_below"]], **knobs)
 
 
@@ -131,20 +150,91 @@ def test_context_rows_follow_the_documented_names() -> None:
     x = slot_contexts(request, slot=2, ads_above=1)
     assert x.shape == (2, DIM) == (2, len(CONTEXT_NAMES))
     row = dict(zip(CONTEXT_NAMES, x[0], strict=True))
+    ecpm = 1.0 * 0.1 * 0.5 * 0.5 * 1000.0  # bid * click * conversion * discount, per mille
     expected = {
         "bias": 1.0, "user_click_rate": 0.1, "user_ad_click_rate": 0.2, "user_log_activity": 0.3,
         "ad_log_bid": np.log(2.0), "ad_click_rate": 0.1, "ad_conversion_rate": 0.5,
         "ad_affinity": 24.0 / 25.0, "slot_discount": 0.5, "slot_depth": 0.5,
-        "ad_expected_revenue": 1.0 * 0.1 * 0.5 * 0.5,
-        # One ad above: slot 2 holds organic rank 1 (value 4); the feed's last two positions
-        # hold ranks 1 and 2.
-        "displaced_value": 4.0, "value_below": 4.0 + 3.0}
+        "ad_expected_revenue": ecpm,
+        "ad_revenue_affinity_2": ecpm * np.exp(2.0 * 0.96),
+        "ad_revenue_affinity_4": ecpm * np.exp(4.0 * 0.96),
+        # One ad above: slot 2 (discount 1/log2(4)) holds organic rank 1 (value 4), and ranks
+        # 1 to 4 would take positions 2 to 5, each at its own discount.
+        "displaced_value": 4.0 / 2.0,
+        "value_below": 4.0 / 2.0 + 3.0 / log2(5) + 2.0 / log2(6) + 1.0 / log2(7)}
     assert row == pytest.approx(expected)
-    assert x[1, COLUMN["ad_affinity"]] == pytest.approx(-0.8)
+    second = dict(zip(CONTEXT_NAMES, x[1], strict=True))
+    ecpm = 3.0 * 0.2 * 0.25 * 0.5 * 1000.0
+    assert second["ad_affinity"] == pytest.approx(-0.8)
+    assert [second[name] for name in REVENUE_COLUMNS] == pytest.approx(
+        [ecpm, ecpm * np.exp(-1.6), ecpm * np.exp(-3.2)])
+    # The slot's columns are the same for every ad.
+    slot_columns = [COLUMN[name] for name in ("slot_discount", "slot_depth", "displaced_value",
+                                              "value_below")]
+    assert np.array_equal(x[0, slot_columns], x[1, slot_columns])
     # What "no ad" leaves empty: everything that describes the ad, nothing of the slot.
     assert [CONTEXT_NAMES[i] for i in AD_COLUMNS] == [
         "ad_log_bid", "ad_click_rate", "ad_conversion_rate", "ad_affinity",
-        "ad_expected_revenue"]
+        *REVENUE_COLUMNS]
+    # Nothing above: slot 2 holds rank 2, and ranks 2 to 4 take positions 2 to 4.
+    free = dict(zip(CONTEXT_NAMES, slot_contexts(request, slot=2)[0], strict=True))
+    assert free["displaced_value"] == pytest.approx(3.0 / 2.0)
+    assert free["value_below"] == pytest.approx(3.0 / 2.0 + 2.0 / log2(5) + 1.0 / log2(6))
+    # Past the organic items: nothing displaced, nothing below.
+    past = dict(zip(CONTEXT_NAMES, slot_contexts(request, slot=7, ads_above=2)[0], strict=True))
+    assert (past["displaced_value"], past["value_below"]) == (0.0, 0.0)
+
+
+def test_affinity_is_the_largest_cosine_to_any_interest_and_zero_without_interests() -> None:
+    embeddings = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+
+    def affinity(interests: np.ndarray) -> np.ndarray:
+        request = AdRequest(
+            user=np.array([0.1, 0.2, 0.3]), interests=interests,
+            ad_ids=[f"a{i}" for i in range(len(embeddings))], bids=np.full(5, 1.0),
+            click_rates=np.full(5, 0.1), conversion_rates=np.full(5, 0.5),
+            embeddings=embeddings, organic_values=np.array([1.0, 0.5]), slots=(0,), n=4)
+        x = slot_contexts(request, 0)
+        # The affinity terms of revenue follow the affinity.
+        ecpm = x[:, COLUMN["ad_expected_revenue"]]
+        assert x[:, COLUMN["ad_revenue_affinity_2"]] == pytest.approx(
+            ecpm * np.exp(2.0 * x[:, COLUMN["ad_affinity"]]))
+        assert x[:, COLUMN["ad_revenue_affinity_4"]] == pytest.approx(
+            ecpm * np.exp(4.0 * x[:, COLUMN["ad_affinity"]]))
+        return x[:, COLUMN["ad_affinity"]]
+
+    half = 1.0 / np.sqrt(2.0)
+    # Two interests, unnormalised: each ad takes the better of its two cosines, not their mean
+    # (nor the cosine to the mean of the two directions, which would call [1, 1] a perfect
+    # match and [2, 0] lukewarm).
+    two = np.array([[5.0, 0.0], [0.0, 0.5]])
+    assert affinity(two) == pytest.approx([1.0, 1.0, half, -half, half])
+    assert affinity(two[::-1]) == pytest.approx(affinity(two))  # the interests' order is moot
+    # One interest: the plain cosine.
+    assert affinity(two[:1]) == pytest.approx([1.0, 0.0, half, -half, half])
+    # A third interest only ever raises an affinity.
+    three = np.vstack([two, [[-1.0, -1.0]]])
+    assert affinity(three) == pytest.approx([1.0, 1.0, half, 1.0, half])
+    # No interests: affinity 0, so the affinity terms are the expected revenue itself.
+    assert affinity(np.zeros((0, 2))).tolist() == [0.0] * 5
+    # A zero interest row is no direction: cosine 0 to every ad, not NaN.
+    assert affinity(np.array([[0.0, 0.0], [0.0, 1.0]])) == pytest.approx(
+        [0.0, 1.0, half, 0.0, 0.0])
+    with pytest.raises(ValueError):  # one interest must be a row, not a vector
+        affinity(np.array([1.0, 0.0]))
+
+
+def test_without_ad_empties_exactly_the_ad_columns() -> None:
+    x = logged_rows(seed=21, requests=3)
+    original = x.copy()
+    empty = without_ad(x)
+    assert np.array_equal(x, original)  # a new array, the rows untouched
+    assert empty.shape == x.shape
+    assert (empty[:, list(AD_COLUMNS)] == 0.0).all()
+    kept = [i for i in range(DIM) if i not in AD_COLUMNS]
+    assert np.array_equal(empty[:, kept], x[:, kept])
+    assert (x[:, list(AD_COLUMNS)] != 0.0).any(axis=0).all()  # there was something to empty
+    assert np.array_equal(without_ad(x[0]), x[0] * WITHOUT_AD)  # one row, or many
 
 
 def test_the_no_ad_context_is_the_slot_without_an_ad() -> None:
@@ -155,14 +245,18 @@ def test_the_no_ad_context_is_the_slot_without_an_ad() -> None:
         organic_values=np.array([5.0, 4.0, 3.0, 2.0, 1.0]), slots=(0, 2), n=4)
     user = dict(zip(USER_NAMES, request.user, strict=True))
     no_ad = {name: 0.0 for name in CONTEXT_NAMES} | {"bias": 1.0, **user}
-    # Slot 0, nothing above: it would push down the whole feed of ranks 0-3.
+    # Slot 0, nothing above: it would push down every organic item, rank j to position j,
+    # each at its discount 1 / log2(position + 2).
     first = no_ad | {"slot_discount": 1.0, "slot_depth": 0.0, "displaced_value": 5.0,
-                     "value_below": 5.0 + 4.0 + 3.0 + 2.0}
-    # Slot 2 below no ad holds rank 2, and the feed's last two positions ranks 2 and 3; below
-    # an ad it holds rank 1, and they hold ranks 1 and 2.
-    free = no_ad | {"slot_discount": 0.5, "slot_depth": 0.5, "displaced_value": 3.0,
-                    "value_below": 3.0 + 2.0}
-    below_an_ad = free | {"displaced_value": 4.0, "value_below": 4.0 + 3.0}
+                     "value_below": 5.0 + 4.0 / log2(3) + 3.0 / 2.0 + 2.0 / log2(5)
+                     + 1.0 / log2(6)}
+    # Slot 2 (discount 1/2) below no ad holds rank 2, and ranks 2-4 take positions 2-4; below
+    # an ad it holds rank 1, and ranks 1-4 take positions 2-5.
+    free = no_ad | {"slot_discount": 0.5, "slot_depth": 0.5, "displaced_value": 3.0 / 2.0,
+                    "value_below": 3.0 / 2.0 + 2.0 / log2(5) + 1.0 / log2(6)}
+    below_an_ad = free | {"displaced_value": 4.0 / 2.0,
+                          "value_below": 4.0 / 2.0 + 3.0 / log2(5) + 2.0 / log2(6)
+                          + 1.0 / log2(7)}
     seen = set()
     for seed in range(40):
         decisions = decide(BanditParams.prior(epsilon=1.0), request, np.random.default_rng(seed),
@@ -171,6 +265,7 @@ def test_the_no_ad_context_is_the_slot_without_an_ad() -> None:
         top, second = decisions
         if top.ad_id is None:
             assert dict(zip(CONTEXT_NAMES, top.context, strict=True)) == pytest.approx(first)
+            assert np.array_equal(top.context, without_ad(top.ad_contexts)[0])
         assert top.ad_contexts.shape == (2, DIM)
         assert np.array_equal(top.ad_contexts, slot_contexts(request, 0))
         if second.ad_id is None:
@@ -190,8 +285,8 @@ def test_valid_slots_drops_duplicates_and_slots_outside_the_feed() -> None:
 
 
 def test_propensities_are_the_full_distribution_with_its_floor() -> None:
-    params = learnt(lambda x: x @ np.linspace(-1, 1, DIM), lambda x: x @ np.linspace(1, -1, DIM),
-                    epsilon=0.2, alpha=0.5)
+    params = learnt(lambda x: x @ (0.02 * np.linspace(-1, 1, DIM) * REVENUE_ONLY),
+                    lambda x: x @ (np.linspace(1, -1, DIM) * WITHOUT_AD), epsilon=0.2, alpha=0.5)
     rng = np.random.default_rng(5)
     slates = no_ad = 0
     for seed in range(60):
@@ -332,26 +427,35 @@ def test_optimism_tries_ads_the_mean_would_not() -> None:
 
 
 def test_the_learnt_engagement_loss_is_organic_without_the_ad_less_engagement_below_it() -> None:
-    def loss_of(x: np.ndarray) -> np.ndarray:
-        return 0.05 + 0.02 * x[:, COLUMN["value_below"]] + 0.5 * x[:, COLUMN["ad_click_rate"]]
+    def loss_of(x: np.ndarray) -> np.ndarray:  # where the ad stands, not which ad it is
+        return 0.05 + 0.02 * x[:, COLUMN["value_below"]] + 0.1 * x[:, COLUMN["displaced_value"]]
 
     def revenue_of(x: np.ndarray) -> np.ndarray:
-        return 1.0 + 10.0 * x[:, COLUMN["ad_expected_revenue"]]
+        return 0.01 * x[:, COLUMN["ad_expected_revenue"]] \
+            + 0.002 * x[:, COLUMN["ad_revenue_affinity_4"]]
 
     params = learnt(revenue_of, loss_of, dial=3.0)
     x = logged_rows(seed=11)  # rows it did not learn from
     truth = loss_of(x)
     # The loss is learnt from two regressions whose targets are many times larger.
     assert np.abs(params.engagement_loss(x) - truth).max() < 0.15 * truth.min()
+    # ... each on the columns without the ad: an ad's own features cannot excuse its loss.
+    for posterior in (params.organic, params.ad_engagement):
+        assert (posterior.mean[list(AD_COLUMNS)] == 0.0).all()
     assert np.allclose(params.engagement_loss(x),
-                       x @ (params.organic.mean * WITHOUT_AD - params.ad_engagement.mean),
+                       x @ (params.organic.mean - params.ad_engagement.mean),
                        rtol=1e-12, atol=1e-12)
+    assert np.array_equal(params.engagement_loss(x), params.engagement_loss(without_ad(x)))
+    # Revenue is learnt on the revenue columns alone, and approaches the truth.
+    assert (params.revenue.mean[REVENUE_ONLY == 0.0] == 0.0).all()
+    assert np.allclose(params.expected_revenue(x), x @ params.revenue.mean, rtol=1e-12,
+                       atol=1e-12)
+    assert np.abs(params.expected_revenue(x) - revenue_of(x)).max() < 0.01
+    assert (params.expected_revenue(without_ad(x)) == 0.0).all()  # no ad earns nothing
     # The net reward is revenue less dial times that loss, and "no ad" nets 0.
     assert np.allclose(net_scores(params, x),
-                       x @ params.revenue.mean - 3.0 * params.engagement_loss(x),
+                       params.expected_revenue(x) - 3.0 * params.engagement_loss(x),
                        rtol=1e-9, atol=1e-9)
-    # The organic model never reads the ad columns: an ad's own features cannot excuse its loss.
-    assert (params.organic.mean[list(AD_COLUMNS)] == 0.0).all()
     # Without the organic world the loss would be mistaken: what is learnt below an ad alone is
     # mostly the organic engagement, not what the ad cost.
     assert np.abs(-(x @ params.ad_engagement.mean) - truth).max() > 10 * truth.max()
@@ -360,12 +464,15 @@ def test_the_learnt_engagement_loss_is_organic_without_the_ad_less_engagement_be
 def test_posterior_means_are_the_ridge_solutions_on_their_rows_and_approach_the_truth() -> None:
     rng = np.random.default_rng(6)
     w_revenue, w_below, w_organic = rng.standard_normal((3, DIM))
+    # The truth the model can learn: revenue of the revenue columns, engagement of the rest.
+    w_revenue, w_below, w_organic = w_revenue * REVENUE_ONLY, w_below * WITHOUT_AD, \
+        w_organic * WITHOUT_AD
     x = rng.standard_normal((20_000, DIM))
     placed = rng.random(len(x)) < 0.4
-    # The rows without an ad keep sloppy ad columns: learn must ignore them, not trust the log.
-    without = x * WITHOUT_AD
+    # Every row keeps all its columns, the rows without an ad sloppy ad columns too: learn
+    # must mask each posterior's rows itself, not trust the log.
     revenues = np.where(placed, x @ w_revenue + 0.3 * rng.standard_normal(len(x)), 0.0)
-    engagements = np.where(placed, x @ w_below, without @ w_organic) \
+    engagements = np.where(placed, x @ w_below, x @ w_organic) \
         + 0.3 * rng.standard_normal(len(x))
     prior = BanditParams.prior(ridge=2.0)
     few = learn(prior, Feedback(x[:50], placed[:50], revenues[:50], engagements[:50]))
@@ -375,10 +482,10 @@ def test_posterior_means_are_the_ridge_solutions_on_their_rows_and_approach_the_
                                         engagements[batch]))
     assert params.version == "bandit-7" and params.parent == "bandit-6"
     assert params.samples == len(x)
-    shown, unshown = x[placed], without[~placed]
-    for posterior, rows, y in ((params.revenue, shown, revenues[placed]),
-                               (params.ad_engagement, shown, engagements[placed]),
-                               (params.organic, unshown, engagements[~placed])):
+    for posterior, rows, y in ((params.revenue, x[placed] * REVENUE_ONLY, revenues[placed]),
+                               (params.ad_engagement, x[placed] * WITHOUT_AD,
+                                engagements[placed]),
+                               (params.organic, x[~placed] * WITHOUT_AD, engagements[~placed])):
         precision = 2.0 * np.eye(DIM) + rows.T @ rows
         assert np.allclose(posterior.precision, precision, rtol=1e-12)
         assert np.allclose(posterior.b, rows.T @ y, rtol=1e-9, atol=1e-9)
@@ -386,10 +493,12 @@ def test_posterior_means_are_the_ridge_solutions_on_their_rows_and_approach_the_
                            atol=1e-12)
         assert np.allclose(posterior.covariance @ posterior.precision, np.eye(DIM), atol=1e-9)
     for posterior, truth in ((params.revenue, w_revenue), (params.ad_engagement, w_below),
-                             (params.organic, w_organic * WITHOUT_AD)):
+                             (params.organic, w_organic)):
         assert np.abs(posterior.mean - truth).max() < 0.02
-    assert np.abs(params.engagement_loss(x) - x @ (w_organic * WITHOUT_AD - w_below)).max() \
-        < 0.1 * np.abs(x @ (w_organic * WITHOUT_AD - w_below)).mean()
+    assert np.abs(params.engagement_loss(x) - x @ (w_organic - w_below)).max() \
+        < 0.1 * np.abs(x @ (w_organic - w_below)).mean()
+    assert np.abs(params.expected_revenue(x) - x @ w_revenue).max() \
+        < 0.1 * np.abs(x @ w_revenue).mean()
     assert np.abs(params.revenue.mean - w_revenue).max() < np.abs(
         few.revenue.mean - w_revenue).max()
     # A batch that showed no ad teaches revenue and the engagement below ads nothing, and one
@@ -402,7 +511,100 @@ def test_posterior_means_are_the_ridge_solutions_on_their_rows_and_approach_the_
         assert np.array_equal(posterior.precision, prior.revenue.precision)
         assert np.array_equal(posterior.b, np.zeros(DIM))
     assert np.allclose(only.revenue.mean, params.revenue.mean, rtol=1e-9, atol=1e-12)
+    assert np.allclose(only.ad_engagement.mean, params.ad_engagement.mean, rtol=1e-9,
+                       atol=1e-12)
     assert np.allclose(none.organic.mean, params.organic.mean, rtol=1e-9, atol=1e-12)
+
+
+def test_masked_posteriors_keep_their_unused_columns_at_the_prior_and_out_of_the_net() -> None:
+    ridge, dial = 2.0, 3.0
+    prior = BanditParams.prior(ridge=ridge, dial=dial, alpha=1.0)
+    # Prior: each posterior's variance counts only on the columns it learns on, and the ad's
+    # own columns, which none learns on, carry none.
+    assert np.allclose(prior.net_covariance,
+                       np.diag(REVENUE_ONLY + 2.0 * dial**2 * WITHOUT_AD) / ridge,
+                       rtol=1e-12, atol=0.0)
+    assert (prior.net_covariance[UNUSED] == 0.0).all()
+    assert (prior.net_covariance[:, UNUSED] == 0.0).all()
+    params = learn(prior, feedback_of(logged_rows(seed=22), lambda x: x @ (0.01 * REVENUE_ONLY),
+                                      constant(0.1)))
+    assert params.alpha == 1.0 and params.dial == dial
+    for posterior, mask in ((params.revenue, REVENUE_ONLY), (params.ad_engagement, WITHOUT_AD),
+                            (params.organic, WITHOUT_AD)):
+        unused, used = np.flatnonzero(mask == 0.0), np.flatnonzero(mask == 1.0)
+        # The columns a posterior never learns on stay exactly at the prior, uncoupled ...
+        assert np.array_equal(posterior.precision[np.ix_(unused, unused)],
+                              ridge * np.eye(len(unused)))
+        assert (posterior.precision[np.ix_(unused, used)] == 0.0).all()
+        assert (posterior.b[unused] == 0.0).all() and (posterior.mean[unused] == 0.0).all()
+        assert np.allclose(posterior.covariance[np.ix_(unused, unused)],
+                           np.eye(len(unused)) / ridge, rtol=1e-12, atol=0.0)
+        # ... while the columns it learns on moved.
+        assert not np.array_equal(posterior.precision[np.ix_(used, used)],
+                                  ridge * np.eye(len(used)))
+        assert (posterior.b[used] != 0.0).any()
+    # The net covariance is the masked covariances' sum: the prior's variance on a posterior's
+    # unused columns never enters it.
+    assert np.allclose(params.net_covariance,
+                       params.revenue.covariance * np.outer(REVENUE_ONLY, REVENUE_ONLY)
+                       + dial**2 * (params.ad_engagement.covariance
+                                    + params.organic.covariance)
+                       * np.outer(WITHOUT_AD, WITHOUT_AD), rtol=1e-12, atol=1e-15)
+    assert (params.net_covariance[UNUSED] == 0.0).all()
+    assert (params.net_covariance[:, UNUSED] == 0.0).all()
+    assert np.allclose(params.net_mean, params.revenue.mean * REVENUE_ONLY - dial * (
+        params.organic.mean - params.ad_engagement.mean) * WITHOUT_AD, rtol=1e-12, atol=1e-15)
+    # So with optimism on, the ad's own features that no posterior reads change no score.
+    x = logged_rows(seed=23, requests=2)
+    moved = x.copy()
+    moved[:, UNUSED] = np.random.default_rng(0).uniform(-5.0, 5.0, (len(x), len(UNUSED)))
+    assert np.array_equal(net_scores(params, moved), net_scores(params, x))
+    # ... while a revenue column, and a slot column, do.
+    for name in ("ad_revenue_affinity_2", "value_below"):
+        other = x.copy()
+        other[:, COLUMN[name]] += 1.0
+        assert not np.allclose(net_scores(params, other), net_scores(params, x))
+
+
+def test_action_values_differ_from_no_ad_by_the_net_reward() -> None:
+    params = profitable(dial=2.5, alpha=0.7)
+    mean_only = params.retuned(alpha=0.0)
+    rng = np.random.default_rng(24)
+    slates = []
+    for _ in range(6):
+        request = make_request(rng, k=5)
+        for slot in SLOTS:
+            x = slot_contexts(request, slot, ads_above=int(rng.integers(0, 2)))
+            # "No ad" first: the slot's row without the ad, then each ad's row.
+            contexts = np.vstack([without_ad(x[:1]), x])
+            values = action_values(params, contexts)
+            assert values.shape == (len(x) + 1,)
+            # value(ad) - value(no ad) is the net reward's mean, whatever the optimism.
+            assert np.allclose(values[1:] - values[0], net_scores(mean_only, x), rtol=1e-9,
+                               atol=1e-9)
+            assert np.allclose(values[1:] - values[0], x @ params.net_mean, rtol=1e-9,
+                               atol=1e-9)
+            # Revenue plus dial times the engagement from the slot down, in either world.
+            below = x @ (params.ad_engagement.mean * WITHOUT_AD)
+            assert np.allclose(values[1:], params.expected_revenue(x) + 2.5 * below, rtol=1e-9,
+                               atol=1e-9)
+            assert values[0] == pytest.approx(
+                2.5 * float(contexts[0] @ (params.organic.mean * WITHOUT_AD)), rel=1e-9)
+            # Any row of the slot stands for "no ad": its ad columns are not read.
+            assert action_values(params, x)[0] == pytest.approx(values[0], rel=1e-12)
+            slates.append(contexts[:4])
+    # Batched over leading axes, [..., actions, DIM], the same as one slot at a time.
+    batch = np.stack(slates).reshape(3, -1, 4, DIM)
+    assert action_values(params, batch).shape == batch.shape[:-1]
+    assert np.allclose(action_values(params, batch).reshape(-1, 4),
+                       np.stack([action_values(params, c) for c in slates]), rtol=1e-12,
+                       atol=1e-12)
+    # At the prior every value is 0: "no ad" ties every ad.
+    assert (action_values(BanditParams.prior(), np.stack(slates)) == 0.0).all()
+    # The contexts are not written to.
+    before = np.stack(slates)
+    action_values(params, before)
+    assert np.array_equal(before, np.stack(slates))
 
 
 def test_logged_decisions_are_learnt_from_as_they_are() -> None:
@@ -423,8 +625,9 @@ def test_logged_decisions_are_learnt_from_as_they_are() -> None:
 
 @pytest.mark.parametrize("bad", ["revenue_nan", "engagement_inf", "context_nan",
                                  "unshown_context_inf", "overflow", "overflow_unshown",
-                                 "revenue_overflow", "shape", "short_revenues", "short_placed",
-                                 "placed_ints", "placed_matrix"])
+                                 "revenue_overflow", "below_overflow", "shape",
+                                 "short_revenues", "short_placed", "placed_ints",
+                                 "placed_matrix"])
 def test_a_bad_learn_raises_and_changes_nothing(bad: str) -> None:
     params = learn(profitable(), feedback_of(logged_rows(seed=14, requests=1), constant(1.0),
                                              constant(0.0)), offsets={0: 7})
@@ -446,7 +649,11 @@ def test_a_bad_learn_raises_and_changes_nothing(bad: str) -> None:
     elif bad == "overflow_unshown":
         x[1, COLUMN["value_below"]] = 1e200
     elif bad == "revenue_overflow":
-        x[0, 0], revenues[0] = 1e10, 1e300  # the gram is finite, b is not
+        # Through a column revenue learns on (it never reads the bias): the gram is finite, b
+        # is not.
+        x[0, COLUMN["ad_expected_revenue"]], revenues[0] = 1e10, 1e300
+    elif bad == "below_overflow":  # the same for the engagement below a shown ad
+        x[0, COLUMN["value_below"]], engagements[0] = 1e10, 1e300
     elif bad == "shape":
         x = x[:, :-1]
     elif bad == "short_revenues":
