@@ -132,6 +132,8 @@ class BnService(SupervisedConsumer):
     def _keep_rows(self, decoded: Decoded[Any]) -> None:
         logged: FeatureLog = decoded.value
         record = decoded.record
+        if not logged.rows:  # a ranking logged for its ad contexts alone: no item was sampled
+            return
         if tuple(logged.feature_names) != RANKER_FEATURE_NAMES:
             self.metrics.bn_rows.labels("other_features").inc(len(logged.rows))
             return

@@ -236,7 +236,9 @@ async def test_a_kill_9_restart_blends_no_row_twice_and_hostile_rows_change_noth
                                               * ROWS_PER_LOG})),
                    ("u0", orjson.dumps(row | {"rows": row["rows"][:3]})),
                    ("u0", orjson.dumps(row).replace(b"0.", b"NaN", 1))]
-        await publish(settings, "feature-log", hostile + good)
+        # Valid, not hostile: a ranking logged for its ad contexts alone, no item rows.
+        ads_only = ("u0", orjson.dumps(row | {"item_ids": [], "rows": []}))
+        await publish(settings, "feature-log", [*hostile, ads_only, *good])
         await asyncio.to_thread(process.wait_for, lambda s: s["stats_version"] == "bn-1", 60)
         letters = await read_dead_letters(settings, expected=len(hostile))
         assert len(letters) == len(hostile)
