@@ -138,3 +138,16 @@ async def test_a_hot_swap_under_load_fails_no_request() -> None:
     assert len(served) == 4 * 30 * 3
     assert len(set(served)) > 1  # the swaps landed while requests were served
     assert set(served) <= {"bandit-0"} | {p.version for p in versions}
+
+
+async def test_a_request_id_of_the_longest_kind_still_gives_valid_decision_ids() -> None:
+    settings = Settings()
+    ranker, _ = await ranker_with_ads(settings)
+    longest = "r" * 128
+    [ranked] = await ranker.rank([request(longest)])
+    result = decode(ranked.encode(), RankingResult)  # every decision_id is a valid Id
+    ids = [ad.decision_id for ad in result.ads]
+    assert len(set(ids)) == 3 and all(len(i) <= 128 for i in ids)
+    assert [i.rsplit("/", 1)[1] for i in ids] == ["2", "5", "8"]
+    log = decode(feature_log(ranked, rate=0.0) or b"", FeatureLog)
+    assert [a.decision_id for a in log.ads] == ids

@@ -3,12 +3,13 @@
 The decisions of a request are drawn from a generator seeded by ``STREAMRANK_ADS_SEED`` and
 the request id, so the requests topic and ``POST /rank`` decide the same request alike, and
 a replay logs what was served. Each decision carries its propensity and the policy version it
-came from, and its context goes to the feature log (:func:`ad_slot_logs`): learning and
+came from, and its context goes to the feature log (:meth:`PlacedAds.logs`): learning and
 evaluation see exactly what the policy saw.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from models.bandit import BanditParams, SlotDecision, decide
 from models.ranking_features import CandidateFeatures
 from schemas import SCHEMA_VERSION, RankingRequest
 from stream.settings import Settings
+
+ID_MAX_LENGTH = 128  # schemas' Id
 
 
 class BanditSlot:
@@ -53,7 +56,13 @@ class PlacedAds:
     decisions: list[SlotDecision]
 
     def decision_id(self, decision: SlotDecision) -> str:
-        return f"{self.request_id}/{decision.slot}"
+        """``<request id>/<slot>``; a request id too long for that to stay an ``Id`` (128
+        characters) is replaced by its digest, which is as unique."""
+        suffix = f"/{decision.slot}"
+        request = self.request_id
+        if len(request) + len(suffix) > ID_MAX_LENGTH:
+            request = hashlib.blake2b(request.encode(), digest_size=16).hexdigest()
+        return request + suffix
 
     def results(self) -> list[dict[str, object]]:
         """The :class:`schemas.AdDecision` fields of each slot, in wire order."""

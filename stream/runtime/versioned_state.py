@@ -72,8 +72,9 @@ class VersionedStateService(SupervisedConsumer):
     first: the first that loads is installed and the older ones are skipped unread. A version
     that fails leaves in use the one installed before, from this batch's older versions or
     from an earlier batch. So a worker starts on the latest valid version of each kind, and a
-    failing publish later changes nothing. A kind with no registration (``bandit`` until the ad
-    policy exists) is counted, and logged once per kind, instead of being dropped unseen.
+    failing publish later changes nothing. A kind with no registration (a role's own reader
+    registers only the kinds it follows; an older worker in a rolling upgrade knows fewer) is
+    counted, and logged once per kind, instead of being dropped unseen.
 
     A failure is counted and logged by every worker, but this reader sends nothing to the
     DLQ, not even a record that does not decode: every worker reads every record again at
