@@ -13,7 +13,8 @@ learnt), and a slot nobody reached, or that earned nothing, is a reward of 0, wh
 it earned. Outcomes of rankings older than ``STREAMRANK_ADS_MAX_AGE_S`` are not learnt.
 
 Malformed outcomes are dead-lettered and change no parameter. Nothing lost, nothing twice: the
-outcomes wait in memory until their version is published, their offsets held until then, and
+outcomes are learnt into a pending version in memory (sums: its size does not grow with them)
+until it is published, their offsets held until then, and
 each version records the last offset of each partition it learnt, so a learner restarted
 after publishing, before committing, skips them. The parameters are global, so the role is a
 singleton: run one member of its group.
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 from aiokafka.structs import TopicPartition
 
-from models.bandit import CONTEXT_NAMES, Feedback, learn
+from models.bandit import CONTEXT_NAMES, BanditParams, Feedback, learn
 from schemas import Outcome, Rejection, encode
 from stream.ads.kind import bandit_kind, write_params
 from stream.ads.serving import BanditSlot
@@ -66,7 +67,10 @@ class AdsLearnerService(SupervisedConsumer):
         self.reader = VersionedStateService(settings, bootstrap,
                                             [bandit_kind(self.params, settings)], metrics,
                                             name="ads-versions", **kwargs)
-        self._rows: list[tuple[list[float], bool, float, float]] = []
+        # The served version plus every outcome read since, not published yet: the posteriors
+        # are sums, so memory stays the same however many outcomes wait for the next version.
+        self._pending: BanditParams | None = None
+        self._pending_outcomes = 0
         self._held: dict[TopicPartition, int] = {}  # first offset of the outcomes kept
         self._last: dict[int, int] = {}  # per partition, the last offset read
         self._newest_ts = 0.0  # the newest ranking time read
@@ -86,7 +90,7 @@ class AdsLearnerService(SupervisedConsumer):
         return self._held
 
     def forget(self) -> None:
-        self._rows, self._held, self._last = [], {}, {}
+        self._pending, self._pending_outcomes, self._held, self._last = None, 0, {}, {}
 
     def check(self, decoded: Decoded[Any]) -> None:
         outcome: Outcome = decoded.value
@@ -105,46 +109,57 @@ class AdsLearnerService(SupervisedConsumer):
             raise Rejection("invalid_outcome", "a slot without an ad cannot earn or be clicked")
 
     async def handle(self, batch: Sequence[Decoded[Any]]) -> Sends:
-        for decoded in batch:
-            self._keep(decoded.value, decoded.record)
+        rows = [row for decoded in batch
+                if (row := self._learnable(decoded.value, decoded.record)) is not None]
+        if rows:
+            contexts, placed, revenues, engagements = zip(*rows, strict=True)
+            self._pending = learn(self._pending or self.params.current, Feedback(
+                np.array(contexts, dtype=np.float64), np.array(placed, dtype=bool),
+                np.array(revenues), np.array(engagements)))
+            self._pending_outcomes += len(rows)
         if not self._due():
             return []
         return await self._publish()
 
-    def _keep(self, outcome: Outcome, record: RawRecord) -> None:
+    def _learnable(self, outcome: Outcome, record: RawRecord
+                   ) -> tuple[list[float], bool, float, float] | None:
+        """What an ad outcome teaches (context, ad shown, revenue, engagement), or None."""
         self._last[record.partition] = record.offset
         if outcome.kind != "ad" or outcome.ad_labels is None:
-            return
+            return None
         self._newest_ts = max(self._newest_ts, outcome.ts)
         if outcome.ts < self._newest_ts - self.settings.ads_max_age_s:
             self.metrics.ads_outcomes.labels("stale").inc()
-            return
+            return None
         if outcome.features is None:
             self.metrics.ads_outcomes.labels("no_context").inc()
-            return
+            return None
         if tuple(outcome.feature_names or ()) != CONTEXT_NAMES:
             self.metrics.ads_outcomes.labels("other_context").inc()
-            return
-        labels = outcome.ad_labels
-        self._rows.append((outcome.features, outcome.item_id is not None, labels.revenue,
-                           float(labels.engagements_after)))
+            return None
         self._held.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+        labels = outcome.ad_labels
+        return (outcome.features, outcome.item_id is not None, labels.revenue,
+                float(labels.engagements_after))
 
     def _due(self) -> bool:
-        if len(self._rows) < self.settings.ads_update_outcomes:
+        if self._pending_outcomes < self.settings.ads_update_outcomes:
             return False
         return (self._published_ts is None or self._newest_ts - self._published_ts
                 >= self.settings.ads_update_interval_s)
 
     async def _publish(self) -> Sends:
-        contexts, placed, revenues, engagements = zip(*self._rows, strict=True)
-        feedback = Feedback(np.array(contexts, dtype=np.float64), np.array(placed, dtype=bool),
-                            np.array(revenues), np.array(engagements))
-        current = self.params.current
-        params = learn(current, feedback, offsets=dict(self._last))
+        current, pending = self.params.current, self._pending
+        assert pending is not None  # _due
+        # The learnt posteriors under the knobs served now: a retune read meanwhile stands.
+        params = BanditParams(
+            f"bandit-{current.number + 1}", pending.revenue, pending.ad_engagement,
+            pending.organic, dial=current.dial, epsilon=current.epsilon, alpha=current.alpha,
+            samples=pending.samples, parent=current.version,
+            offsets={**current.offsets, **self._last})
         update = await asyncio.to_thread(write_params, params, self.settings)
         self.params.install(params)  # the role goes on from it before reading it back
-        self.metrics.ads_outcomes.labels("learnt").inc(len(self._rows))
+        self.metrics.ads_outcomes.labels("learnt").inc(self._pending_outcomes)
         self.metrics.ads_versions.inc()
         self._published_ts = self._newest_ts
         self.forget()  # done with once this batch is acknowledged
