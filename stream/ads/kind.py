@@ -10,8 +10,6 @@ it took and logs that version with its decisions.
 from __future__ import annotations
 
 import hashlib
-import os
-import time
 from pathlib import Path
 
 import orjson
@@ -21,7 +19,7 @@ from models.scorer import UntrustedModel
 from models.signing import sign, signature_matches
 from schemas import ModelUpdate, Rejection
 from stream.ads.serving import BanditSlot
-from stream.runtime.versioned_state import StateKind
+from stream.runtime.versioned_state import StateKind, write_version
 from stream.scoring.model_kind import trusted_file
 from stream.settings import Settings
 
@@ -38,14 +36,8 @@ def write_params(params: BanditParams, settings: Settings) -> ModelUpdate:
     key = settings.signing_key
     if key is not None:
         body["signature"] = sign(body, key)
-    data = orjson.dumps(body)
-    path = params_path(settings, params.version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return ModelUpdate(ts=time.time(), model="ads", kind="bandit", version=params.version,
-                       uri=path.resolve().as_uri(), sha256=hashlib.sha256(data).hexdigest())
+    return write_version(params_path(settings, params.version), orjson.dumps(body), "ads",
+                         "bandit", params.version)
 
 
 def load_params(update: ModelUpdate, settings: Settings) -> BanditParams:

@@ -8,15 +8,12 @@ so a batch in flight finishes on the statistics it took.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import time
 from pathlib import Path
 
 from models.bn import BnStats, StatsError, UntrustedStats, read_stats
 from models.scorer import Manifest, ModelError, OnnxScorer, Scorer, UntrustedModel
 from schemas import ModelUpdate, Rejection
-from stream.runtime.versioned_state import StateKind
+from stream.runtime.versioned_state import StateKind, write_version
 from stream.scoring.model_kind import trusted_file
 from stream.scoring.ranker import ModelSlot
 from stream.settings import Settings
@@ -41,14 +38,9 @@ def load_stats(update: ModelUpdate, settings: Settings) -> BnStats:
 
 def write_stats(stats: BnStats, manifest: Manifest, settings: Settings) -> ModelUpdate:
     """Write a version's file (atomically) and return the update that announces it."""
-    data = stats.to_bytes(settings.signing_key)
-    path = stats_path(manifest, stats.version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return ModelUpdate(ts=time.time(), model="ranker", kind="bn_stats", version=stats.version,
-                       uri=path.resolve().as_uri(), sha256=hashlib.sha256(data).hexdigest())
+    return write_version(stats_path(manifest, stats.version),
+                         stats.to_bytes(settings.signing_key), "ranker", "bn_stats",
+                         stats.version)
 
 
 def bn_stats_kind(slot: ModelSlot, settings: Settings) -> StateKind[Scorer | None]:

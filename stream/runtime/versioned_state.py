@@ -11,10 +11,14 @@ ensure_topics`), so all the versions of a kind are in one partition, in publishi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
 
 from aiokafka.structs import TopicPartition
 
@@ -32,6 +36,7 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+StateKindName = Literal["model", "bn_stats", "bandit"]  # ModelUpdate.kind
 SERVING_READER = "versioned-state"  # the scorers' reader; other roles name theirs
 
 
@@ -177,3 +182,16 @@ async def replay_versions(settings: Settings, bootstrap: str,
                 continue
     finally:
         await consumer.stop()
+
+
+def write_version(path: Path, data: bytes, model: str, kind: StateKindName, version: str
+                  ) -> ModelUpdate:
+    """Write a version's file atomically (a reader never sees half of it) and return the
+    update that announces it, with the sha256 every reader checks the file against."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return ModelUpdate(ts=time.time(), model=model, kind=kind, version=version,
+                       uri=path.resolve().as_uri(),
+                       sha256=hashlib.sha256(data).hexdigest())
