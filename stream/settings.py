@@ -249,6 +249,17 @@ class Settings(BaseSettings):
         "being scored; more are refused with 429.")
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
+    processes: int = Field(
+        1, ge=1, le=64, description="Scoring processes of this worker (streamrank worker "
+        "--processes): the first runs every role, the others only scoring, all in one "
+        "consumer group and on one web port (SO_REUSEPORT); process k also answers alone on "
+        "web_port + 1 + k. See docs/scoring.md for choosing it.")
+    web_reuse_port: bool = Field(
+        False, description="Share web_port with other workers of this host through "
+        "SO_REUSEPORT, which spreads connections over them (set for each of --processes).")
+    process_port: int | None = Field(
+        None, ge=1, le=65535, description="A second port on which this process alone answers "
+        "/health, /stats and /metrics, when web_port is shared (set for each of --processes).")
     api_token: SecretStr | None = Field(
         None, description="Bearer token for POST /rank and every write endpoint; "
         "required when web_host is not loopback.")

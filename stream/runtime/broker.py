@@ -14,10 +14,23 @@ from stream.errors import BrokerUnavailable
 from stream.runtime.processes import die_with_parent, stop_process
 
 
-def free_port() -> int:
+def free_port(consecutive: int = 1) -> int:
+    """A port that is free now, and so are the ``consecutive - 1`` ports after it."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port + consecutive <= 65536 and all(_free(port + k) for k in range(1, consecutive)):
+            return port
+
+
+def _free(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_for_port(host: str, port: int, timeout_s: float) -> None:

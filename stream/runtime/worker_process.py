@@ -29,7 +29,9 @@ class WorkerProcess:
     across :meth:`kill` and :meth:`start`, so a bench can kill -9 and restart it."""
 
     def __init__(self, settings: Settings, bootstrap: str) -> None:
-        self.port = free_port()
+        # With several processes, process k also answers alone on port + 1 + k.
+        self.processes = settings.processes
+        self.port = free_port(1 + self.processes if self.processes > 1 else 1)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("STREAMRANK_")}
         self.env = {**inherited, **settings.as_env(),
                     "STREAMRANK_BROKER_URL": bootstrap,
@@ -45,6 +47,13 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @property
+    def process_ports(self) -> list[int]:
+        """The port of each process alone (the shared port, when there is one process)."""
+        if self.processes == 1:
+            return [self.port]
+        return [self.port + 1 + k for k in range(self.processes)]
 
     def stop(self) -> None:
         """A clean stop (SIGTERM, then SIGKILL after 30 s) of a child that may be gone."""
