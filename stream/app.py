@@ -36,6 +36,7 @@ from stream.runtime.failures import LoopFailed
 from stream.runtime.metrics import WorkerMetrics
 from stream.runtime.state_audit import StateAuditService
 from stream.runtime.versioned_state import SERVING_READER, VersionedStateService
+from stream.runtime.web import WorkerApp
 from stream.scoring.ranker import MicroBatcher, ModelSlot, Ranker
 from stream.scoring.role import ScoringService
 from stream.scoring.state_kinds import serving_kinds
@@ -69,7 +70,7 @@ class Worker:
         return bool(self.consumers) and all(c.health.ready for c in self.consumers)
 
     def health(self) -> dict[str, Any]:
-        return {"ready": self.ready,
+        return {"ready": self.ready, "pid": os.getpid(),
                 "consumers": {c.health.name: c.health.report() for c in self.consumers}}
 
 
@@ -86,13 +87,16 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     # hundred vectors). BLAS's thread pool makes them slower (measured 0.28 -> 0.10 ms for
     # 1000 x 32 by 32 x 125) and competes with onnxruntime's own intra-op threads.
     threadpool_limits(limits=1, user_api="blas")
-    app = faust.App(
+    app = WorkerApp(
         f"{settings.topic_prefix}-worker",
+        reuse_port=settings.web_reuse_port,
+        process_port=settings.process_port,
         broker=f"kafka://{bootstrap}",
         broker_credentials=faust_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
         web_host=settings.web_host,
+        web_bind=settings.web_host,  # Faust binds 0.0.0.0 otherwise, whatever web_host says
         web_port=settings.web_port,
         broker_session_timeout=settings.consumer_session_timeout_ms / 1000,
         broker_rebalance_timeout=settings.consumer_rebalance_timeout_ms / 1000,

@@ -99,6 +99,9 @@ def worker(
     roles: Annotated[str | None, typer.Option(
         help="Roles to run, comma-separated (features, scoring, outcomes); default "
              "STREAMRANK_ROLES, all of them.")] = None,
+    processes: Annotated[int | None, typer.Option(
+        min=1, max=64, help="Scoring processes sharing the web port and the scoring group; "
+        "default STREAMRANK_PROCESSES (1). See docs/scoring.md.")] = None,
 ) -> None:
     """Run a worker: its roles' consumers and the web views (/health, /stats, /metrics)."""
     import faust
@@ -108,12 +111,16 @@ def worker(
     from stream.runtime.environment import broker, check_store, describe
     from stream.runtime.gc_policy import tune_for_batches
 
-    settings = _settings(roles=roles)
+    settings = _settings(roles=roles, processes=processes)
     tune_for_batches()
     check_exposure(settings)
     check_store(settings)
     with broker(settings) as bootstrap:
         log.info(describe(bootstrap, settings))
+        if settings.processes > 1:
+            from stream.runtime.process_group import run_processes
+
+            raise typer.Exit(run_processes(settings, bootstrap))
         faust_app = create_app(settings, bootstrap)
         faust.Worker(faust_app, loglevel=settings.log_level).execute_from_commandline()
 

@@ -316,6 +316,19 @@ class Settings(BaseSettings):
                              f"STREAMRANK_BN_MIN_ROWS={self.bn_min_rows}")
         return self
 
+    @model_validator(mode="after")
+    def _processes_can_share(self) -> Settings:
+        if self.processes == 1:
+            return self
+        if "scoring" not in self.role_names:
+            raise ValueError(f"STREAMRANK_PROCESSES={self.processes} adds scoring processes, "
+                             "but STREAMRANK_ROLES has no scoring role")
+        if not 0 < self.web_port <= 65535 - self.processes:
+            raise ValueError(f"STREAMRANK_PROCESSES={self.processes} needs a fixed "
+                             f"STREAMRANK_WEB_PORT with the {self.processes} ports after it "
+                             "free (one per process)")
+        return self
+
     @field_serializer("redis_url")
     def _redis_url_without_password(self, url: str | None) -> str | None:
         return redact_url(url) if url else url

@@ -70,7 +70,7 @@ class WorkerProcess:
                 preexec_fn=partial(die_with_parent, signal.SIGKILL))
 
     def start(self, timeout_s: float = 90.0) -> None:
-        """Start the child and wait until ``/health`` answers 200."""
+        """Start the child and wait until ``/health`` answers 200 (from every process)."""
         self.launch()
         self.wait_for(lambda _: True, timeout_s=timeout_s, path="/health")
 
@@ -94,25 +94,32 @@ class WorkerProcess:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
 
-    def get(self, path: str) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.port}{path}"
+    def get(self, path: str, port: int | None = None) -> dict[str, Any]:
+        """``path``'s JSON from the shared port, or from one process's ``port``."""
+        url = f"http://127.0.0.1:{port or self.port}{path}"
         with urllib.request.urlopen(url, timeout=5) as response:
             payload: dict[str, Any] = orjson.loads(response.read())
             return payload
 
     def wait_for(self, done: Callable[[dict[str, Any]], bool], timeout_s: float,
                  path: str = "/stats") -> dict[str, Any]:
-        """Poll ``path`` until ``done(payload)``; fail if the worker dies or time runs out."""
+        """Poll ``path`` of every process until ``done(payload)`` holds for each; fail if the
+        worker dies or time runs out. Returns the last process's payload."""
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
         payload: dict[str, Any] = {}
+        waiting = list(self.process_ports)
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise WorkerFailed(f"worker exited with {self.process.returncode}; "
                                    f"see {self.log_path}")
             try:
-                payload = self.get(path)
-                if done(payload):
+                while waiting:
+                    payload = self.get(path, waiting[0])
+                    if not done(payload):
+                        break
+                    waiting.pop(0)
+                if not waiting:
                     return payload
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
