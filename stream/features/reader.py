@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 
@@ -52,10 +51,7 @@ class FeatureReader:
                        if item_id not in claimed]
             claimed.update(missing)
             wanted.append((user_id, missing))
-        users_of = [user_id for user_id, _ in lookups]
-        fetched, states = await asyncio.gather(
-            self._store.fetch_many(wanted),
-            self._store.get_states(STATE, users_of) if self._interests else _nothing(users_of))
+        fetched = await self._store.fetch_many(wanted, STATE if self._interests else None)
         # Users and refilled items decoded in one call: per-call overhead dominates (one call
         # of 34 rows took 58 us, two of 1 and 33 rows 95 us).
         counters = [v for f in fetched for v in f.items]
@@ -74,8 +70,8 @@ class FeatureReader:
                                                             for k in positions.tolist()])
         return [
             CandidateFeatures(user, *cache.gather(request_slots),
-                              *unpack_history(f.history, self._dim), stored_interests(state))
-            for request_slots, f, user, state in zip(slots, fetched, users, states, strict=True)
+                              *unpack_history(f.history, self._dim), stored_interests(f.state))
+            for request_slots, f, user in zip(slots, fetched, users, strict=True)
         ]
 
     def _refill(self, item_ids: list[str], counters: list[bytes | None],
@@ -86,6 +82,3 @@ class FeatureReader:
                           for c, m in zip(counters, metas, strict=True)], dtype=bool)
         self._items.put(item_ids, rows, embeddings, known, now)
 
-
-async def _nothing(ids: Sequence[str]) -> list[bytes | None]:
-    return [None] * len(ids)

@@ -347,7 +347,8 @@ class RedisStore(FeatureStore):
                 written.replayed += [writes[int(k)].entity_id for k in replayed]
         return written
 
-    async def fetch_many(self, lookups: Sequence[Lookup]) -> list[FetchedFeatures]:
+    async def fetch_many(self, lookups: Sequence[Lookup], state_kind: str | None = None
+                         ) -> list[FetchedFeatures]:
         # Candidates overlap across a micro-batch: ask for each item once.
         users = self._by_tag(dict.fromkeys(user for user, _ in lookups))
         items = self._by_tag(dict.fromkeys(item for _, ids in lookups for item in ids))
@@ -357,6 +358,9 @@ class RedisStore(FeatureStore):
                 user_prefix, history_prefix = self.prefix(tag, "u"), self.prefix(tag, "h")
                 # One tag: one slot, so the cluster pipeline may route the raw MGET.
                 pipe.execute_command("MGET", *(user_prefix + user for user in ids))
+                if state_kind is not None:
+                    state_prefix = self.prefix(tag, f"s:{state_kind}")
+                    pipe.execute_command("MGET", *(state_prefix + user for user in ids))
                 for user in ids:
                     pipe.lrange(history_prefix + user, 0, -1)
             for tag, ids in items.items():
@@ -365,9 +369,12 @@ class RedisStore(FeatureStore):
 
         replies = iter(await self._pipeline(commands))
         user_values: dict[str, bytes | None] = {}
+        states: dict[str, bytes | None] = {}
         history: dict[str, list[bytes]] = {}
         for ids in users.values():
             values = next(replies)
+            if state_kind is not None:
+                states.update(zip(ids, next(replies), strict=True))
             for user, value in zip(ids, values, strict=True):
                 user_values[user] = None if value is None else value[:VALUE_SIZE]
                 history[user] = next(replies)
@@ -379,7 +386,7 @@ class RedisStore(FeatureStore):
             metas.update(zip(ids, values[len(ids):], strict=True))
         return [
             FetchedFeatures(user_values[user], [counters[i] for i in ids],
-                            [metas[i] for i in ids], history[user])
+                            [metas[i] for i in ids], history[user], states.get(user))
             for user, ids in lookups
         ]
 

@@ -44,11 +44,12 @@ async def update_users(store: FeatureStore, events: Sequence[Event], params: Int
     if not by_user:
         return Updated(0, 0, 0)
     users = list(by_user)
-    fetched = await store.fetch_many([(u, [e.item_id for e in by_user[u]]) for u in users])
-    stored = await store.get_states(STATE, users)
+    fetched = await store.fetch_many([(u, [e.item_id for e in by_user[u]]) for u in users],
+                                     STATE)
     updated: dict[str, bytes] = {}
     unknown = unreadable = 0
-    for user, features, value in zip(users, fetched, stored, strict=True):
+    for user, features in zip(users, fetched, strict=True):
+        value = features.state
         events_of = by_user[user]
         known = np.array([m is not None for m in features.item_meta], dtype=bool)
         unknown += int((~known).sum())
