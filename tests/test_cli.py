@@ -13,6 +13,7 @@ import pytest
 
 from models.scenarios import SCENARIOS
 from schemas.export import EXPORTED
+from stream.settings import Settings
 
 
 def streamrank(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -162,3 +163,25 @@ def test_demo_refuses_bad_options_before_it_starts(
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "work").exists()  # nothing was started
+
+
+def test_processes_share_the_port_and_the_cores() -> None:
+    from stream.runtime.process_group import process_settings
+
+    settings = Settings(processes=2, web_port=7000, roles="features,scoring,outcomes")
+    first, second = process_settings(settings, 0), process_settings(settings, 1)
+    assert (first.roles, second.roles) == ("features,scoring,outcomes", "scoring")
+    assert (first.process_port, second.process_port) == (7001, 7002)
+    assert first.web_port == second.web_port == 7000 and first.web_reuse_port
+    assert first.processes == second.processes == 1  # a child never forks again
+    cores = os.cpu_count() or 1
+    assert first.scorer_threads == max(1, cores // 2)
+    assert process_settings(settings.model_copy(update={"scorer_threads": 3}),
+                            1).scorer_threads == 3
+
+
+def test_processes_need_scoring_and_a_fixed_port() -> None:
+    with pytest.raises(ValueError, match="no scoring role"):
+        Settings(processes=2, roles="features")
+    with pytest.raises(ValueError, match="fixed STREAMRANK_WEB_PORT"):
+        Settings(processes=2, web_port=0)

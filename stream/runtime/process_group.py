@@ -34,12 +34,16 @@ _POLL_S = 0.2
 
 
 def process_settings(settings: Settings, index: int) -> Settings:
-    """The settings of process ``index`` of ``settings.processes``."""
+    """The settings of process ``index`` of ``settings.processes``. Unless set, the cores are
+    shared out as onnxruntime intra-op threads: N processes each with a thread per core
+    would run N times more threads than cores, and every model run would wait on the others'."""
+    threads = settings.scorer_threads or max(1, (os.cpu_count() or 1) // settings.processes)
     return settings.model_copy(update={
         "processes": 1,
         "roles": settings.roles if index == 0 else "scoring",
         "web_reuse_port": True,
-        "process_port": settings.web_port + 1 + index})
+        "process_port": settings.web_port + 1 + index,
+        "scorer_threads": threads})
 
 
 def run_processes(settings: Settings, bootstrap: str) -> int:
