@@ -577,10 +577,16 @@ def bench_features(
 def bench_scoring(
     candidates: Annotated[str, typer.Option(
         help="Candidates per request, comma-separated; each size is measured.")] = "100,500,1000",
-    repeats: Annotated[int, typer.Option(min=1, help="Passes per figure; medians reported.")] = 3,
+    repeats: Annotated[int, typer.Option(
+        min=1, help="Maximum-load passes per size; medians reported.")] = 3,
+    processes: Annotated[int, typer.Option(
+        min=1, max=64, help="Processes of the worker under test (STREAMRANK_PROCESSES).")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+    png: Annotated[Path | None, typer.Option(
+        help="p99 against offered load per path; default: --json's path as .png.")] = None,
 ) -> None:
-    """Ranking requests through the broker and a worker process, against bare onnxruntime."""
+    """A latency-throughput curve per candidates size (end to end through the broker, its echo
+    floor, in-worker, HTTP), and the maximum against bare onnxruntime."""
     from bench.scoring import ScoringBenchConfig, parse_candidates, run_scoring_bench
 
     settings = _settings()
@@ -588,8 +594,10 @@ def bench_scoring(
         sizes = parse_candidates(candidates, settings.max_candidates)
     except ValueError as exc:
         _fail(str(exc))
-    _report(run_scoring_bench(settings, ScoringBenchConfig(candidates=sizes, repeats=repeats)),
-            json_out)
+    if png is None and json_out is not None:
+        png = json_out.with_suffix(".png")
+    config = ScoringBenchConfig(candidates=sizes, repeats=repeats, processes=processes)
+    _report(run_scoring_bench(settings, config, png), json_out)
 
 
 @bench_app.command("drift")
