@@ -196,8 +196,13 @@ async def until_healthy(status: Callable[[], int | None], alive: Callable[[], bo
 
 
 def signal_child(process: subprocess.Popen[bytes] | None, signum: signal.Signals) -> None:
+    """``signum`` to a child, and to its own children when it leads a process group (a worker
+    of several processes: see ``WorkerProcess``)."""
     if process is not None and process.poll() is None:
-        os.kill(process.pid, signum)
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signum)
+        else:
+            os.kill(process.pid, signum)
 
 
 @contextlib.contextmanager

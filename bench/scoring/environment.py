@@ -62,9 +62,8 @@ class Environment:
         """What the worker really ran: provider and threads from its log, and no torch."""
         version = self.manifest.version
         provider, threads = worker_model(Path(self.worker.log_path), version, self.settings)
-        pid = self.worker.process.pid if self.worker.process else None
         return {"model_version": version, "provider": provider, "intra_op_threads": threads,
-                "worker_imports_torch": _maps_torch(pid)}
+                "worker_imports_torch": any(_maps_torch(pid) for pid in self.worker.pids())}
 
 
 @contextlib.contextmanager
@@ -104,18 +103,19 @@ def worker_process(settings: Settings, bootstrap: str, manifest: Path, roles: st
 
 
 def _cpu_s(process: WorkerProcess | None) -> float:
-    """CPU seconds (user and system) a worker process has spent; 0 when there is none."""
+    """CPU seconds (user and system) a worker's processes have spent; 0 when there is none."""
     if process is None or process.process is None:
         return 0.0
-    fields = Path(f"/proc/{process.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    spent = 0
+    for pid in process.pids():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        spent += int(fields[11]) + int(fields[12])
+    return spent / os.sysconf("SC_CLK_TCK")
 
 
-def _maps_torch(pid: int | None) -> bool | None:
-    """Whether the worker process has libtorch mapped (it must not)."""
-    if pid is None:
-        return None
+def _maps_torch(pid: int) -> bool:
+    """Whether a worker process has libtorch mapped (it must not)."""
     try:
         return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return None
+    except OSError:  # gone: it maps nothing
+        return False

@@ -55,6 +55,17 @@ class WorkerProcess:
             return [self.port]
         return [self.port + 1 + k for k in range(self.processes)]
 
+    def pids(self) -> list[int]:
+        """The child and its own children: with several processes, the supervisor and each
+        process (Linux: from /proc)."""
+        assert self.process is not None
+        pid = self.process.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:  # gone
+            return [pid]
+        return [pid, *(int(child) for child in children)]
+
     def stop(self) -> None:
         """A clean stop (SIGTERM, then SIGKILL after 30 s) of a child that may be gone."""
         if self.process is not None and self.process.poll() is None:
@@ -66,6 +77,8 @@ class WorkerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "stream.cli", "worker"], env=self.env,
                 stdout=log_file, stderr=subprocess.STDOUT,
+                # A group of its own: a bench pauses a worker of several processes as one.
+                process_group=0,
                 # SIGKILL: a worker whose broker went with us hangs in a clean stop.
                 preexec_fn=partial(die_with_parent, signal.SIGKILL))
 
