@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.dataset import Dataset
 from models.metrics import EPS, log_loss
 from models.ranker import MultiTaskRanker, export_onnx
 
@@ -24,44 +25,6 @@ WEIGHT_DECAY = 1e-3
 MAX_THREADS = 2  # batches are 512 x 128: 2 threads fit 1.7x faster than 1; more rarely pay here
 BASELINE_PRIOR = 20.0  # pseudo-impressions at the global rate behind each item's smoothed rate
 DEFAULT_EPOCHS = 8
-
-
-@dataclass
-class Dataset:
-    """Rows in time order; rows of one request are contiguous and share ``request_index``."""
-
-    features: np.ndarray  # float32 [N, F]
-    labels: np.ndarray  # float32 [N, T], 0/1
-    item_ids: np.ndarray  # object/str [N]
-    request_index: np.ndarray  # int64 [N], non-decreasing
-    feature_names: tuple[str, ...]
-    task_names: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        n = len(self.features)
-        if self.features.shape != (n, len(self.feature_names)):
-            raise ValueError("features must be [N, len(feature_names)]")
-        if self.labels.shape != (n, len(self.task_names)):
-            raise ValueError("labels must be [N, len(task_names)]")
-        if self.item_ids.shape != (n,) or self.request_index.shape != (n,):
-            raise ValueError("item_ids and request_index need one entry per row")
-        if np.any(np.diff(self.request_index) < 0):
-            raise ValueError("request_index must be non-decreasing (rows in time order)")
-        if not np.isfinite(self.features).all():
-            raise ValueError("features contain NaN or Inf")
-        if not np.isin(self.labels, (0.0, 1.0)).all():
-            raise ValueError("labels must be 0 or 1")
-
-    def followed_by(self, later: Dataset) -> Dataset:
-        """This dataset's rows, then ``later``'s (whose requests all come after), as one."""
-        if (later.feature_names, later.task_names) != (self.feature_names, self.task_names):
-            raise ValueError("datasets of different columns cannot be joined")
-        first = int(self.request_index[-1]) + 1 if len(self.request_index) else 0
-        return Dataset(np.concatenate([self.features, later.features]),
-                       np.concatenate([self.labels, later.labels]),
-                       np.concatenate([self.item_ids, later.item_ids]),
-                       np.concatenate([self.request_index, later.request_index + first]),
-                       self.feature_names, self.task_names)
 
 
 @dataclass

@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_args
 
+from models.dataset import Dataset
 from models.scenarios import Scenario, shifts_at
-from models.training import DEFAULT_EPOCHS, Dataset, train
 from models.world import Shift, World, WorldConfig
 from stream.outcomes.dataset import outcomes_dataset
 from stream.runtime.environment import broker, check_store, describe
@@ -258,6 +258,8 @@ class Models:
     async def next(self) -> None:
         """Train on everything logged so far and wait until the worker serves the new
         version."""
+        from models.training import DEFAULT_EPOCHS, train  # torch: only once a model trains
+
         started = time.monotonic()
         dataset = await self.training.dataset()
         version = f"demo-{int(time.time() * 1000)}"

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from models.dataset import Dataset
 from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
-from models.training import Dataset
 from schemas import Event, ItemUpsert, RankingRequest, Rejection
 from schemas.codec import validate
 from stream.errors import StreamrankError

@@ -23,7 +23,8 @@ POSITIVE = ("p50_ms", "p99_ms", "echo_p50_ms", "echo_p99_ms", "http_serial_p50_m
             "max_requests_per_s", "bare_candidates_per_s", "bare_batched_candidates_per_s",
             "ratio", "latency_rate_per_s")
 POINT = ("offered_rps", "p50_ms", "p99_ms", "echo_p50_ms", "echo_p99_ms", "inworker_p50_ms",
-         "inworker_p99_ms", "http1_p50_ms", "http1_p99_ms", "http8_p50_ms", "http8_p99_ms")
+         "inworker_p99_ms", "http1_p50_ms", "http1_p99_ms", "http8_p50_ms", "http8_p99_ms",
+         "produce_ack_p50_ms", "produce_ack_p99_ms")
 # All rates in one environment, so the run sets up two: one max pass, one curve.
 TINY = ScoringBenchConfig(
     candidates=(40,), repeats=1, throughput_seconds=0.5, offered_pcts=(25, 50),

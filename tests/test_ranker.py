@@ -17,8 +17,9 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from models.dataset import Dataset
 from models.ranker import BN_LAYERS, MultiTaskRanker, bn_initializers, export_onnx
-from models.training import Dataset, auc, popularity_baseline, time_split, train
+from models.training import auc, popularity_baseline, time_split, train
 
 N_FEATURES = 12
 TASKS = ("click", "hide")

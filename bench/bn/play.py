@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.dataset import Dataset
 from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
 from models.scorer import Scorer
-from models.training import Dataset
 from models.world import World
 from stream.features.offline import OfflineFeatures
 from stream.settings import Settings

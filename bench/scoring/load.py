@@ -114,12 +114,16 @@ class Load:
                  requests: Requests) -> None:
         self.producer, self.topic, self.results, self.requests = (producer, topic, results,
                                                                   requests)
+        # Each request's send until the broker's ack, in ms: the floor under the worker's
+        # own ``produce`` stage, and so under its in-worker latency, at this rate.
+        self.acks_ms: list[float] = []
 
     async def send(self) -> None:
         request_id, key, body = self.requests.next()
         self.results.sent_wall[request_id] = time.time()
-        self.results.sent[request_id] = time.perf_counter()
-        await self.producer.send(self.topic, body, key=key)
+        self.results.sent[request_id] = sent = time.perf_counter()
+        ack = await self.producer.send(self.topic, body, key=key)
+        ack.add_done_callback(lambda _: self.acks_ms.append((time.perf_counter() - sent) * 1e3))
 
     async def warm(self, requests: int) -> None:
         """A few requests answered end to end: the group is joined, the path is warm."""
@@ -157,6 +161,7 @@ class Load:
     async def paced(self, rate: float, count: int) -> list[float]:
         """Open loop at ``rate`` requests/s; round trips in ms."""
         self.results.reset()
+        self.acks_ms = []
         start = time.perf_counter() + 0.01
         for index in range(count):
             delay = start + index / rate - time.perf_counter()

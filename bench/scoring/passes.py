@@ -43,6 +43,7 @@ class BrokerPoint:
 
     worker_ms: list[float]
     echo_ms: list[float]
+    ack_ms: list[float]  # the requests' produce acks in the echo pass: the broker's alone
     inworker: inworker.Buckets
     stages: list[tuple[float, float, float]]  # see Results.stages
     micro_batch: float  # mean requests per worker micro-batch
@@ -101,5 +102,5 @@ async def broker_point(env: Environment, candidates: int, rate: float, count: in
                             requests)
                 await echo.warm(env.config.warmup_requests)
                 echo_ms = await echo.paced(rate, count)
-    return BrokerPoint(worker_ms, echo_ms, observed, list(results.stages),
+    return BrokerPoint(worker_ms, echo_ms, echo.acks_ms, observed, list(results.stages),
                        mean_batch(results.results))

@@ -40,6 +40,8 @@ class CurvePoint:
             "inworker_p50_ms": inworker_p50,
             "inworker_p99_ms": inworker_p99,
             "inworker_requests": int(self.broker.inworker[float("inf")]),
+            "produce_ack_p50_ms": percentile(self.broker.ack_ms, 50),
+            "produce_ack_p99_ms": percentile(self.broker.ack_ms, 99),
             "http1_p50_ms": percentile(self.http1_ms, 50),
             "http1_p99_ms": percentile(self.http1_ms, 99),
             "http8_p50_ms": percentile(self.http8_ms, 50),

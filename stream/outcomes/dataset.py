@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from aiokafka.structs import TopicPartition
 
+from models.dataset import Dataset
 from models.ranking_features import RANKER_FEATURE_NAMES, TASK_NAMES
-from models.training import Dataset
 from schemas import Outcome, Rejection, decode
 from stream.errors import StreamrankError
 from stream.runtime.clients import READ_TO_END_WAIT_MS, kafka_consumer, read_to_end

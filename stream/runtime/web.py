@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 from aiohttp.web import TCPSite
+from faust.app.base import BootStrategy
 from faust.web.drivers.aiohttp import Web
 
 
@@ -35,9 +36,21 @@ class SharedPortWeb(Web):
                           ssl_context=conf.web_ssl_context).start()
 
 
+class _ServicesOnly(BootStrategy):
+    """Faust's own consumer and producer serve its agents and tables, which a worker has
+    none of: its roles run consumers and producers of their own. Left on, the consumer joins
+    a group of its own before the roles start, which cost every start ~5 s on the embedded
+    broker."""
+
+    enable_kafka_consumer = False
+    enable_kafka_producer = False
+
+
 class WorkerApp(faust.App):
-    """A Faust app served by :class:`SharedPortWeb` (``STREAMRANK_WEB_REUSE_PORT``,
-    ``STREAMRANK_PROCESS_PORT``)."""
+    """A Faust app for the worker's lifecycle, services and web views, served by
+    :class:`SharedPortWeb` (``STREAMRANK_WEB_REUSE_PORT``, ``STREAMRANK_PROCESS_PORT``)."""
+
+    BootStrategy = _ServicesOnly
 
     def __init__(self, *args: Any, reuse_port: bool = False, process_port: int | None = None,
                  **kwargs: Any) -> None:
