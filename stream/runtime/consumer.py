@@ -91,7 +91,8 @@ class SupervisedConsumer(Service):
     retained offset whatever it committed, which is how state kept in process is rebuilt.
     ``dead_letters=False`` counts and logs rejections without sending them: for a broadcast
     reader, which every worker runs from the start at every start, one service of its own
-    sends each verdict once instead.
+    sends each verdict once instead. ``fetch_wait_ms`` and the producer's ``linger_ms`` trade
+    latency for fewer, larger requests to the broker: the latency path sets both low.
 
     ``tombstones = True`` (a class attribute) is for readers of a compacted topic, where a
     record with a null value deletes its key: such a record reaches :meth:`handle` in its
@@ -103,7 +104,7 @@ class SupervisedConsumer(Service):
 
     def __init__(self, settings: Settings, bootstrap: str, metrics: WorkerMetrics, *,
                  name: str, topics: Mapping[str, type[Record]], group_id: str | None,
-                 fetch_wait_ms: int, max_records: int,
+                 fetch_wait_ms: int, max_records: int, linger_ms: int = 1,
                  offset_reset: Literal["earliest", "latest"] = "earliest",
                  replay_from_start: bool = False,
                  dead_letters: bool = True,
@@ -117,6 +118,7 @@ class SupervisedConsumer(Service):
         self._topics = dict(topics)
         self._group_id = group_id
         self._fetch_wait_ms = fetch_wait_ms
+        self._linger_ms = linger_ms
         self._max_records = max_records
         self._offset_reset = offset_reset
         self._replay_from_start = replay_from_start
@@ -231,7 +233,7 @@ class SupervisedConsumer(Service):
             rebalance_timeout_ms=s.consumer_rebalance_timeout_ms,
             heartbeat_interval_ms=max(s.consumer_session_timeout_ms // 10, 100),
         )
-        self._producer = await started_producer(s, self.bootstrap, linger_ms=1)
+        self._producer = await started_producer(s, self.bootstrap, linger_ms=self._linger_ms)
         if not broadcast:  # before start(), which then joins the group before it returns
             self._consumer.subscribe(list(self._topics), listener=_Rebalance(self))
         await self._consumer.start()
