@@ -15,6 +15,11 @@ from stream.settings import Settings
 
 REDIS_URL = os.environ.get("STREAMRANK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
+# tansu completes a group join half a session timeout after it starts (measured: 5 s at the
+# default 10 s, 2.5 s at 5 s), and every worker start and every kill -9 restart in these tests
+# waits for one. Every Settings built here reads this, and workers get it from their settings.
+os.environ.setdefault("STREAMRANK_CONSUMER_SESSION_TIMEOUT_MS", "5000")
+
 
 @pytest.fixture(scope="session")
 def bootstrap() -> Iterator[str]:
