@@ -1,4 +1,5 @@
-"""The worker's web server, able to share its port with the other processes of one worker.
+"""The worker's Faust app, which starts only what a worker uses, and its web server, which can
+share its port with the other processes of one worker.
 
 Faust's aiohttp driver binds one site without ``SO_REUSEPORT``, so a second process on the same
 port fails to start. This driver adds the option, and a second site on a port of the process's
