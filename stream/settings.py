@@ -323,6 +323,10 @@ class Settings(BaseSettings):
         if "scoring" not in self.role_names:
             raise ValueError(f"STREAMRANK_PROCESSES={self.processes} adds scoring processes, "
                              "but STREAMRANK_ROLES has no scoring role")
+        if self.redis_url is None:
+            raise ValueError(f"STREAMRANK_PROCESSES={self.processes} needs a feature store "
+                             "the processes share (STREAMRANK_REDIS_URL): the in-memory one "
+                             "lives in a single process")
         if not 0 < self.web_port <= 65535 - self.processes:
             raise ValueError(f"STREAMRANK_PROCESSES={self.processes} needs a fixed "
                              f"STREAMRANK_WEB_PORT with the {self.processes} ports after it "

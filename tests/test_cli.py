@@ -168,7 +168,8 @@ def test_demo_refuses_bad_options_before_it_starts(
 def test_processes_share_the_port_and_the_cores() -> None:
     from stream.runtime.process_group import process_settings
 
-    settings = Settings(processes=2, web_port=7000, roles="features,scoring,outcomes")
+    settings = Settings(processes=2, web_port=7000, roles="features,scoring,outcomes",
+                        redis_url="redis://127.0.0.1:6379/15")
     first, second = process_settings(settings, 0), process_settings(settings, 1)
     assert (first.roles, second.roles) == ("features,scoring,outcomes", "scoring")
     assert (first.process_port, second.process_port) == (7001, 7002)
@@ -180,8 +181,11 @@ def test_processes_share_the_port_and_the_cores() -> None:
                             1).scorer_threads == 3
 
 
-def test_processes_need_scoring_and_a_fixed_port() -> None:
+def test_processes_need_scoring_a_fixed_port_and_a_shared_store() -> None:
+    redis = "redis://127.0.0.1:6379/15"
     with pytest.raises(ValueError, match="no scoring role"):
-        Settings(processes=2, roles="features")
+        Settings(processes=2, roles="features", redis_url=redis)
     with pytest.raises(ValueError, match="fixed STREAMRANK_WEB_PORT"):
-        Settings(processes=2, web_port=0)
+        Settings(processes=2, web_port=0, redis_url=redis)
+    with pytest.raises(ValueError, match="in-memory one lives in a single process"):
+        Settings(processes=2)
