@@ -253,19 +253,22 @@ async def paced(rate: float, stop: asyncio.Event) -> AsyncIterator[int]:
 
 
 class TopicTail:
-    """Every record of a topic from its beginning, handed to ``on_record`` with the monotonic
-    time its fetch returned; :meth:`read_to_end` waits until all that was there has been read."""
+    """Every record of a topic from its beginning (or only those after its end at the start),
+    handed to ``on_record`` with the monotonic time its fetch returned, before any of that
+    fetch is handled; :meth:`read_to_end` waits until all that was there has been read."""
 
-    def __init__(self, bootstrap: str, topic: str,
-                 on_record: Callable[[Record, float], None]) -> None:
+    def __init__(self, bootstrap: str, topic: str, on_record: Callable[[Record, float], None],
+                 from_end: bool = False, fetch_wait_ms: int = 20) -> None:
         self.bootstrap, self.topic = bootstrap, topic
         self.on_record = on_record
+        self._from_end, self._fetch_wait_ms = from_end, fetch_wait_ms
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TopicTail:
-        self._consumer = await assigned_consumer(self.bootstrap, self.topic, from_end=False,
-                                                 fetch_wait_ms=20)
+        self._consumer = await assigned_consumer(self.bootstrap, self.topic,
+                                                 from_end=self._from_end,
+                                                 fetch_wait_ms=self._fetch_wait_ms)
         self._task = asyncio.ensure_future(self._follow())
         return self
 
@@ -285,6 +288,11 @@ class TopicTail:
                 for record in records:
                     self.on_record(record, arrived)
 
+    def check(self) -> None:
+        """Raise what stopped the follower, if it stopped."""
+        if self._task is not None and self._task.done():
+            self._task.result()
+
     async def read_to_end(self, timeout_s: float = 30.0) -> None:
         """Until every partition is read up to the high watermark its latest fetch reported
         (the embedded broker's ListOffsets answer is wrong, its fetch answers are right)."""
@@ -294,8 +302,7 @@ class TopicTail:
         deadline = time.monotonic() + timeout_s
         while [tp for tp in consumer.assignment()
                if await consumer.position(tp) < (consumer.highwater(tp) or 0)]:
-            if self._task.done():
-                self._task.result()
+            self.check()
             if time.monotonic() > deadline:
                 raise BenchFailed(f"{self.topic} was not read to its end within {timeout_s}s")
             await asyncio.sleep(0.05)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from bench.harness import assigned_consumer
+from bench.harness import Record, TopicTail
 from bench.scoring.catalogue import Requests
 from bench.scoring.config import BENCH_FETCH_WAIT_MS
 from schemas import RankingResult
@@ -43,7 +43,7 @@ class Results:
     topic: str
     parse: Callable[[bytes], tuple[str, RankingResult | None]]
     alive: Callable[[], None]  # raises when the process answering this topic died
-    sent: dict[str, float] = field(default_factory=dict)  # perf_counter() at send
+    sent: dict[str, float] = field(default_factory=dict)  # time.monotonic() at send
     sent_wall: dict[str, float] = field(default_factory=dict)  # time.time() at send
     latencies_ms: list[float] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
@@ -53,44 +53,34 @@ class Results:
     # arrival here (produce, broker out, our fetch). Wall clocks of one machine.
     stages: list[tuple[float, float, float]] = field(default_factory=list)
     on_arrival: Callable[[], None] | None = None
-    _consumer: AIOKafkaConsumer | None = None
-    _task: asyncio.Task[None] | None = None
+    _tail: TopicTail | None = None
 
     async def __aenter__(self) -> Results:
-        consumer = await assigned_consumer(self.bootstrap, self.topic, from_end=True,
-                                           fetch_wait_ms=BENCH_FETCH_WAIT_MS)
-        self._consumer = consumer
-        self._task = asyncio.ensure_future(self._follow())
+        self._tail = TopicTail(self.bootstrap, self.topic, self._arrived, from_end=True,
+                               fetch_wait_ms=BENCH_FETCH_WAIT_MS)
+        await self._tail.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
+        if self._tail is not None:
+            await self._tail.__aexit__(*exc)
 
-    async def _follow(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=100)
-            arrived, arrived_wall = time.perf_counter(), time.time()
-            for records in batch.values():
-                for record in records:
-                    request_id, result = self.parse(record.value or b"")
-                    sent = self.sent.pop(request_id, None)
-                    sent_wall = self.sent_wall.pop(request_id, None)
-                    if sent is None or sent_wall is None:
-                        continue  # a straggler of an earlier pass
-                    self.latencies_ms.append((arrived - sent) * 1000.0)
-                    self.arrivals.append(arrived)
-                    if result is not None:
-                        self.results.append(result)
-                        received = result.ts - result.latency_ms / 1000.0
-                        self.stages.append(((received - sent_wall) * 1000.0, result.latency_ms,
-                                            (arrived_wall - result.ts) * 1000.0))
-                    if self.on_arrival is not None:
-                        self.on_arrival()
+    def _arrived(self, record: Record, arrived: float) -> None:
+        request_id, result = self.parse(record.value or b"")
+        sent = self.sent.pop(request_id, None)
+        sent_wall = self.sent_wall.pop(request_id, None)
+        if sent is None or sent_wall is None:
+            return  # a straggler of an earlier pass
+        self.latencies_ms.append((arrived - sent) * 1000.0)
+        self.arrivals.append(arrived)
+        if result is not None:
+            self.results.append(result)
+            received = result.ts - result.latency_ms / 1000.0
+            arrived_wall = time.time() - (time.monotonic() - arrived)
+            self.stages.append(((received - sent_wall) * 1000.0, result.latency_ms,
+                                (arrived_wall - result.ts) * 1000.0))
+        if self.on_arrival is not None:
+            self.on_arrival()
 
     def reset(self) -> None:
         self.latencies_ms, self.arrivals, self.results, self.stages = [], [], [], []
@@ -101,8 +91,8 @@ class Results:
             if time.monotonic() > deadline:
                 raise BenchFailed(f"{len(self.sent)} requests got no answer on {self.topic} "
                                   f"within {timeout_s:.0f}s")
-            if self._task is not None and self._task.done():
-                self._task.result()
+            if self._tail is not None:
+                self._tail.check()
             self.alive()
             await asyncio.sleep(0.005)
 
@@ -121,9 +111,9 @@ class Load:
     async def send(self) -> None:
         request_id, key, body = self.requests.next()
         self.results.sent_wall[request_id] = time.time()
-        self.results.sent[request_id] = sent = time.perf_counter()
+        self.results.sent[request_id] = sent = time.monotonic()
         ack = await self.producer.send(self.topic, body, key=key)
-        ack.add_done_callback(lambda _: self.acks_ms.append((time.perf_counter() - sent) * 1e3))
+        ack.add_done_callback(lambda _: self.acks_ms.append((time.monotonic() - sent) * 1e3))
 
     async def warm(self, requests: int) -> None:
         """A few requests answered end to end: the group is joined, the path is warm."""
@@ -140,13 +130,13 @@ class Load:
         results.on_arrival = slots.release
         results.reset()
         sent = 0
-        end = time.perf_counter() + seconds
+        end = time.monotonic() + seconds
         try:
-            while time.perf_counter() < end:
+            while time.monotonic() < end:
                 await slots.acquire()
                 await self.send()
                 sent += 1
-            stopped = time.perf_counter()
+            stopped = time.monotonic()
             await results.wait_all(60.0)
         finally:
             results.on_arrival = None
@@ -162,9 +152,9 @@ class Load:
         """Open loop at ``rate`` requests/s; round trips in ms."""
         self.results.reset()
         self.acks_ms = []
-        start = time.perf_counter() + 0.01
+        start = time.monotonic() + 0.01
         for index in range(count):
-            delay = start + index / rate - time.perf_counter()
+            delay = start + index / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             await self.send()
