@@ -24,6 +24,8 @@ ROLES = ("features", "scoring", "outcomes", "drift", "interests", "bn", "ads")
 # Where retrieval finds candidates: the user's interests (trending for a user with none), or
 # the trending items for everyone, the popularity baseline that interests must beat.
 RetrievalSource = Literal["interests", "trending"]
+GroupName = Literal["features", "scoring", "outcomes", "drift", "alert-delivery", "interests",
+                    "bn", "ads"]
 DRIFT_FEATURES = ("device_mobile", "device_desktop", "device_tablet", "surface_feed",
                   "sim_max", "sim_mean", "cand_centroid_sim", "item_click_rate_1d",
                   "user_click_rate_1d")
@@ -62,7 +64,7 @@ class Settings(BaseSettings):
     max_ad_slots: int = Field(20, ge=0)
     max_future_skew_s: float = Field(3600.0, gt=0)
 
-    features_group: str = "streamrank-features"
+    features_group: str | None = Field(None, description="Unset: <topic_prefix>-features.")
     batch_max_records: int = Field(20_000, ge=1)
     batch_wait_ms: int = Field(20, ge=0)
     dedup_ttl_s: int = Field(
@@ -86,7 +88,7 @@ class Settings(BaseSettings):
         100, ge=0, le=60_000, description="Longest a consumed offset waits to be committed "
         "once its effects are durable; a crash replays at most this much (idempotently).")
 
-    scoring_group: str = "streamrank-scoring"
+    scoring_group: str | None = Field(None, description="Unset: <topic_prefix>-scoring.")
     scoring_batch_max_requests: int = Field(64, ge=1, description="Requests per micro-batch.")
     scoring_wait_ms: int = Field(1, ge=0, description="Fetch wait on the latency path.")
     request_ttl_s: float = Field(
@@ -122,12 +124,12 @@ class Settings(BaseSettings):
         60.0, gt=0, description="How often the ANN index is written to its snapshot, when it "
         "changed; also at a clean stop.")
 
-    outcomes_group: str = "streamrank-outcomes"
+    outcomes_group: str | None = Field(None, description="Unset: <topic_prefix>-outcomes.")
     outcome_window_s: float = Field(
         300.0, gt=0, description="How long after a ranking (by event time) its items' and ad "
         "slots' events still count; the outcome goes out once the watermark passes it.")
 
-    drift_group: str = "streamrank-drift"
+    drift_group: str | None = Field(None, description="Unset: <topic_prefix>-drift.")
     drift_detectors: dict[str, str] = Field(
         default_factory=dict, description="Detector per signal glob, first match wins, e.g. "
         '{"feature.*": "kswin"}; unmatched signals use adwin.')
@@ -146,7 +148,8 @@ class Settings(BaseSettings):
     alert_cooldown_s: float = Field(
         600.0, ge=0, description="After an alert, further detections of the same signal in "
         "the same direction within this many seconds (event time) are the same change.")
-    alert_delivery_group: str = "streamrank-alert-delivery"
+    alert_delivery_group: str | None = Field(
+        None, description="Unset: <topic_prefix>-alert-delivery.")
     webhook_allow: list[str] = Field(
         default_factory=list, description="Hosts, addresses or CIDR networks webhooks may "
         "reach although they are loopback, private, link-local or metadata addresses.")
@@ -155,7 +158,7 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = Field(
         60.0, gt=0, description="Cap of the exponential backoff between attempts.")
 
-    interests_group: str = "streamrank-interests"
+    interests_group: str | None = Field(None, description="Unset: <topic_prefix>-interests.")
     interests_threshold: float = Field(
         2.0, gt=0, description="Ward distance at which a user's engagements are cut into "
         "interests (models/interests.py says how it was chosen).")
@@ -185,7 +188,7 @@ class Settings(BaseSettings):
         "interests", description="interests: near the user's interest medoids, trending for "
         "a user with none; trending: the trending items for everyone, a popularity baseline.")
 
-    bn_group: str = "streamrank-bn"
+    bn_group: str | None = Field(None, description="Unset: <topic_prefix>-bn.")
     bn_momentum: float = Field(
         0.1, gt=0, le=1, description="PyTorch's convention: the weight of each new batch of "
         "feature-log rows in the running BatchNorm statistics (Keras's momentum is 1 minus it).")
@@ -230,7 +233,7 @@ class Settings(BaseSettings):
     ads_seed: int = Field(
         0, ge=0, description="Mixed with the request id into each ranking's decision seed, so "
         "the topic and POST /rank decide a request alike.")
-    ads_group: str = "streamrank-ads"
+    ads_group: str | None = Field(None, description="Unset: <topic_prefix>-ads.")
     ads_update_outcomes: int = Field(
         500, ge=1, description="Ad-slot outcomes the learner gathers per parameter version.")
     ads_update_interval_s: float = Field(
@@ -414,6 +417,14 @@ class Settings(BaseSettings):
 
     def topic(self, suffix: str) -> str:
         return topic_name(self.topic_prefix, suffix)
+
+    def group(self, name: GroupName) -> str:
+        """The consumer group of ``name``: its ``*_group`` setting, or ``<topic_prefix>-<name>``.
+        Named after the prefix, so that two deployments (or two tests) on one cluster with
+        different prefixes never share a group: a member of one would stall the other's
+        rebalances, and could be handed partitions of topics it does not read."""
+        explicit: str | None = getattr(self, f"{name.replace('-', '_')}_group")
+        return explicit or f"{self.topic_prefix}-{name}"
 
     @cached_property
     def limits(self) -> Limits:

@@ -20,6 +20,12 @@ REDIS_URL = os.environ.get("STREAMRANK_TEST_REDIS_URL", "redis://127.0.0.1:6379/
 # waits for one. Every Settings built here reads this, and workers get it from their settings.
 os.environ.setdefault("STREAMRANK_CONSUMER_SESSION_TIMEOUT_MS", "5000")
 
+# `make test` runs the suite on two pytest-xdist workers (each with its own embedded broker;
+# tests keep apart by topic prefix), since most of it waits on brokers and subprocesses. Tests
+# that keep both cores busy for tens of seconds (the demos, the kill -9 restarts, the bench
+# runs) are marked ``xdist_group("cpu-heavy")``: ``--dist loadgroup`` runs them one after
+# another on one worker, so that no two of them starve each other into time-outs.
+
 
 @pytest.fixture(scope="session")
 def bootstrap() -> Iterator[str]:

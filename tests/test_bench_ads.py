@@ -10,6 +10,8 @@ import pytest
 
 from bench.ads import ARMS, AdsBenchConfig, run_ads_bench
 
+pytestmark = pytest.mark.xdist_group("cpu-heavy")
+
 
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:

@@ -122,6 +122,7 @@ TINY = FaultsConfig(events=2000, kills=1, scoring_kills=1, outage_s=2.0, users=2
                     request_rate=50.0, catch_up_timeout_s=60.0)
 
 
+@pytest.mark.xdist_group("cpu-heavy")
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_tiny_fault_run_finds_every_event_once_and_every_request_answered() -> None:

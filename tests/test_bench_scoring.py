@@ -35,6 +35,7 @@ TINY = ScoringBenchConfig(
 BUCKET_RATIO = 1.2
 
 
+@pytest.mark.xdist_group("cpu-heavy")
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_tiny_scoring_bench_reports_every_figure(bootstrap: str, redis_url: str,

@@ -150,7 +150,7 @@ def _speed(settings: Settings, updates: int) -> dict[str, Any]:
     """A fresh drift role (a group of its own) catching up on a run's topics, from its first
     update to its last, against River's bare ADWIN update on as many values."""
     catching_up = settings.model_copy(update={
-        "roles": "drift", "drift_group": f"{settings.drift_group}-catch-up"})
+        "roles": "drift", "drift_group": f"{settings.group('drift')}-catch-up"})
     with WorkerProcess(catching_up, str(settings.broker_url)) as worker:
         worker.wait_for(lambda s: s["drift_updates"] > 0, timeout_s=120)
         started = time.perf_counter()

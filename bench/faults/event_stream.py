@@ -119,7 +119,7 @@ class Progress:
     async def run(self) -> None:
         settings = self.env.settings
         events = settings.topic("events")
-        group = GroupProgress(settings, self.env.bootstrap, settings.features_group,
+        group = GroupProgress(settings, self.env.bootstrap, settings.group("features"),
                               (events, settings.topic("items")))
         try:
             while True:

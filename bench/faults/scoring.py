@@ -112,7 +112,7 @@ async def _run(env: Environment, config: FaultsConfig) -> dict[str, Any]:
 async def _group_started(settings: Settings, bootstrap: str, timeout_s: float) -> None:
     """Until the scoring group has committed where it starts. It starts at the latest offset,
     so requests sent before it joined would never be its to answer (by design, not a fault)."""
-    group = GroupProgress(settings, bootstrap, settings.scoring_group,
+    group = GroupProgress(settings, bootstrap, settings.group("scoring"),
                           (settings.topic("requests"),))
     deadline = time.monotonic() + timeout_s
     try:

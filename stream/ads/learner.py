@@ -61,7 +61,7 @@ class AdsLearnerService(SupervisedConsumer):
             settings, bootstrap, metrics, name="ads",
             topics={settings.topic("outcomes"): Outcome},
             # Learning is not latency-bound: the longest fetch wait polls the broker least.
-            group_id=settings.ads_group, fetch_wait_ms=MAX_FETCH_WAIT_MS,
+            group_id=settings.group("ads"), fetch_wait_ms=MAX_FETCH_WAIT_MS,
             max_records=settings.batch_max_records, **kwargs)
         self.params = BanditSlot(settings)
         self.reader = VersionedStateService(settings, bootstrap,

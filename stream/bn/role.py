@@ -71,7 +71,7 @@ class BnService(SupervisedConsumer):
             settings, bootstrap, metrics, name="bn",
             topics={self._feature_log: FeatureLog, settings.topic("outcomes"): Outcome},
             # Statistics are not latency-bound: the longest fetch wait polls the broker least.
-            group_id=settings.bn_group, fetch_wait_ms=MAX_FETCH_WAIT_MS,
+            group_id=settings.group("bn"), fetch_wait_ms=MAX_FETCH_WAIT_MS,
             max_records=settings.batch_max_records, **kwargs)
         self.versions = BnVersions(settings, self._on_stats)
         self.reader = VersionedStateService(settings, bootstrap, self.versions.kinds(),

@@ -56,7 +56,7 @@ class AlertDelivery(SupervisedConsumer):
                  metrics: WorkerMetrics, **kwargs: Any) -> None:
         super().__init__(settings, bootstrap, metrics, name="alert-delivery",
                          topics={settings.topic("drift-alerts"): DriftAlert},
-                         group_id=settings.alert_delivery_group, fetch_wait_ms=100,
+                         group_id=settings.group("alert-delivery"), fetch_wait_ms=100,
                          max_records=500, **kwargs)
         self._registry = registry
         self._lanes: dict[str, Lane] = {}

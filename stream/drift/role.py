@@ -42,7 +42,7 @@ class DriftService(SupervisedConsumer):
             topics={settings.topic("outcomes"): Outcome,
                     settings.topic("rankings"): RankingResult,
                     settings.topic("feature-log"): FeatureLog},
-            group_id=settings.drift_group,
+            group_id=settings.group("drift"),
             fetch_wait_ms=settings.batch_wait_ms,
             max_records=settings.batch_max_records,
             **kwargs)

@@ -42,7 +42,7 @@ class FeatureService(SupervisedConsumer):
         super().__init__(
             settings, bootstrap, metrics, name="features",
             topics={settings.topic("items"): ItemUpsert, settings.topic("events"): Event},
-            group_id=settings.features_group,
+            group_id=settings.group("features"),
             fetch_wait_ms=settings.batch_wait_ms,
             max_records=settings.batch_max_records,
             replay_from_start=isinstance(store, MemoryStore),

@@ -39,7 +39,7 @@ class InterestsService(SupervisedConsumer):
         super().__init__(
             settings, bootstrap, metrics, name="interests",
             topics={settings.topic("events"): Event},
-            group_id=settings.interests_group,
+            group_id=settings.group("interests"),
             fetch_wait_ms=settings.batch_wait_ms,
             max_records=settings.batch_max_records,
             **kwargs)

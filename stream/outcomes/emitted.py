@@ -31,7 +31,7 @@ class EmittedLog:
     def __init__(self, settings: Settings, bootstrap: str) -> None:
         self._topic = settings.topic("outcomes")
         self._consumer: AIOKafkaConsumer = kafka_consumer(
-            settings, bootstrap, group_id=f"{settings.outcomes_group}-emitted",
+            settings, bootstrap, group_id=f"{settings.group('outcomes')}-emitted",
             enable_auto_commit=False, auto_offset_reset="earliest",
             fetch_max_wait_ms=READ_TO_END_WAIT_MS)
         self._acked: dict[int, int] = {}  # partition -> next offset after the last acknowledged

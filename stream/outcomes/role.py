@@ -37,7 +37,7 @@ class OutcomesService(SupervisedConsumer):
             settings, bootstrap, metrics, name="outcomes",
             topics={self._inputs["rankings"]: RankingResult, self._inputs["events"]: Event,
                     self._inputs["feature-log"]: FeatureLog},
-            group_id=settings.outcomes_group,
+            group_id=settings.group("outcomes"),
             fetch_wait_ms=settings.batch_wait_ms,
             max_records=settings.batch_max_records,
             **kwargs)

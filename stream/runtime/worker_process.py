@@ -83,9 +83,16 @@ class WorkerProcess:
                 preexec_fn=partial(die_with_parent, signal.SIGKILL))
 
     def start(self, timeout_s: float = 90.0) -> None:
-        """Start the child and wait until ``/health`` answers 200 (from every process)."""
+        """Start the child and wait until ``/health`` answers 200 (from every process). A child
+        that does not get there is killed: left running, it would sit in its consumer groups
+        and stall the rebalances of whatever joins them next."""
         self.launch()
-        self.wait_for(lambda _: True, timeout_s=timeout_s, path="/health")
+        try:
+            self.wait_for(lambda _: True, timeout_s=timeout_s, path="/health")
+        except BaseException:
+            if self.alive():
+                self.kill()
+            raise
 
     def kill(self) -> None:
         """SIGKILL: no clean stop, no last commit; what a crash or an OOM kill does."""

@@ -29,7 +29,7 @@ class ScoringService(SupervisedConsumer):
         super().__init__(
             settings, bootstrap, metrics, name="scoring",
             topics={settings.topic("requests"): RankingRequest},
-            group_id=settings.scoring_group,
+            group_id=settings.group("scoring"),
             fetch_wait_ms=settings.scoring_wait_ms,
             max_records=settings.scoring_batch_max_requests,
             # A ranking leaves when it is ready: at low load a linger is pure latency (1 ms

@@ -95,6 +95,7 @@ def same_posteriors(a: BanditParams, b: BanditParams) -> bool:
                             (a.organic, b.organic)))
 
 
+@pytest.mark.xdist_group("cpu-heavy")
 async def test_outcomes_are_learnt_once_across_a_kill_9_and_malformed_ones_touch_nothing(
         bootstrap: str, redis_url: str, tmp_path: Path) -> None:
     # Commits far apart: the kill lands after the version is published, before its commit.

@@ -221,6 +221,7 @@ def test_the_watchdog_rolls_back_an_injected_bad_version(
     assert stats["bn_watchdog_rollbacks"] == 1
 
 
+@pytest.mark.xdist_group("cpu-heavy")
 async def test_a_kill_9_restart_blends_no_row_twice_and_hostile_rows_change_nothing(
         bootstrap: str, redis_url: str, model_dir: Path) -> None:
     # Commits far apart: the kill lands after the version is published, before its commit.

@@ -77,8 +77,7 @@ async def publish_records(settings: Settings, rankings: list[RankingResult],
 
 
 def outcomes_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"outcome_window_s": WINDOW,
-                                       "outcomes_group": f"{settings.topic_prefix}-outcomes"})
+    return settings.model_copy(update={"outcome_window_s": WINDOW})
 
 
 async def test_rankings_and_events_yield_exactly_the_expected_outcomes(
@@ -120,7 +119,7 @@ async def test_a_restart_that_lost_its_commits_emits_nothing_twice(settings: Set
     finally:
         await first.stop()
     # As if the worker died before any commit: a group without commits reads from the start.
-    settings = settings.model_copy(update={"outcomes_group": f"{settings.outcomes_group}-2"})
+    settings = settings.model_copy(update={"outcomes_group": f"{settings.group('outcomes')}-2"})
     second = OutcomesService(settings, str(settings.broker_url), WorkerMetrics())
     await second.start()
     try:

@@ -225,6 +225,7 @@ async def _publish_raw(settings: Settings, directory: Path, sha256: str) -> None
     await publish(settings, "model-updates", [("model", orjson.dumps(update))])
 
 
+@pytest.mark.xdist_group("cpu-heavy")
 def test_outcomes_carry_the_rows_scored_and_a_model_trained_on_them_serves(
         worker: tuple[WorkerProcess, Settings], serving_models: tuple[Path, Path]) -> None:
     """Last in this module: it publishes a model of its own."""

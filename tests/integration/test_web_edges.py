@@ -85,7 +85,8 @@ def refused(worker: WorkerProcess, reason: str) -> float:
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong-token-0123456789", TOKEN,
-                                           f"Basic {TOKEN}"])
+                                           f"Basic {TOKEN}"],
+                         ids=["none", "wrong-token", "no-scheme", "basic-scheme"])
 def test_rank_without_the_token_is_unauthorized(worker: WorkerProcess,
                                                 authorization: str | None) -> None:
     before = refused(worker, "unauthorized")
