@@ -336,10 +336,23 @@ def retrieval_queries(interests: Interests, picked: np.ndarray) -> np.ndarray:
     return np.asarray(rows / np.maximum(norms, 1e-12))
 
 
+def retrieval_shares(importance: np.ndarray) -> np.ndarray:
+    """How the retrieved slots are split over the picked interests: by importance squared.
+
+    Slots in proportion to importance under-serve the likeliest interest. On the synthetic
+    world, with the true interest vectors as queries, the split that is best for the true
+    engagement probabilities retrieves the next engagement 1.74-1.78x as often as the mean
+    embedding does, against 1.52-1.55x for a proportional split. Measured with the users'
+    centroids (the interests bench, 1000 users, seeds 7 / 11 / 13, against the mean):
+    proportional 1.23 / 1.22 / 1.28, squared 1.28 / 1.26 / 1.36, cubed 1.30 / 1.26 / 1.39.
+    Squared takes most of the gain while leaving a second interest its slots."""
+    return np.square(np.asarray(importance, dtype=np.float64))
+
+
 def merge_retrieved(per_query: Sequence[Hits], shares: Sequence[float], k: int
                     ) -> list[tuple[str, int]]:
     """``k`` items from several queries' hits, as (item id, query): each query gets slots in
-    proportion to its share (its interest's importance; the largest remainders take the odd
+    proportion to its share (:func:`retrieval_shares`; the largest remainders take the odd
     slots) and fills them with its best hits not taken yet, then any slots a short list left
     go by best cosine. Merging by best cosine alone lets the nearest interest take every slot.
     """

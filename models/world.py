@@ -289,6 +289,12 @@ class World:
         state = self._state(elapsed_s)
         return state.vectors[state.offsets[user] : state.offsets[user + 1]].copy()
 
+    def interest_weights(self, user: int, elapsed_s: float) -> np.ndarray:
+        """How often each of the user's true interests (in :meth:`interests`' order) is the
+        one a request follows, summing to 1: ground truth for the interests bench."""
+        state = self._state(elapsed_s)
+        return state.weights[state.offsets[user] : state.offsets[user + 1]].copy()
+
     def draw_request(self, rng: np.random.Generator, elapsed_s: float,
                      user: int | None = None) -> RequestDraw:
         """Pose a request: an active user (or the one given, to follow a user's history), a

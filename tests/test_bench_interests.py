@@ -89,6 +89,9 @@ def test_a_tiny_run_reports_every_figure_and_its_bars() -> None:
     assert 0.0 <= result["ann_recall"] <= 1.0
     assert set(result["recluster_ms"]) == {"50", "500"}
     assert result["online_update_ms"]["n"] == 12
+    assert set(result["diagnosis"]["recall_at_100"]) == {
+        "medoids_best_cosine", "medoids_by_importance", "true_interests",
+        "true_interests_by_weight"}
     # A catalogue under 10k items, an index under 100k: the bars cannot be met.
     assert not result["bars"]["ratio_vs_mean>=1.3"]
     assert not result["bars"]["retrieval_p99_ms<=5"] and result["bar_met"] is False

@@ -21,6 +21,7 @@ from models.interests import (
     merge_retrieved,
     recluster,
     retrieval_queries,
+    retrieval_shares,
     sample_medoids,
     update_interests,
 )
@@ -369,6 +370,15 @@ def test_retrieval_gives_each_interest_slots_by_importance_then_fills_by_cosine(
     assert merge_retrieved([cats, cars], [0.25, 0.75], k=4) == [
         ("a", 0), ("b", 1), ("x", 1), ("c", 0)]
     assert merge_retrieved([], [], k=4) == []
+
+
+def test_the_likeliest_interest_gets_more_than_its_proportional_slots() -> None:
+    # Importance 3:1 splits 10 slots 9:1, not 7.5:2.5; the second interest keeps one.
+    shares = retrieval_shares(np.array([3.0, 1.0]))
+    first = [(f"a{i}", 1.0 - i / 100) for i in range(10)]
+    second = [(f"b{i}", 1.0 - i / 100) for i in range(10)]
+    merged = merge_retrieved([first, second], shares.tolist(), k=10)
+    assert [query for _, query in merged].count(0) == 9 and ("b0", 1) in merged
 
 
 def test_retrieval_queries_are_the_unit_centroids_of_the_picked_interests() -> None:

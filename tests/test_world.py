@@ -347,3 +347,11 @@ def test_calibration_ramp_moves_the_click_logit_but_not_the_order() -> None:
 def test_bad_shifts_are_refused(shift: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Shift(0.0, **shift)  # type: ignore[arg-type]
+
+
+def test_each_users_interest_weights_match_their_interests_and_sum_to_one() -> None:
+    world = World(WorldConfig(n_users=20, n_items=500, seed=4))
+    for user in range(20):
+        weights = world.interest_weights(user, 0.0)
+        assert len(weights) == len(world.interests(user, 0.0)) >= 1
+        assert weights.sum() == pytest.approx(1.0) and (weights > 0).all()

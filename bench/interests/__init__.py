@@ -41,6 +41,7 @@ from models.interests import (
     merge_retrieved,
     recluster,
     retrieval_queries,
+    retrieval_shares,
     sample_medoids,
     update_interests,
 )
@@ -87,7 +88,7 @@ class Replayed:
 
 def pinnersage(hits: Sequence[Sequence[tuple[str, float]]], shares: np.ndarray, k: int
                ) -> list[str]:
-    return [item for item, _ in merge_retrieved(hits, shares.tolist(), k)]
+    return [item for item, _ in merge_retrieved(hits, retrieval_shares(shares).tolist(), k)]
 
 
 def run_interests_bench(config: InterestsBenchConfig) -> dict[str, Any]:
@@ -170,17 +171,21 @@ def _recall_curves(world: World, index: ItemIndex, users: Sequence[Replayed]
 def _diagnosis(world: World, index: ItemIndex, users: Sequence[Replayed]) -> dict[str, Any]:
     """What other rules would retrieve, each a change of one thing: the paper's literal rule
     (the sampled medoids as queries, merged by best cosine), medoids with the slots split by
-    importance, and the world's true interest vectors merged by best cosine (what perfect
-    clustering could at best find that way)."""
+    importance, and the world's true interest vectors, merged by best cosine or split as
+    production splits them but by their true weights: what the rule could retrieve if the
+    interests were estimated without error."""
     held = [world.item_ids[u.history.held_out] for u in users]
     variants: dict[str, list[list[str]]] = {
-        "medoids_best_cosine": [], "medoids_by_importance": [], "true_interests": []}
+        "medoids_best_cosine": [], "medoids_by_importance": [], "true_interests": [],
+        "true_interests_by_weight": []}
     for u in users:
         medoid_hits = index.search(u.medoids, K, u.engaged)
         variants["medoids_best_cosine"].append(merge_best(medoid_hits, K))
         variants["medoids_by_importance"].append(pinnersage(medoid_hits, u.shares, K))
-        truth = world.interests(u.history.user, 0.0)
-        variants["true_interests"].append(merge_best(index.search(truth, K, u.engaged), K))
+        truth_hits = index.search(world.interests(u.history.user, 0.0), K, u.engaged)
+        variants["true_interests"].append(merge_best(truth_hits, K))
+        variants["true_interests_by_weight"].append(
+            pinnersage(truth_hits, world.interest_weights(u.history.user, 0.0), K))
     truths = [len(world.interests(u.history.user, 0.0)) for u in users]
     return {
         "recall_at_100": {name: round(recall_at(lists, held, K), 4)

@@ -22,7 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.ann import ItemIndex
-from models.interests import merge_retrieved, retrieval_queries, sample_medoids
+from models.interests import (
+    merge_retrieved,
+    retrieval_queries,
+    retrieval_shares,
+    sample_medoids,
+)
 from schemas import RankingRequest
 from stream.features.store import FeatureStore
 from stream.interests.state import STATE, UserInterests
@@ -96,7 +101,8 @@ class Retriever:
         rng = np.random.default_rng(zlib.crc32(request.request_id.encode()))
         picked = sample_medoids(interests, now, rng)
         hits = self._index().search(retrieval_queries(interests, picked), k, exclude=skip)
-        merged = merge_retrieved(hits, interests.importance_at(now)[picked].tolist(), k)
+        shares = retrieval_shares(interests.importance_at(now)[picked])
+        merged = merge_retrieved(hits, shares.tolist(), k)
         return [(item, f"interest:{int(picked[query])}") for item, query in merged]
 
     async def _trending_items(self) -> list[str]:
