@@ -25,7 +25,7 @@ ROLES = ("features", "scoring", "outcomes", "drift", "interests", "bn", "ads")
 # the trending items for everyone, the popularity baseline that interests must beat.
 RetrievalSource = Literal["interests", "trending"]
 GroupName = Literal["features", "scoring", "outcomes", "drift", "alert-delivery", "interests",
-                    "bn", "ads"]
+                    "bn", "ads", "state-audit"]
 DRIFT_FEATURES = ("device_mobile", "device_desktop", "device_tablet", "surface_feed",
                   "sim_max", "sim_mean", "cand_centroid_sim", "item_click_rate_1d",
                   "user_click_rate_1d")
@@ -419,11 +419,12 @@ class Settings(BaseSettings):
         return topic_name(self.topic_prefix, suffix)
 
     def group(self, name: GroupName) -> str:
-        """The consumer group of ``name``: its ``*_group`` setting, or ``<topic_prefix>-<name>``.
+        """The consumer group of ``name``: its ``*_group`` setting where there is one, or
+        ``<topic_prefix>-<name>``.
         Named after the prefix, so that two deployments (or two tests) on one cluster with
         different prefixes never share a group: a member of one would stall the other's
         rebalances, and could be handed partitions of topics it does not read."""
-        explicit: str | None = getattr(self, f"{name.replace('-', '_')}_group")
+        explicit: str | None = getattr(self, f"{name.replace('-', '_')}_group", None)
         return explicit or f"{self.topic_prefix}-{name}"
 
     @cached_property

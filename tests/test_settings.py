@@ -16,3 +16,4 @@ def test_a_group_that_is_set_wins() -> None:
     settings = Settings(topic_prefix="shop-a", bn_group="stats", alert_delivery_group="hooks")
     assert settings.group("bn") == "stats" and settings.group("alert-delivery") == "hooks"
     assert settings.group("ads") == "shop-a-ads"
+    assert settings.group("state-audit") == "shop-a-state-audit"  # no setting of its own

@@ -170,10 +170,11 @@ def _recall_curves(world: World, index: ItemIndex, users: Sequence[Replayed]
 
 def _diagnosis(world: World, index: ItemIndex, users: Sequence[Replayed]) -> dict[str, Any]:
     """What other rules would retrieve, each a change of one thing: the paper's literal rule
-    (the sampled medoids as queries, merged by best cosine), medoids with the slots split by
-    importance, and the world's true interest vectors, merged by best cosine or split as
-    production splits them but by their true weights: what the rule could retrieve if the
-    interests were estimated without error."""
+    (the sampled medoids as queries, merged by best cosine), medoids with the slots split as
+    production splits them (:func:`models.interests.retrieval_shares`), and the world's true
+    interest vectors, merged by best cosine or split as production splits them but by their
+    true weights: what the rule could retrieve if the interests were estimated without
+    error."""
     held = [world.item_ids[u.history.held_out] for u in users]
     variants: dict[str, list[list[str]]] = {
         "medoids_best_cosine": [], "medoids_by_importance": [], "true_interests": [],

@@ -18,10 +18,6 @@ from stream.runtime.versioned_state import StateKind, load_off_loop, registry
 from stream.settings import Settings
 
 
-def audit_group(settings: Settings) -> str:
-    return f"{settings.topic_prefix}-state-audit"
-
-
 class StateAuditService(SupervisedConsumer):
     """Judges every version once, in one consumer group, ``<prefix>-state-audit``.
 
@@ -47,7 +43,7 @@ class StateAuditService(SupervisedConsumer):
                  metrics: WorkerMetrics, **kwargs: Any) -> None:
         super().__init__(settings, bootstrap, metrics, name="state-audit",
                          topics={settings.topic("model-updates"): ModelUpdate},
-                         group_id=audit_group(settings), fetch_wait_ms=100, max_records=100,
+                         group_id=settings.group("state-audit"), fetch_wait_ms=100, max_records=100,
                          **kwargs)
         self.kinds = registry(kinds)
 

@@ -21,7 +21,7 @@ from models.signing import SIGNATURE_FIELD, sign
 from stream.ads.serving import BanditSlot
 from stream.runtime.environment import ensure_topics
 from stream.runtime.metrics import WorkerMetrics
-from stream.runtime.state_audit import StateAuditService, audit_group
+from stream.runtime.state_audit import StateAuditService
 from stream.runtime.versioned_state import VersionedStateService
 from stream.scoring.model_kind import publish_model
 from stream.scoring.ranker import ModelSlot
@@ -97,7 +97,7 @@ async def audited_up_to(settings: Settings, offset: int) -> bool:
     consumer only reads the group's offsets; aiokafka's admin client cannot parse tansu's
     OffsetFetch answer.)"""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_url,
-                                group_id=audit_group(settings), enable_auto_commit=False)
+                                group_id=settings.group("state-audit"), enable_auto_commit=False)
     await consumer.start()
     try:
         committed = await consumer.committed(TopicPartition(settings.topic("model-updates"), 0))
@@ -111,7 +111,7 @@ async def audit_settled_with(settings: Settings, members: int) -> bool:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_url)
     await admin.start()
     try:
-        [response] = await admin.describe_consumer_groups([audit_group(settings)])
+        [response] = await admin.describe_consumer_groups([settings.group("state-audit")])
     finally:
         await admin.close()
     [(_, _, state, _, _, joined)] = response.groups
