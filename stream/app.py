@@ -6,7 +6,9 @@ import asyncio
 import gc
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -94,6 +96,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         broker=f"kafka://{bootstrap}",
         broker_credentials=faust_credentials(settings),
         store="memory://",
+        # Faust makes its data and table directories at start even with no tables (the store
+        # is memory://): the temp dir takes them, not the directory the worker was run from.
+        datadir=Path(tempfile.gettempdir()) / f"{settings.topic_prefix}-worker-data",
         topic_partitions=settings.partitions,
         web_host=settings.web_host,
         web_bind=settings.web_host,  # Faust binds 0.0.0.0 otherwise, whatever web_host says

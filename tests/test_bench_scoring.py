@@ -14,17 +14,20 @@ import pytest
 import redis
 
 from bench.scoring import ScoringBenchConfig, parse_candidates, run_scoring_bench
-from bench.scoring.inworker import delta, histogram_quantile, quantiles_ms, total_buckets
+from bench.scoring.inworker import delta, histogram_quantile, quantiles_ms, stage_buckets
+from stream.errors import BenchFailed
 from stream.runtime.metrics import SCORING_BUCKETS_S
 from stream.settings import Settings
 
 POSITIVE = ("p50_ms", "p99_ms", "echo_p50_ms", "echo_p99_ms", "http_serial_p50_ms",
             "http_serial_p99_ms", "inworker_p99_ms_at_25pct", "max_candidates_per_s",
             "max_requests_per_s", "bare_candidates_per_s", "bare_batched_candidates_per_s",
-            "ratio", "latency_rate_per_s")
+            "ratio", "latency_rate_per_s", "http_serial_floor_p50_ms",
+            "http_serial_floor_p99_ms", "http_serial_vs_floor")
 POINT = ("offered_rps", "p50_ms", "p99_ms", "echo_p50_ms", "echo_p99_ms", "inworker_p50_ms",
          "inworker_p99_ms", "http1_p50_ms", "http1_p99_ms", "http8_p50_ms", "http8_p99_ms",
-         "produce_ack_p50_ms", "produce_ack_p99_ms")
+         "produce_ack_p50_ms", "produce_ack_p99_ms", "inworker_produce_p50_ms",
+         "inworker_produce_p99_ms")
 # All rates in one environment, so the run sets up two: one max pass, one curve.
 TINY = ScoringBenchConfig(
     candidates=(40,), repeats=1, throughput_seconds=0.5, offered_pcts=(25, 50),
@@ -59,7 +62,11 @@ def test_tiny_scoring_bench_reports_every_figure(bootstrap: str, redis_url: str,
         # up to the histogram's resolution.
         assert point["inworker_p99_ms"] <= point["p99_ms"] * BUCKET_RATIO
         assert point["inworker_p50_ms"] <= point["p50_ms"] * BUCKET_RATIO
+        # The wait for the ack is part of the in-worker time.
+        assert point["inworker_produce_p99_ms"] <= point["inworker_p99_ms"] * BUCKET_RATIO
     assert entry["inworker_p99_ms_at_25pct"] == curve[0]["inworker_p99_ms"]
+    assert entry["produce_ack_p99_ms_at_25pct"] == curve[0]["produce_ack_p99_ms"]
+    assert entry["inworker_produce_p99_ms_at_25pct"] == curve[0]["inworker_produce_p99_ms"]
     half = curve[1]
     assert (entry["p99_ms"], entry["echo_p99_ms"]) == (half["p99_ms"], half["echo_p99_ms"])
     assert entry["latency_rate_per_s"] == half["offered_rps"]
@@ -71,6 +78,8 @@ def test_tiny_scoring_bench_reports_every_figure(bootstrap: str, redis_url: str,
         entry["max_candidates_per_s"] / entry["bare_candidates_per_s"], rel=1e-3, abs=1e-4)
     assert entry["latency_requests"] == entry["echo_requests"] >= 1
     assert entry["http_serial_requests"] == TINY.http_serial_requests
+    assert entry["http_serial_vs_floor"] == pytest.approx(
+        entry["http_serial_p50_ms"] / entry["http_serial_floor_p50_ms"], rel=1e-2)
     assert entry["bare_batched_rows"] >= 40
     assert set(entry["stages_ms"]) == {"to_worker", "in_worker", "from_worker"}
     assert all(math.isfinite(v) for stage in entry["stages_ms"].values() for v in stage.values())
@@ -117,12 +126,16 @@ def test_in_worker_quantiles_come_from_the_difference_of_two_scrapes() -> None:
                              f'stage="{stage}"}} {cumulative}')
         return "\n".join(lines) + "\n"
 
-    before = total_buckets(page({"0.001": 1000}))  # warm-up: all fast
-    after = total_buckets(page({"0.001": 1000, "0.002": 50, "0.004": 50}))
+    before = stage_buckets(page({"0.001": 1000}))  # warm-up: all fast
+    after = stage_buckets(page({"0.001": 1000, "0.002": 50, "0.004": 50}))
     observed = delta(after, before)
     assert observed[math.inf] == 100
     # Only the pass's 100: rank 50 tops (1, 2] ms, rank 99 is 49/50 into (2, 4] ms.
     assert quantiles_ms(observed) == (2.0, 3.96)
+    # Another stage is read from its own series: the model's 500, all in the first bucket.
+    assert stage_buckets(page({}), "model")[math.inf] == 500
+    with pytest.raises(BenchFailed, match="produce"):
+        stage_buckets(page({}), "produce")
 
 
 def test_scoring_buckets_are_log_spaced_from_a_tenth_of_a_ms_past_a_second() -> None:

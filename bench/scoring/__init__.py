@@ -19,7 +19,9 @@ Per candidates size (see ``run_scoring_bench`` for which passes share an environ
   from the worker's own histogram over that same pass (``inworker``); the echo at the same
   rate; ``POST /rank`` from 1 and from 8 paced clients (``http_clients``), timed from each
   request's scheduled time.
-- ``POST /rank`` from one client back to back (``http_serial_*``), in the last environment.
+- ``POST /rank`` from one client back to back (``http_serial_*``), in the last environment,
+  each request also sent to the floor (``floor``): a bare aiohttp, Redis and onnxruntime
+  service doing the least the same request needs (``http_serial_floor_*``).
 
 The machine is small and shared by broker, Redis, worker and this process, so the path not
 being measured is paused (SIGSTOP; the worker for at most half its consumer session timeout):
@@ -54,6 +56,7 @@ from bench.scoring.config import (
 )
 from bench.scoring.echo import EchoProcess
 from bench.scoring.environment import Environment, environment
+from bench.scoring.floor import floor_server
 from bench.scoring.passes import MaxPass, broker_point, in_flight_at_max, maximum
 from bench.scoring.plot import curve_png
 from bench.scoring.report import CurvePoint, figures
@@ -111,8 +114,8 @@ def run_scoring_bench(settings: Settings, config: ScoringBenchConfig | None = No
             logs: dict[str, str] = {}
             maxima, side = _maxima(fresh, candidates, config, logs)
             max_rps = statistics.median(m.candidates_per_s for m in maxima) / candidates
-            points, serial_ms, worker = _curve(fresh, candidates, max_rps, config, logs)
-            by_candidates[str(candidates)] = (figures(maxima, points, serial_ms) | side
+            points, serial, worker = _curve(fresh, candidates, max_rps, config, logs)
+            by_candidates[str(candidates)] = (figures(maxima, points, *serial) | side
                                               | {"worker_logs": logs})
     report = worker | {
         "by_candidates": by_candidates,
@@ -167,9 +170,10 @@ def _maxima(fresh: Fresh, candidates: int, config: ScoringBenchConfig, logs: dic
 
 
 def _curve(fresh: Fresh, candidates: int, max_rps: float, config: ScoringBenchConfig,
-           logs: dict[str, str]) -> tuple[list[CurvePoint], list[float], dict[str, Any]]:
-    """Every path at each offered rate; then, in the last environment, HTTP back to back and
-    what the worker ran."""
+           logs: dict[str, str]
+           ) -> tuple[list[CurvePoint], tuple[list[float], list[float]], dict[str, Any]]:
+    """Every path at each offered rate; then, in the last environment, HTTP back to back
+    (the worker's and the floor's) and what the worker ran."""
     points: list[CurvePoint] = []
     groups = config.environment_groups()
     for g, pcts in enumerate(groups):
@@ -182,10 +186,12 @@ def _curve(fresh: Fresh, candidates: int, max_rps: float, config: ScoringBenchCo
                 points.append(asyncio.run(_point(env, candidates, pct, rate, count)))
             logs[phase] = str(env.worker.log_path)
             if g == len(groups) - 1:
-                with paused(env.echo.process, config.pause_idle):
-                    serial_ms = asyncio.run(http_clients.serial(env, candidates))
+                with paused(env.echo.process, config.pause_idle), floor_server(
+                        env.manifest, env.settings, env.worker.log_path.with_name(
+                            f"floor-{candidates}.log")) as floor_port:
+                    serial = asyncio.run(http_clients.serial(env, candidates, floor_port))
                 worker = env.describe_worker()
-    return points, serial_ms, worker
+    return points, serial, worker
 
 
 async def _point(env: Environment, candidates: int, pct: int, rate: float, count: int

@@ -31,7 +31,7 @@ class ScoringBenchConfig:
     min_latency_requests: int = 50     # per paced pass, even when the rate is low
     max_latency_requests: int = 3000   # per paced pass
     http_serial_requests: int = 1000   # back to back, one client
-    http_serial_seconds: float = 10.0  # ... or until this long has passed
+    http_serial_seconds: float = 20.0  # ... or until this long has passed (with the floor)
     bare_seconds: float = 0.5          # per bare pass and shape
     warmup_requests: int = 32
     items: int = 5000

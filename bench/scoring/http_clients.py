@@ -69,18 +69,25 @@ async def paced(env: Environment, candidates: int, rate: float, clients: int, co
     return latencies
 
 
-async def serial(env: Environment, candidates: int) -> list[float]:
+async def serial(env: Environment, candidates: int, floor_port: int
+                 ) -> tuple[list[float], list[float]]:
     """One client calling back to back, unpaced, after a warm-up: the worker's own latency
-    over HTTP with nothing queued before it; ms per request."""
+    over HTTP with nothing queued before it. Each request goes to the worker, then the same
+    one to the floor (:mod:`bench.scoring.floor`), each over its own connection, so that both
+    meet the same moments of a noisy machine; ms per request of each."""
     requests = Requests.build(env.catalogue, candidates, env.rng, f"s{candidates}")
-    url = f"http://127.0.0.1:{env.worker.port}/rank"
-    latencies: list[float] = []
-    async with _client() as http:
+    urls = [f"http://127.0.0.1:{port}/rank" for port in (env.worker.port, floor_port)]
+    worker_ms: list[float] = []
+    floor_ms: list[float] = []
+    async with _client() as worker, _client() as floor:
         for _ in range(env.config.warmup_requests):
-            await _post(http, url, requests)
+            await _post(worker, urls[0], requests)
+            await _post(floor, urls[1], requests)
         deadline = time.perf_counter() + env.config.http_serial_seconds
-        while (len(latencies) < env.config.http_serial_requests
+        while (len(worker_ms) < env.config.http_serial_requests
                and time.perf_counter() < deadline):
-            started = time.perf_counter()
-            latencies.append((await _post(http, url, requests) - started) * 1000.0)
-    return latencies
+            for http, url, latencies in ((worker, urls[0], worker_ms),
+                                         (floor, urls[1], floor_ms)):
+                started = time.perf_counter()
+                latencies.append((await _post(http, url, requests) - started) * 1000.0)
+    return worker_ms, floor_ms

@@ -1,5 +1,6 @@
 """In-worker latency from the worker's own histogram: the fetch's handover of a request to the
-broker's ack of its ranking (``streamrank_scoring_latency_seconds{stage="total"}``).
+broker's ack of its ranking (``streamrank_scoring_latency_seconds{stage="total"}``), and the
+part of it spent waiting for that ack (``stage="produce"``), which the broker sets.
 
 The bench reads ``/metrics`` just before and just after a paced pass and takes the difference
 of the bucket counts, so the figure covers that pass's requests alone; ``/stats``'s percentiles
@@ -26,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.errors import BenchFailed
 
 HISTOGRAM = "streamrank_scoring_latency_seconds"
-STAGE = "total"
+TOTAL = "total"
+PRODUCE = "produce"
 
 Buckets = dict[float, float]  # upper bound (le) -> cumulative count
 
@@ -61,17 +63,17 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
     return start + (end - start) * rank / count
 
 
-def total_buckets(text: str) -> Buckets:
-    """The ``total`` stage's cumulative buckets in one ``/metrics`` page."""
+def stage_buckets(text: str, stage: str = TOTAL) -> Buckets:
+    """One stage's cumulative buckets in one ``/metrics`` page."""
     buckets: Buckets = {}
     for family in text_string_to_metric_families(text):
         if family.name != HISTOGRAM:
             continue
         for sample in family.samples:
-            if sample.name.endswith("_bucket") and sample.labels.get("stage") == STAGE:
+            if sample.name.endswith("_bucket") and sample.labels.get("stage") == stage:
                 buckets[float(sample.labels["le"])] = sample.value
     if not buckets:
-        raise BenchFailed(f"/metrics has no {HISTOGRAM}{{stage={STAGE!r}}} buckets")
+        raise BenchFailed(f"/metrics has no {HISTOGRAM}{{stage={stage!r}}} buckets")
     return buckets
 
 
@@ -80,8 +82,8 @@ def delta(after: Mapping[float, float], before: Mapping[float, float]) -> Bucket
     return {le: count - before.get(le, 0.0) for le, count in after.items()}
 
 
-async def scrape(ports: Sequence[int]) -> Buckets:
-    """The ``total`` buckets summed over every process of the worker (each answers
+async def scrape(ports: Sequence[int], stage: str = TOTAL) -> Buckets:
+    """One stage's buckets summed over every process of the worker (each answers
     ``/metrics`` alone on its own port)."""
     summed: Buckets = {}
     async with aiohttp.ClientSession() as http:
@@ -91,16 +93,16 @@ async def scrape(ports: Sequence[int]) -> Buckets:
                     text = await response.text()
             except aiohttp.ClientError as exc:
                 raise BenchFailed(f"no /metrics on port {port}: {exc}") from exc
-            for le, count in total_buckets(text).items():
+            for le, count in stage_buckets(text, stage).items():
                 summed[le] = summed.get(le, 0.0) + count
     return summed
 
 
 async def settled(ports: Sequence[int], since: Buckets, expected: int,
                   alive: Callable[[], None], timeout_s: float = 5.0) -> Buckets:
-    """The buckets once ``expected`` more requests than ``since`` are in, or when ``timeout_s``
-    has passed: a ranking's total is observed by the callback of its ack, which may run after
-    the bench has read the ranking."""
+    """The total's buckets once ``expected`` more requests than ``since`` are in, or when
+    ``timeout_s`` has passed: a ranking's total is observed by the callback of its ack, which
+    may run after the bench has read the ranking."""
     deadline = time.monotonic() + timeout_s
     while True:
         buckets = await scrape(ports)

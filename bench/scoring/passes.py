@@ -13,6 +13,7 @@ from bench.scoring.bare import bare_candidates_per_s, worker_model
 from bench.scoring.catalogue import Requests
 from bench.scoring.echo import ECHO_TOPICS, echo_topic
 from bench.scoring.environment import Environment
+from bench.scoring.inworker import Buckets
 from bench.scoring.load import Load, Results, echoed_id, mean_batch, producing, ranking_id
 from models.scorer import OnnxScorer
 from stream.settings import Settings
@@ -44,7 +45,8 @@ class BrokerPoint:
     worker_ms: list[float]
     echo_ms: list[float]
     ack_ms: list[float]  # the requests' produce acks in the echo pass: the broker's alone
-    inworker: inworker.Buckets
+    inworker: Buckets
+    inworker_produce: Buckets  # the worker's wait for the acks of its rankings
     stages: list[tuple[float, float, float]]  # see Results.stages
     micro_batch: float  # mean requests per worker micro-batch
 
@@ -90,9 +92,13 @@ async def broker_point(env: Environment, candidates: int, rate: float, count: in
                 await load.warm(env.config.warmup_requests)
                 before = await inworker.settled(ports, base, env.config.warmup_requests,
                                                 env.worker_alive)
+                # A ranking's produce and total are observed together, at its ack.
+                produce_before = await inworker.scrape(ports, inworker.PRODUCE)
                 worker_ms = await load.paced(rate, count)
                 observed = inworker.delta(await inworker.settled(
                     ports, before, count, env.worker_alive), before)
+                produce = inworker.delta(await inworker.scrape(ports, inworker.PRODUCE),
+                                         produce_before)
         # The worker is paused during the echo pass: ``count`` keeps that well inside its
         # consumer session timeout.
         with paused(env.worker.process, pause):
@@ -102,5 +108,5 @@ async def broker_point(env: Environment, candidates: int, rate: float, count: in
                             requests)
                 await echo.warm(env.config.warmup_requests)
                 echo_ms = await echo.paced(rate, count)
-    return BrokerPoint(worker_ms, echo_ms, echo.acks_ms, observed, list(results.stages),
-                       mean_batch(results.results))
+    return BrokerPoint(worker_ms, echo_ms, echo.acks_ms, observed, produce,
+                       list(results.stages), mean_batch(results.results))

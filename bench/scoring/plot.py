@@ -33,6 +33,8 @@ def curve_png(path: Path, by_candidates: Mapping[str, Mapping[str, Any]]) -> dic
                       color=colour, label=label)
         axes.axhline(entry["http_serial_p99_ms"], color="tab:orange", linestyle=":",
                      label="HTTP, 1 client back to back")
+        axes.axhline(entry["http_serial_floor_p99_ms"], color="tab:gray", linestyle=":",
+                     label="floor: bare aiohttp + Redis + onnxruntime, back to back")
         axes.set_yscale("log")
         axes.set_title(f"{candidates} candidates (max {entry['max_requests_per_s']:g} req/s)")
         axes.set_xlabel("offered load, % of the maximum")

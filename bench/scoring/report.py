@@ -29,6 +29,7 @@ class CurvePoint:
     def row(self) -> dict[str, Any]:
         """The point as the JSON's ``curve`` lists it."""
         inworker_p50, inworker_p99 = inworker.quantiles_ms(self.broker.inworker)
+        produce_p50, produce_p99 = inworker.quantiles_ms(self.broker.inworker_produce)
         return {
             "offered_pct": self.offered_pct,
             "offered_rps": round(self.offered_rps, 2),
@@ -40,6 +41,8 @@ class CurvePoint:
             "inworker_p50_ms": inworker_p50,
             "inworker_p99_ms": inworker_p99,
             "inworker_requests": int(self.broker.inworker[float("inf")]),
+            "inworker_produce_p50_ms": produce_p50,
+            "inworker_produce_p99_ms": produce_p99,
             "produce_ack_p50_ms": percentile(self.broker.ack_ms, 50),
             "produce_ack_p99_ms": percentile(self.broker.ack_ms, 99),
             "http1_p50_ms": percentile(self.http1_ms, 50),
@@ -50,8 +53,8 @@ class CurvePoint:
         }
 
 
-def figures(maxima: Sequence[MaxPass], points: Sequence[CurvePoint], serial_ms: Sequence[float]
-            ) -> dict[str, Any]:
+def figures(maxima: Sequence[MaxPass], points: Sequence[CurvePoint], serial_ms: Sequence[float],
+            floor_ms: Sequence[float]) -> dict[str, Any]:
     """One candidates size's entry of ``by_candidates``."""
     curve = [point.row() for point in points]
     at = {point.offered_pct: (point, row) for point, row in zip(points, curve, strict=True)}
@@ -61,9 +64,18 @@ def figures(maxima: Sequence[MaxPass], points: Sequence[CurvePoint], serial_ms: 
     return {
         "curve": curve,
         "inworker_p99_ms_at_25pct": at[INWORKER_BAR_PCT][1]["inworker_p99_ms"],
+        # In-worker time ends at the broker's ack of the ranking: the worker's own wait for
+        # it, and the bench's produce-to-ack at that rate, are the broker's floor under it.
+        "inworker_produce_p99_ms_at_25pct": at[INWORKER_BAR_PCT][1]["inworker_produce_p99_ms"],
+        "produce_ack_p99_ms_at_25pct": at[INWORKER_BAR_PCT][1]["produce_ack_p99_ms"],
         "http_serial_p50_ms": percentile(serial_ms, 50),
         "http_serial_p99_ms": percentile(serial_ms, 99),
         "http_serial_requests": len(serial_ms),
+        # The same requests, alternately, to the floor (bench.scoring.floor): what is left
+        # of the serial latency once streamrank's own work is taken away.
+        "http_serial_floor_p50_ms": percentile(floor_ms, 50),
+        "http_serial_floor_p99_ms": percentile(floor_ms, 99),
+        "http_serial_vs_floor": round(percentile(serial_ms, 50) / percentile(floor_ms, 50), 3),
         # At half of the maximum, as the bench reported before the curve:
         "p50_ms": half_row["p50_ms"],
         "p99_ms": half_row["p99_ms"],
