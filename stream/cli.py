@@ -676,10 +676,23 @@ def bench_interests(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
     png: Annotated[Path | None, typer.Option(
         help="Recall@K per source; default: --json's path as .png.")] = None,
+    ctr_seconds: Annotated[float, typer.Option(
+        min=0, help="Also serve two closed-loop demos this long, with and without the "
+        "ranker's interest features (needs the broker and store, and minutes); 0: skip.")
+    ] = 0.0,
+    ctr_rate: Annotated[float, typer.Option(
+        min=0.1, help="The demos' requests per second.")] = 150.0,
+    ctr_warmup: Annotated[float, typer.Option(
+        min=1, help="The demos' simulated warm-up, in seconds at --ctr-rate.")] = 240.0,
+    ctr_retrain_every: Annotated[float, typer.Option(
+        min=0, help="The demos retrain every this many seconds; 0: once.")] = 10.0,
 ) -> None:
     """PinnerSage medoids against the mean embedding and popularity as retrieval sources, with
-    the online update, recluster and retrieval costs, and the index's recall."""
+    the online update, recluster and retrieval costs, and the index's recall; with
+    --ctr-seconds, the served CTR with and without the interest features."""
     from bench.interests import InterestsBenchConfig, run_interests_bench
+    from bench.interests.ctr import served_ctr
+    from stream.runtime.environment import check_store
 
     if png is None and json_out is not None:
         png = json_out.with_suffix(".png")
@@ -688,7 +701,15 @@ def bench_interests(
                                       seed=seed, png=png)
     except ValueError as exc:
         _fail(str(exc))
-    _report(run_interests_bench(config), json_out)
+    settings = None
+    if ctr_seconds > 0:  # the demos' settings and store fail now, not after the recall part
+        settings = _settings()
+        check_store(settings)
+    report = run_interests_bench(config)
+    report["ctr"] = (served_ctr(settings, ctr_seconds, ctr_rate, ctr_warmup, ctr_retrain_every)
+                     if settings is not None
+                     else {"skipped": "give --ctr-seconds to serve the two demos"})
+    _report(report, json_out)
 
 
 @bench_app.command("faults")

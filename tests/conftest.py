@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -25,6 +26,29 @@ os.environ.setdefault("STREAMRANK_CONSUMER_SESSION_TIMEOUT_MS", "5000")
 # that keep both cores busy for tens of seconds (the demos, the kill -9 restarts, the bench
 # runs) are marked ``xdist_group("cpu-heavy")``: ``--dist loadgroup`` runs them one after
 # another on one worker, so that no two of them starve each other into time-outs.
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every other integration module runs whole on one xdist worker: its tests share
+    module-scoped workers, and some build on what an earlier test of the module left (the BN
+    CLI test reads the statistics version the test before it made). Split across workers, a
+    module starts its workers twice, and such a test waits for a state nobody makes."""
+    for item in items:
+        if item.get_closest_marker("integration") and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Refuse to run with the groups lost. xdist marks a grouped test by suffixing its node id
+    with ``@group``, and every integration test has a group (above); where xdist cannot
+    (pytest 9.2 with xdist 3.8), ``--dist loadgroup`` quietly spreads every group over the
+    workers, and the suite fails at random instead."""
+    if (node.config.getvalue("dist") == "loadgroup"
+            and any(nodeid.startswith("tests/integration/") for nodeid in ids)
+            and not any("@" in nodeid for nodeid in ids)):
+        pytest.exit("--dist loadgroup lost every xdist group (no node id carries its @group "
+                    "suffix): see the pytest pin in pyproject.toml", returncode=4)
 
 
 @pytest.fixture(scope="session")
