@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -195,13 +196,22 @@ async def _closed_loop(settings: Settings, bootstrap: str, worker: WorkerProcess
     }
 
 
+def run_arms(settings: Settings, workdir: Path, arms: Mapping[str, Mapping[str, Any]],
+             **demo: Any) -> dict[str, dict[str, Any]]:
+    """The demo once per arm of a comparison, with that arm's settings changed as given and in
+    ``workdir/<arm>``, on the same world and user seeds, rate and seconds. ``demo``:
+    :func:`run_demo`'s other arguments."""
+    return {arm: run_demo(settings.model_copy(update=dict(changes)), workdir=workdir / arm,
+                          **demo)
+            for arm, changes in arms.items()}
+
+
 def compare_retrieval(settings: Settings, workdir: Path, **demo: Any) -> dict[str, Any]:
-    """The demo with retrieval, once per source (each in ``workdir/<source>``), on the same
-    world and user seeds, rate and seconds: the served CTR of interest retrieval against that
-    of trending (popularity) retrieval. ``demo``: :func:`run_demo`'s other arguments."""
-    runs = {source: run_demo(settings.model_copy(update={"retrieval_source": source}),
-                             workdir=workdir / source, retrieval=True, **demo)
-            for source in get_args(RetrievalSource)}
+    """The demo with retrieval, once per source (:func:`run_arms`): the served CTR of interest
+    retrieval against that of trending (popularity) retrieval."""
+    runs = run_arms(settings, workdir, {source: {"retrieval_source": source}
+                                        for source in get_args(RetrievalSource)},
+                    retrieval=True, **demo)
     ctr = {source: run["retrieval"]["ctr_served"] for source, run in runs.items()}
     return {
         "retrieval_comparison": {

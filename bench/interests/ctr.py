@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from stream.demo import run_demo
+from stream.demo import run_arms
 from stream.settings import Settings
 
 ARMS = {"with_interest_features": True, "without": False}
@@ -22,12 +22,11 @@ def served_ctr(settings: Settings, seconds: float, rate: float, warmup_s: float,
                retrain_every_s: float) -> dict[str, Any]:
     """Both arms' served CTR (the world's true expected clicks per shown slot), their ratio,
     and what each run did; the demos' logs and models go to a temp dir."""
-    runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="streamrank-bench-interests-") as workdir:
-        for arm, enabled in ARMS.items():
-            runs[arm] = run_demo(settings.model_copy(update={"interest_features": enabled}),
-                                 seconds=seconds, rate=rate, warmup_s=warmup_s,
-                                 retrain_every_s=retrain_every_s, workdir=Path(workdir) / arm)
+        runs = run_arms(settings, Path(workdir),
+                        {arm: {"interest_features": enabled} for arm, enabled in ARMS.items()},
+                        seconds=seconds, rate=rate, warmup_s=warmup_s,
+                        retrain_every_s=retrain_every_s)
     ctr = {arm: run["ctr"]["served"] for arm, run in runs.items()}
     return {
         **ctr,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -32,8 +31,8 @@ from aiohttp import web
 from bench.harness import open_run_store
 from models.scorer import CPU, Manifest
 from schemas import SCHEMA_VERSION
-from stream.errors import BenchFailed
-from stream.runtime.broker import free_port
+from stream.errors import BenchFailed, BrokerUnavailable
+from stream.runtime.broker import free_port, wait_for_port
 from stream.scoring.model_kind import MANIFEST_FILE
 from stream.settings import Settings
 
@@ -91,11 +90,13 @@ def floor_server(manifest: Manifest, settings: Settings, log_path: Path) -> Iter
              str(manifest.model_path.with_name(MANIFEST_FILE)), settings.redis_url,
              asyncio.run(_user_key_prefix(settings))], stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60.0
-        while not _listening(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BenchFailed(f"the floor server did not start; see {log_path}")
-            time.sleep(0.1)
+        try:
+            wait_for_port("127.0.0.1", port, timeout_s=60.0)
+        except BrokerUnavailable as exc:
+            raise BenchFailed(f"the floor server did not start ({exc}); see {log_path}") from exc
+        if process.poll() is not None:  # something else took the port meanwhile
+            raise BenchFailed(f"the floor server exited with code {process.returncode}; "
+                              f"see {log_path}")
         yield port
     finally:
         process.kill()
@@ -110,11 +111,6 @@ async def _user_key_prefix(settings: Settings) -> str:
         return store.prefix(0, "u")
     finally:
         await store.close()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def main(argv: list[str]) -> None:
