@@ -33,13 +33,12 @@ import torch
 from torch import nn
 
 from models.bn import BN_LAYERS, TAPS_INPUTS, TAPS_OUTPUTS, BnStats, stats_from_arrays
+from models.scorer import MANIFEST_FILE, MODEL_FILE
 from models.signing import SIGNATURE_FIELD, sign
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probs"
 OPSET = 18  # the lowest opset the torch.export-based exporter emits without a version conversion
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
 TAPS_FILE = "taps.onnx"
 BN_STATS_FILE = "bn_stats.json"
 

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 Device = Literal["auto", "cpu", "cuda"]
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+MODEL_FILE = "model.onnx"  # what export writes and serving reads, side by side in a directory
+MANIFEST_FILE = "manifest.json"
 
 
 class ModelError(ValueError):
@@ -75,7 +77,7 @@ class Manifest:
                 version=str(raw["version"]), sha256=str(raw["sha256"]),
                 feature_names=tuple(raw["feature_names"]), task_names=tuple(raw["task_names"]),
                 bn_layers=dict(raw["bn_layers"]), input_name=str(raw["input_name"]),
-                output_name=str(raw["output_name"]), model_path=path.parent / "model.onnx",
+                output_name=str(raw["output_name"]), model_path=path.parent / MODEL_FILE,
                 taps=raw.get("taps"), bn_stats=raw.get("bn_stats"))
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ModelError(f"unreadable model manifest {path}: {exc}") from exc

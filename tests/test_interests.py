@@ -14,6 +14,7 @@ from models.interests import (
     DAY_S,
     HEADER,
     MAX_INTERESTS,
+    RETRIEVAL_SHARPNESS,
     InterestParams,
     Interests,
     bounded_history,
@@ -21,7 +22,6 @@ from models.interests import (
     merge_retrieved,
     recluster,
     retrieval_queries,
-    retrieval_shares,
     sample_medoids,
     update_interests,
 )
@@ -360,25 +360,48 @@ def test_a_new_interest_in_the_world_gets_a_medoid_at_its_first_action() -> None
             assert state.sizes[nearest] == step and state.pending == step
 
 
-def test_retrieval_gives_each_interest_slots_by_importance_then_fills_by_cosine() -> None:
+def test_retrieval_merges_hits_by_importance_and_cosine() -> None:
     cats = [("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.6)]
     cars = [("b", 0.95), ("x", 0.5)]
-    # 3 slots to cats, 1 to cars; cars' "b" is taken, so it gives "x".
+    # cats 3x as important: its hits lead by ln(3) / 10 = 0.11 in cosine. "b" is credited
+    # to cars, where it scores best (0.95 - 0.14 against 0.8 - 0.03), and "x" misses out.
     assert merge_retrieved([cats, cars], [0.75, 0.25], k=4) == [
-        ("a", 0), ("b", 0), ("c", 0), ("x", 1)]
-    # cars holds only 2 hits for 3 slots: the slot left goes to the best cosine left, cats' c.
+        ("a", 0), ("b", 1), ("c", 0), ("d", 0)]
     assert merge_retrieved([cats, cars], [0.25, 0.75], k=4) == [
-        ("a", 0), ("b", 1), ("x", 1), ("c", 0)]
+        ("b", 1), ("a", 0), ("c", 0), ("x", 1)]
     assert merge_retrieved([], [], k=4) == []
 
 
+def test_the_merge_ranks_the_union_by_its_closed_form() -> None:
+    rng = np.random.default_rng(5)
+    items = [f"i{n}" for n in range(40)]
+    importance = rng.uniform(0.1, 3.0, size=3)
+    per_query = [sorted(((item, float(c)) for item, c in zip(
+        rng.choice(items, 15, replace=False).tolist(), rng.uniform(0.2, 1.0, 15), strict=True)),
+        key=lambda hit: -hit[1]) for _ in importance]
+    best: dict[str, float] = {}
+    for weight, hits in zip(importance / importance.sum(), per_query, strict=True):
+        for item, cosine in hits:
+            best[item] = max(best.get(item, 0.0), weight * np.exp(RETRIEVAL_SHARPNESS * cosine))
+    expected = sorted(best, key=lambda item: -best[item])[:20]
+    assert [item for item, _ in merge_retrieved(per_query, importance.tolist(), 20)] == expected
+
+
 def test_the_likeliest_interest_gets_more_than_its_proportional_slots() -> None:
-    # Importance 3:1 splits 10 slots 9:1, not 7.5:2.5; the second interest keeps one.
-    shares = retrieval_shares(np.array([3.0, 1.0]))
-    first = [(f"a{i}", 1.0 - i / 100) for i in range(10)]
-    second = [(f"b{i}", 1.0 - i / 100) for i in range(10)]
-    merged = merge_retrieved([first, second], shares.tolist(), k=10)
-    assert [query for _, query in merged].count(0) == 9 and ("b0", 1) in merged
+    # Importance 3:1 with the same fall of cosine (0.02 a hit) in both: the second interest's
+    # best hit ranks with the first's seventh, so 10 slots split 8:2, not 7.5:2.5.
+    first = [(f"a{i}", 1.0 - i / 50) for i in range(10)]
+    second = [(f"b{i}", 1.0 - i / 50) for i in range(10)]
+    merged = merge_retrieved([first, second], [3.0, 1.0], k=10)
+    assert [query for _, query in merged].count(0) == 8 and ("b1", 1) in merged
+
+
+def test_an_interest_of_no_importance_fills_only_what_the_others_leave() -> None:
+    first = [("a", 0.2), ("b", 0.1)]
+    unimportant = [("x", 0.99), ("y", 0.98)]
+    assert merge_retrieved([first, unimportant], [1.0, 0.0], k=3) == [
+        ("a", 0), ("b", 0), ("x", 1)]
+    assert merge_retrieved([first, unimportant], [0.0, 0.0], k=2) == [("x", 1), ("y", 1)]
 
 
 def test_retrieval_queries_are_the_unit_centroids_of_the_picked_interests() -> None:

@@ -6,7 +6,7 @@ Each user's history is simulated (:mod:`bench.interests.histories`) and replayed
 :func:`models.interests.update_interests` one entry at a time, so the interests are those the
 role would hold. Retrieval follows the production rule, with the same functions: up to 3
 interests sampled by importance, one ANN query each with its centroid
-(:func:`models.interests.retrieval_queries`), slots split by importance
+(:func:`models.interests.retrieval_queries`), hits merged by importance and cosine
 (:func:`models.interests.merge_retrieved`), engaged items dropped. The diagnosis shows what
 the paper's literal rule (medoid queries, merged by best cosine) would retrieve instead.
 The bounds in the same run: the mean embedding for recall, exact search for the index's
@@ -41,7 +41,6 @@ from models.interests import (
     merge_retrieved,
     recluster,
     retrieval_queries,
-    retrieval_shares,
     sample_medoids,
     update_interests,
 )
@@ -80,15 +79,15 @@ class Replayed:
     engaged: frozenset[str]
     seeds: np.ndarray  # the sampled interests' retrieval queries (their centroids)
     medoids: np.ndarray  # the sampled interests' medoids, for the diagnosis
-    shares: np.ndarray  # their importance at the last action
+    importance: np.ndarray  # the sampled interests' importance at the last action
 
     def retrieve(self, index: ItemIndex, k: int) -> list[str]:
-        return pinnersage(index.search(self.seeds, k, self.engaged), self.shares, k)
+        return pinnersage(index.search(self.seeds, k, self.engaged), self.importance, k)
 
 
-def pinnersage(hits: Sequence[Sequence[tuple[str, float]]], shares: np.ndarray, k: int
+def pinnersage(hits: Sequence[Sequence[tuple[str, float]]], importance: np.ndarray, k: int
                ) -> list[str]:
-    return [item for item, _ in merge_retrieved(hits, retrieval_shares(shares).tolist(), k)]
+    return [item for item, _ in merge_retrieved(hits, importance.tolist(), k)]
 
 
 def run_interests_bench(config: InterestsBenchConfig) -> dict[str, Any]:
@@ -156,7 +155,7 @@ def _recall_curves(world: World, index: ItemIndex, users: Sequence[Replayed]
     for u in users:
         hits = index.search(u.seeds, top, u.engaged)
         for lists, k in zip(by_k, CURVE, strict=True):
-            lists.append(pinnersage(hits, u.shares, k))
+            lists.append(pinnersage(hits, u.importance, k))
         mean = world.item_embeddings[u.history.items].mean(axis=0)
         got["mean_embedding"].append([i for i, _ in index.search(mean, top, u.engaged)[0]])
         got["popularity"].append(first_not_in(popular, u.engaged, top))
@@ -170,11 +169,10 @@ def _recall_curves(world: World, index: ItemIndex, users: Sequence[Replayed]
 
 def _diagnosis(world: World, index: ItemIndex, users: Sequence[Replayed]) -> dict[str, Any]:
     """What other rules would retrieve, each a change of one thing: the paper's literal rule
-    (the sampled medoids as queries, merged by best cosine), medoids with the slots split as
-    production splits them (:func:`models.interests.retrieval_shares`), and the world's true
-    interest vectors, merged by best cosine or split as production splits them but by their
-    true weights: what the rule could retrieve if the interests were estimated without
-    error."""
+    (the sampled medoids as queries, merged by best cosine), medoids merged as production
+    merges (:func:`models.interests.merge_retrieved`), and the world's true interest vectors,
+    merged by best cosine or as production merges but with their true weights: what the rule
+    could retrieve if the interests were estimated without error."""
     held = [world.item_ids[u.history.held_out] for u in users]
     variants: dict[str, list[list[str]]] = {
         "medoids_best_cosine": [], "medoids_by_importance": [], "true_interests": [],
@@ -182,7 +180,7 @@ def _diagnosis(world: World, index: ItemIndex, users: Sequence[Replayed]) -> dic
     for u in users:
         medoid_hits = index.search(u.medoids, K, u.engaged)
         variants["medoids_best_cosine"].append(merge_best(medoid_hits, K))
-        variants["medoids_by_importance"].append(pinnersage(medoid_hits, u.shares, K))
+        variants["medoids_by_importance"].append(pinnersage(medoid_hits, u.importance, K))
         truth_hits = index.search(world.interests(u.history.user, 0.0), K, u.engaged)
         variants["true_interests"].append(merge_best(truth_hits, K))
         variants["true_interests_by_weight"].append(
@@ -257,7 +255,7 @@ def _exact_merge(vectors: np.ndarray, ids: Sequence[str], u: Replayed,
     top = np.argpartition(-scores, K - 1, axis=1)[:, :K]
     return pinnersage([sorted(((ids[r], float(row_scores[r])) for r in row),
                               key=lambda hit: -hit[1])
-                       for row, row_scores in zip(top, scores, strict=True)], u.shares, K)
+                       for row, row_scores in zip(top, scores, strict=True)], u.importance, K)
 
 
 def _ms(call: Callable[..., object], *args: Any) -> float:

@@ -29,11 +29,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from bench.harness import open_run_store
-from models.scorer import CPU, Manifest
+from models.scorer import CPU, MANIFEST_FILE, Manifest
 from schemas import SCHEMA_VERSION
 from stream.errors import BenchFailed, BrokerUnavailable
 from stream.runtime.broker import free_port, wait_for_port
-from stream.scoring.model_kind import MANIFEST_FILE
 from stream.settings import Settings
 
 
@@ -91,12 +90,9 @@ def floor_server(manifest: Manifest, settings: Settings, log_path: Path) -> Iter
              asyncio.run(_user_key_prefix(settings))], stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
-            wait_for_port("127.0.0.1", port, timeout_s=60.0)
+            wait_for_port("127.0.0.1", port, timeout_s=60.0, process=process)
         except BrokerUnavailable as exc:
             raise BenchFailed(f"the floor server did not start ({exc}); see {log_path}") from exc
-        if process.poll() is not None:  # something else took the port meanwhile
-            raise BenchFailed(f"the floor server exited with code {process.returncode}; "
-                              f"see {log_path}")
         yield port
     finally:
         process.kill()

@@ -2,8 +2,9 @@
 
 PinnerSage (Pal et al., KDD 2020, section 4): sample up to 3 of the user's interests in
 proportion to their importance, query the item index for each (with its centroid:
-:func:`models.interests.retrieval_queries` says why), merge with slots by importance, dedupe,
-and drop what the user has just engaged with. A user with no interests yet gets the trending
+:func:`models.interests.retrieval_queries` says why), merge by how likely each hit is to be the
+next engagement given the interests' importance, dedupe, and drop what the user has just
+engaged with. A user with no interests yet gets the trending
 items.
 With source ``trending`` every user gets them: the popularity baseline that interests must beat
 (``streamrank demo --retrieval --compare``).
@@ -25,7 +26,6 @@ from models.ann import ItemIndex
 from models.interests import (
     merge_retrieved,
     retrieval_queries,
-    retrieval_shares,
     sample_medoids,
 )
 from schemas import RankingRequest
@@ -101,8 +101,7 @@ class Retriever:
         rng = np.random.default_rng(zlib.crc32(request.request_id.encode()))
         picked = sample_medoids(interests, now, rng)
         hits = self._index().search(retrieval_queries(interests, picked), k, exclude=skip)
-        shares = retrieval_shares(interests.importance_at(now)[picked])
-        merged = merge_retrieved(hits, shares.tolist(), k)
+        merged = merge_retrieved(hits, interests.importance_at(now)[picked].tolist(), k)
         return [(item, f"interest:{int(picked[query])}") for item, query in merged]
 
     async def _trending_items(self) -> list[str]:

@@ -33,16 +33,28 @@ def _free(port: int) -> bool:
         return True
 
 
-def wait_for_port(host: str, port: int, timeout_s: float) -> None:
+def wait_for_port(host: str, port: int, timeout_s: float,
+                  process: subprocess.Popen[bytes] | None = None) -> None:
+    """Until something listens on the port. With ``process``, the child that should listen:
+    fail as soon as it exits, not at the deadline, and when the port answers but the child
+    has gone (something else took the port)."""
     deadline = time.monotonic() + timeout_s
     while True:
+        _check_alive(process, host, port)
         try:
             with socket.create_connection((host, port), timeout=0.2):
-                return
+                break
         except OSError as exc:
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(f"nothing listens on {host}:{port}: {exc}") from exc
             time.sleep(0.01)
+    _check_alive(process, host, port)
+
+
+def _check_alive(process: subprocess.Popen[bytes] | None, host: str, port: int) -> None:
+    if process is not None and process.poll() is not None:
+        raise BrokerUnavailable(f"the process meant to listen on {host}:{port} exited with "
+                                f"code {process.returncode}")
 
 
 def check_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
@@ -75,9 +87,7 @@ def embedded_broker(startup_timeout_s: float = 10.0) -> Iterator[str]:
         preexec_fn=die_with_parent,
     )
     try:
-        wait_for_port("127.0.0.1", port, startup_timeout_s)
-        if process.poll() is not None:
-            raise BrokerUnavailable(f"tansu exited with code {process.returncode}")
+        wait_for_port("127.0.0.1", port, startup_timeout_s, process)
         yield f"127.0.0.1:{port}"
     finally:
         stop_process(process, timeout_s=5)

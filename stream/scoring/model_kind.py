@@ -16,15 +16,19 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from models.scorer import Manifest, ModelError, Scorer, UntrustedModel
+from models.scorer import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    Manifest,
+    ModelError,
+    Scorer,
+    UntrustedModel,
+)
 from models.signing import SIGNATURE_FIELD, sign, signature_matches
 from schemas import ModelUpdate, Rejection
 from stream.runtime.versioned_state import StateKind, publish_update
 from stream.scoring.ranker import ModelSlot
 from stream.settings import Settings
-
-MANIFEST_FILE = "manifest.json"
-MODEL_FILE = "model.onnx"
 
 
 def trusted_file(uri: str, model_dir: Path) -> Path:

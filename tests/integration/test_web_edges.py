@@ -40,7 +40,7 @@ def private_redis() -> Iterator[str]:
          "--appendonly", "no", "--requirepass", REDIS_PASSWORD],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_port("127.0.0.1", port, timeout_s=10)
+        wait_for_port("127.0.0.1", port, timeout_s=10, process=process)
         yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
     finally:
         stop_process(process, timeout_s=5)
