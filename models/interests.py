@@ -356,8 +356,8 @@ def merge_retrieved(per_query: Sequence[Hits], importance: Sequence[float], k: i
     Measured on the interests bench (1000 users, recall@100 of the next engagement against
     the mean embedding; exact search), seeds 7 / 11 / 13, on which the sharpness was chosen:
     slots split by importance squared (the previous rule) 1.29 / 1.33 / 1.33, this merge
-    1.32 / 1.36 / 1.43; seeds 17 / 19 / 23, held out: 1.37 / 1.48 / 1.35 against
-    1.35 / 1.51 / 1.40. Merging by best cosine alone (sharpness without bound) lets the
+    1.32 / 1.36 / 1.43; seeds 17 / 19 / 23, held out: the split 1.37 / 1.48 / 1.35, this
+    merge 1.35 / 1.51 / 1.40. Merging by best cosine alone (sharpness without bound) lets the
     nearest interest take every slot.
     """
     if not per_query or k <= 0:

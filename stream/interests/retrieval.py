@@ -4,8 +4,7 @@ PinnerSage (Pal et al., KDD 2020, section 4): sample up to 3 of the user's inter
 proportion to their importance, query the item index for each (with its centroid:
 :func:`models.interests.retrieval_queries` says why), merge by how likely each hit is to be the
 next engagement given the interests' importance, dedupe, and drop what the user has just
-engaged with. A user with no interests yet gets the trending
-items.
+engaged with. A user with no interests yet gets the trending items.
 With source ``trending`` every user gets them: the popularity baseline that interests must beat
 (``streamrank demo --retrieval --compare``).
 
