@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -19,6 +21,18 @@ from stream.runtime.metrics import WorkerMetrics
 from stream.settings import Settings
 
 R = TypeVar("R", bound=Record)
+
+
+def serving_settings(bootstrap: str, redis_url: str, manifest: Path, prefix: str,
+                     **overrides: Any) -> Settings:
+    """Settings of a worker that serves ``manifest`` from its own topics (``prefix`` and a
+    random suffix), created here; the model dir is the one the manifests share."""
+    settings = Settings(broker_url=bootstrap, redis_url=redis_url, model_manifest=manifest,
+                        model_dir=manifest.parent.parent,
+                        topic_prefix=f"{prefix}{uuid.uuid4().hex[:8]}",
+                        **overrides)
+    ensure_topics(bootstrap, settings)
+    return settings
 
 
 async def open_test_store(settings: Settings, kind: str) -> FeatureStore:

@@ -12,9 +12,9 @@ import pytest
 
 from schemas import RankingRequest, encode
 from stream.client import RankingClient, RankingTimeout, RankingUnavailable
-from stream.runtime.environment import ensure_topics
 from stream.runtime.worker_process import WorkerProcess
 from stream.settings import Settings
+from tests.integration.harness import serving_settings
 from tests.integration.test_scoring import ITEMS, post_rank
 
 pytestmark = pytest.mark.integration
@@ -23,11 +23,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def worker(bootstrap: str, redis_url: str,
            serving_models: tuple[Path, Path]) -> Iterator[tuple[WorkerProcess, Settings]]:
-    settings = Settings(broker_url=bootstrap, redis_url=redis_url, partitions=3,
-                        topic_prefix=f"client{uuid.uuid4().hex[:8]}", roles="scoring",
-                        model_manifest=serving_models[0],
-                        model_dir=serving_models[0].parent.parent)
-    ensure_topics(bootstrap, settings)
+    settings = serving_settings(bootstrap, redis_url, serving_models[0], "client", partitions=3,
+                                roles="scoring")
     with WorkerProcess(settings, bootstrap) as process:
         yield process, settings
 

@@ -17,10 +17,9 @@ import pytest
 
 from stream.features.redis_store import RedisStore
 from stream.interests.state import STATE, UserInterests
-from stream.runtime.environment import ensure_topics
 from stream.runtime.worker_process import WorkerProcess
 from stream.settings import Settings
-from tests.integration.harness import publish, read_dead_letters
+from tests.integration.harness import publish, read_dead_letters, serving_settings
 from tests.integration.test_scoring import Rankings, post_rank
 
 pytestmark = pytest.mark.integration
@@ -51,13 +50,9 @@ def clicks(user: str, item_ids: list[str], start: float) -> list[tuple[str, byte
 @pytest.fixture(scope="module")
 def worker(bootstrap: str, redis_url: str,
            serving_models: tuple[Path, Path]) -> Iterator[tuple[WorkerProcess, Settings]]:
-    settings = Settings(broker_url=bootstrap, redis_url=redis_url, partitions=2,
-                        topic_prefix=f"int{uuid.uuid4().hex[:8]}",
-                        roles="features,scoring,interests",
-                        model_manifest=serving_models[0],
-                        model_dir=serving_models[0].parent.parent, retrieval_k=30,
-                        trending_interval_s=1.0)
-    ensure_topics(bootstrap, settings)
+    settings = serving_settings(bootstrap, redis_url, serving_models[0], "int", partitions=2,
+                                roles="features,scoring,interests", retrieval_k=30,
+                                trending_interval_s=1.0)
     asyncio.run(publish(settings, "items", items()))
     with WorkerProcess(settings, bootstrap) as process:
         process.wait_for(lambda s: s["items_upserted"] == 120, timeout_s=30)

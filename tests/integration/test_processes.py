@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +14,9 @@ import orjson
 import pytest
 
 from schemas import RankingResult
-from stream.runtime.environment import ensure_topics
 from stream.runtime.worker_process import WorkerProcess
 from stream.settings import Settings
-from tests.integration.harness import publish, read_records
+from tests.integration.harness import publish, read_records, serving_settings
 from tests.integration.test_scoring import post_rank, request
 
 pytestmark = pytest.mark.integration
@@ -27,11 +25,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def worker(bootstrap: str, redis_url: str,
            serving_models: tuple[Path, Path]) -> Iterator[tuple[WorkerProcess, Settings]]:
-    settings = Settings(broker_url=bootstrap, redis_url=redis_url, partitions=4, processes=2,
-                        topic_prefix=f"procs{uuid.uuid4().hex[:8]}", roles="features,scoring",
-                        model_manifest=serving_models[0],
-                        model_dir=serving_models[0].parent.parent)
-    ensure_topics(bootstrap, settings)
+    settings = serving_settings(bootstrap, redis_url, serving_models[0], "procs", partitions=4,
+                                processes=2, roles="features,scoring")
     with WorkerProcess(settings, bootstrap) as process:
         yield process, settings
 

@@ -21,11 +21,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import DeadLetter, Outcome, RankingResult, decode
 from stream.demo import WorkerProcess
-from stream.runtime.environment import ensure_topics
 from stream.scoring.model_kind import publish_model
 from stream.scoring.ranker import ModelSlot
 from stream.settings import Settings
-from tests.integration.harness import publish, read_dead_letters, read_records, wait_until
+from tests.integration.harness import (
+    publish,
+    read_dead_letters,
+    read_records,
+    serving_settings,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +42,8 @@ OUTCOME_WINDOW_S = 2.0
 @pytest.fixture(scope="module")
 def worker(bootstrap: str, redis_url: str,
            serving_models: tuple[Path, Path]) -> Iterator[tuple[WorkerProcess, Settings]]:
-    settings = Settings(broker_url=bootstrap, redis_url=redis_url, partitions=2,
-                        topic_prefix=f"score{uuid.uuid4().hex[:8]}",
-                        model_manifest=serving_models[0],
-                        model_dir=serving_models[0].parent.parent,
-                        feature_log_rate=1.0, outcome_window_s=OUTCOME_WINDOW_S)
-    ensure_topics(bootstrap, settings)
+    settings = serving_settings(bootstrap, redis_url, serving_models[0], "score", partitions=2,
+                                feature_log_rate=1.0, outcome_window_s=OUTCOME_WINDOW_S)
     rng = np.random.default_rng(0)
     catalogue = [(item, orjson.dumps({"item_id": item, "ts": NOW,
                                       "embedding": rng.normal(size=32).tolist()}))
